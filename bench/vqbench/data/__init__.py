@@ -1,0 +1,1 @@
+"""Data sets, pair protocols, alignment and caches."""

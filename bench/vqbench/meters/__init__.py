@@ -1,0 +1,1 @@
+"""Energy meters behind one interface (see ``vqbench.meters.base``)."""

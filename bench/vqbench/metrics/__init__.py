@@ -1,0 +1,1 @@
+"""Verification protocol, latency and memory metrics."""

@@ -1,0 +1,1 @@
+"""Link profiles, the HTTP client and the cloud service."""

@@ -1,0 +1,1 @@
+"""Edge and cloud stages, codecs and payload formats."""

@@ -1,0 +1,1 @@
+"""Plots, HTML and PDF rendering of run results."""
