@@ -1,0 +1,48 @@
+"""Terminal output for the CLI: one rich console and a progress display for the runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+console = Console(stderr=True)
+
+
+class RichProgress:
+    """Show one progress bar per runner phase (a spinner when the total is unknown)."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self._totals: dict[Any, int | None] = {}
+
+    def __enter__(self) -> "RichProgress":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def phase(self, description: str, total: int | None) -> Any:
+        task = self._progress.add_task(description, total=total)
+        self._totals[task] = total
+        return task
+
+    def advance(self, task: Any, amount: int = 1) -> None:
+        self._progress.advance(task, amount)
+
+    def done(self, task: Any) -> None:
+        total = self._totals.pop(task, None)
+        if total is None:
+            self._progress.update(task, total=1, completed=1)
+        else:
+            self._progress.update(task, completed=total)

@@ -1,0 +1,79 @@
+"""A description of the machine and software that produced a run (``environment.json``)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+#: Packages whose versions change measurements or results.
+TRACKED_PACKAGES = (
+    "vqbench", "numpy", "torch", "dlib-bin", "face_recognition_models", "onnxruntime", "onnx",
+    "pillow", "codecarbon", "pandas", "pyarrow", "pydantic", "matplotlib",
+)
+
+
+def _package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_revision(folder: Path) -> str | None:
+    """Return the git commit of ``folder`` (with ``-dirty`` if modified), or None outside git."""
+    try:
+        revision = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{revision}-dirty" if dirty else revision
+
+
+def collect_environment(meters: dict[str, Any] | None = None, project_dir: Path | None = None) -> dict[str, Any]:
+    """Gather CPU, memory, OS, Python, package versions, meter availability and git revision."""
+    memory = psutil.virtual_memory()
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_logical_cores": psutil.cpu_count(logical=True),
+        "cpu_physical_cores": psutil.cpu_count(logical=False),
+        "ram_bytes": memory.total,
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "python_executable": sys.executable,
+        "packages": _package_versions(),
+        "torch_threads": _torch_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "meters": meters or {},
+        "git_revision": git_revision(project_dir) if project_dir else None,
+    }
+
+
+def _torch_threads() -> int | None:
+    if "torch" not in sys.modules:
+        return None
+    return int(sys.modules["torch"].get_num_threads())

@@ -1,0 +1,44 @@
+"""Build pipeline variants from scenario entries; one builder per pipeline kind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from vqbench.errors import ScenarioError
+from vqbench.pipelines.base import Components, Pipeline
+from vqbench.pipelines.cloud import CloudCodecPipeline, CloudRawPipeline
+
+PipelineBuilder = Callable[[object, Components], Iterator[Pipeline]]
+
+
+def _build_cloud_raw(config: object, components: Components) -> Iterator[Pipeline]:
+    yield CloudRawPipeline(components)
+
+
+def _build_cloud_codec(config: object, components: Components) -> Iterator[Pipeline]:
+    for size_px in config.sizes_px:  # type: ignore[attr-defined]
+        for quality in config.qualities:  # type: ignore[attr-defined]
+            yield CloudCodecPipeline(components, config.codec, quality, size_px)  # type: ignore[attr-defined]
+
+
+BUILDERS: dict[str, PipelineBuilder] = {
+    "cloud-raw": _build_cloud_raw,
+    "cloud-codec": _build_cloud_codec,
+}
+
+
+def build_pipelines(configs: list[object], components: Components) -> list[Pipeline]:
+    """Expand every scenario pipeline entry into its variants."""
+    pipelines: list[Pipeline] = []
+    for config in configs:
+        kind = config.kind  # type: ignore[attr-defined]
+        if kind not in BUILDERS:
+            raise ScenarioError(f"unknown pipeline kind {kind!r}; known kinds: {', '.join(sorted(BUILDERS))}")
+        pipelines.extend(BUILDERS[kind](config, components))
+    seen: set[tuple[str, str]] = set()
+    for pipeline in pipelines:
+        key = (pipeline.kind, pipeline.variant)
+        if key in seen:
+            raise ScenarioError(f"pipeline variant {pipeline.kind}/{pipeline.variant} appears twice; remove one")
+        seen.add(key)
+    return pipelines

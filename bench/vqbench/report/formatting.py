@@ -1,0 +1,56 @@
+"""Number formatting shared by the HTML and PDF reports. Missing figures print as an en dash."""
+
+from __future__ import annotations
+
+import math
+
+MISSING = "–"
+
+
+def _is_missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def format_number(value: float | None, digits: int = 3) -> str:
+    """Format with ``digits`` significant figures, integers with thousands separators."""
+    if _is_missing(value):
+        return MISSING
+    if isinstance(value, int) or (float(value).is_integer() and abs(value) >= 10**digits):
+        return f"{int(value):,}"
+    if value != 0 and (abs(value) >= 10**digits or abs(value) < 1e-3):
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}"
+
+
+def format_bytes(value: float | None) -> str:
+    """Format a byte count with decimal prefixes: ``221 B``, ``8.7 kB``, ``1.2 MB``."""
+    if _is_missing(value):
+        return MISSING
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def format_percent(fraction: float | None, digits: int = 2) -> str:
+    """Format a fraction in [0, 1] as a percentage with ``digits`` decimals."""
+    if _is_missing(fraction):
+        return MISSING
+    return f"{fraction * 100:.{digits}f} %"
+
+
+def format_energy_mj(joules: float | None) -> str:
+    """Format joules as millijoules with three significant figures."""
+    if _is_missing(joules):
+        return MISSING
+    return f"{format_number(joules * 1e3)} mJ"
+
+
+def format_with_interval(value: float | None, half_width: float | None, scale: float = 1.0) -> str:
+    """Format ``value ± half_width`` after multiplying both by ``scale``."""
+    if _is_missing(value):
+        return MISSING
+    text = format_number(value * scale)
+    if not _is_missing(half_width):
+        text += f" ± {format_number(half_width * scale, 2)}"
+    return text

@@ -1,0 +1,143 @@
+"""Read a run folder into memory: results.json is required, every other file is optional.
+
+A missing or unreadable optional file becomes ``None`` plus a note that the report prints, so
+that a report can always be built from whatever a run left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+
+from vqbench.errors import DataError
+from vqbench.results import ResultRow, RunResults
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+SCORES_FILE = "scores.parquet"
+LATENCY_FILE = "latency.parquet"
+ENERGY_FILE = "energy.parquet"
+ENVIRONMENT_FILE = "environment.json"
+SAMPLES_DIR = "samples"
+
+_SCORES_COLUMNS = ("pipeline", "variant", "fold", "pair_index", "same", "score")
+_LATENCY_COLUMNS = ("pipeline", "variant", "stage", "sample_index", "latency_ms")
+_ENERGY_COLUMNS = ("pipeline", "variant", "stage", "repeat", "energy_j_per_inference", "method")
+_SAMPLE_NAME = re.compile(r"^(?P<variant>.+)-(?P<index>\d+)-(?P<kind>original|reconstruction)\.png$")
+
+
+@dataclass(frozen=True)
+class SamplePair:
+    """One original face and its reconstruction, as PNG files."""
+
+    variant: str
+    index: int
+    original_png: Path
+    reconstruction_png: Path
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything a report needs from one run folder."""
+
+    run_dir: Path
+    results: RunResults
+    scores: pd.DataFrame | None
+    latency: pd.DataFrame | None
+    energy: pd.DataFrame | None
+    environment: dict[str, Any] | None
+    samples: tuple[SamplePair, ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def rows(self) -> list[ResultRow]:
+        return self.results.rows
+
+
+def load_results(run_dir: Path) -> RunResults:
+    """Read and validate ``results.json``; raise DataError naming the file when that fails."""
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.is_file():
+        raise DataError(f"{path} not found; pass a run folder written by `vqbench run`")
+    try:
+        return RunResults.model_validate_json(path.read_bytes())
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"])
+        raise DataError(
+            f"{path} is not a valid results file ({error.error_count()} errors, first at "
+            f"'{location}': {first['msg']}); rerun `vqbench run` to rewrite it"
+        ) from error
+    except OSError as error:
+        raise DataError(f"{path} could not be read ({error}); check its permissions") from error
+
+
+def _read_parquet(path: Path, columns: tuple[str, ...], notes: list[str]) -> pd.DataFrame | None:
+    if not path.is_file():
+        notes.append(f"{path.name} is missing, so the plots built from it are left out.")
+        return None
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as error:
+        logger.warning("could not read %s: %s", path, error)
+        notes.append(f"{path.name} could not be read ({error}), so the plots built from it are left out.")
+        return None
+    missing = [name for name in columns if name not in frame.columns]
+    if missing:
+        notes.append(f"{path.name} lacks the columns {missing}, so the plots built from it are left out.")
+        return None
+    return frame
+
+
+def _read_environment(path: Path, notes: list[str]) -> dict[str, Any] | None:
+    if not path.is_file():
+        notes.append(f"{path.name} is missing, so the environment section is empty.")
+        return None
+    try:
+        environment = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        notes.append(f"{path.name} could not be read ({error}), so the environment section is empty.")
+        return None
+    if not isinstance(environment, dict):
+        notes.append(f"{path.name} does not contain a JSON object, so the environment section is empty.")
+        return None
+    return environment
+
+
+def find_samples(samples_dir: Path) -> tuple[SamplePair, ...]:
+    """Pair ``<variant>-<k>-original.png`` with ``<variant>-<k>-reconstruction.png``."""
+    if not samples_dir.is_dir():
+        return ()
+    found: dict[tuple[str, int], dict[str, Path]] = {}
+    for path in sorted(samples_dir.glob("*.png")):
+        match = _SAMPLE_NAME.match(path.name)
+        if match:
+            key = (match["variant"], int(match["index"]))
+            found.setdefault(key, {})[match["kind"]] = path
+    pairs = [
+        SamplePair(variant, index, files["original"], files["reconstruction"])
+        for (variant, index), files in sorted(found.items())
+        if "original" in files and "reconstruction" in files
+    ]
+    return tuple(pairs)
+
+
+def load_run(run_dir: Path) -> RunData:
+    """Read a run folder. Only results.json is required."""
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    notes: list[str] = []
+    scores = _read_parquet(run_dir / SCORES_FILE, _SCORES_COLUMNS, notes)
+    latency = _read_parquet(run_dir / LATENCY_FILE, _LATENCY_COLUMNS, notes)
+    energy = _read_parquet(run_dir / ENERGY_FILE, _ENERGY_COLUMNS, notes)
+    environment = _read_environment(run_dir / ENVIRONMENT_FILE, notes)
+    samples = find_samples(run_dir / SAMPLES_DIR)
+    return RunData(run_dir, results, scores, latency, energy, environment, samples, tuple(notes))

@@ -1,0 +1,151 @@
+"""The report's tables as plain strings, shared by the HTML and PDF renderers.
+
+Each energy column is followed by the column that names its method, so no energy figure appears
+without saying whether it was measured, estimated or modeled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from vqbench.report.findings import row_label, total_energy_methods, varying_dimensions
+from vqbench.report.formatting import (
+    MISSING,
+    format_bytes,
+    format_number,
+    format_percent,
+    format_with_interval,
+)
+from vqbench.results import ResultRow
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: a header (with its unit) and how to print a row's cell."""
+
+    header: str
+    cell: Callable[[ResultRow], str]
+    numeric: bool = True
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table of printed cells."""
+
+    title: str
+    headers: tuple[str, ...]
+    numeric: tuple[bool, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+def _text(value: object) -> str:
+    return MISSING if value is None or value == "" else str(value)
+
+
+def _mj(field_name: str, ci_field: str | None = None) -> Callable[[ResultRow], str]:
+    def cell(row: ResultRow) -> str:
+        half_width = getattr(row, ci_field) if ci_field else None
+        return format_with_interval(getattr(row, field_name), half_width, scale=1e3)
+
+    return cell
+
+
+def _number(field_name: str, scale: float = 1.0) -> Callable[[ResultRow], str]:
+    def cell(row: ResultRow) -> str:
+        value = getattr(row, field_name)
+        return format_number(None if value is None else value * scale)
+
+    return cell
+
+
+def _accuracy(row: ResultRow) -> str:
+    if row.lfw_accuracy_mean is None:
+        return MISSING
+    text = format_percent(row.lfw_accuracy_mean).removesuffix(" %")
+    if row.lfw_accuracy_std is not None:
+        text += f" ± {row.lfw_accuracy_std * 100:.2f}"
+    return text
+
+
+def _co2e_per_million(row: ResultRow) -> str:
+    return format_number(None if row.co2e_g_per_inference is None else row.co2e_g_per_inference * 1e6)
+
+
+SUMMARY_COLUMNS: tuple[Column, ...] = (
+    Column("Accuracy (%)", _accuracy),
+    Column("TAR @ FAR 1e-3 (%)", _number("tar_at_far_1e_3", 100)),
+    Column("Payload mean", lambda r: format_bytes(r.payload_bytes_mean)),
+    Column("Payload p95", lambda r: format_bytes(r.payload_bytes_p95)),
+    Column("End-to-end p50 (ms)", _number("end_to_end_latency_ms_p50")),
+    Column("End-to-end p95 (ms)", _number("end_to_end_latency_ms_p95")),
+    Column("Edge energy (mJ/inference)", _mj("edge_energy_j_per_inference", "edge_energy_ci95_j")),
+    Column("Edge method", lambda r: _text(r.edge_energy_method), numeric=False),
+    Column("Cloud energy (mJ/inference)", _mj("cloud_energy_j_per_inference", "cloud_energy_ci95_j")),
+    Column("Cloud method", lambda r: _text(r.cloud_energy_method), numeric=False),
+    Column("Network energy (mJ/inference)", _mj("network_energy_j_per_inference")),
+    Column("Network method", lambda r: _text(r.network_energy_method), numeric=False),
+    Column("Total energy (mJ/inference)", _mj("total_energy_j_per_inference")),
+    Column("Total methods", lambda r: _text(total_energy_methods(r)), numeric=False),
+    Column("CO2e (g per million inferences)", _co2e_per_million),
+)
+
+DETAIL_COLUMNS: tuple[Column, ...] = (
+    Column("ROC AUC", _number("roc_auc")),
+    Column("EER (%)", _number("eer", 100)),
+    Column("Pairs", lambda r: format_number(r.n_pairs)),
+    Column("Pairs skipped", lambda r: format_number(r.n_pairs_skipped)),
+    Column("Detection fallbacks", lambda r: format_number(r.detection_fallbacks)),
+    Column("Edge p50 (ms)", _number("edge_latency_ms_p50")),
+    Column("Transfer p50 (ms)", _number("transfer_latency_ms_p50")),
+    Column("Cloud p50 (ms)", _number("cloud_latency_ms_p50")),
+    Column("Edge params", _number("edge_params")),
+    Column("Edge MACs", _number("edge_macs")),
+    Column("Edge model", lambda r: format_bytes(r.edge_model_bytes)),
+    Column("Edge peak RSS", lambda r: format_bytes(r.edge_peak_rss_bytes)),
+    Column("Cloud params", _number("cloud_params")),
+    Column("Cloud MACs", _number("cloud_macs")),
+    Column("Cloud model", lambda r: format_bytes(r.cloud_model_bytes)),
+    Column("Cloud peak RSS", lambda r: format_bytes(r.cloud_peak_rss_bytes)),
+    Column("Codebook size", _number("codebook_size")),
+    Column("Code grid", lambda r: _text(r.code_grid), numeric=False),
+    Column("Edge grid (gCO2e/kWh)", _number("grid_intensity_edge_gco2e_per_kwh")),
+    Column("Cloud grid (gCO2e/kWh)", _number("grid_intensity_cloud_gco2e_per_kwh")),
+)
+
+
+def _key_columns(rows: Sequence[ResultRow]) -> tuple[Column, ...]:
+    several_links, several_devices = varying_dimensions(rows)
+    columns = [
+        Column("Pipeline", lambda r: r.pipeline, numeric=False),
+        Column("Variant", lambda r: r.variant, numeric=False),
+    ]
+    if several_links or any(r.link for r in rows):
+        columns.append(Column("Link", lambda r: _text(r.link), numeric=False))
+    if several_devices or any(r.edge_device for r in rows):
+        columns.append(Column("Edge device", lambda r: _text(r.edge_device), numeric=False))
+    return tuple(columns)
+
+
+def build_table(title: str, rows: Sequence[ResultRow], columns: Sequence[Column]) -> Table:
+    """Print ``rows`` under the key columns followed by ``columns``."""
+    all_columns = (*_key_columns(rows), *columns)
+    return Table(
+        title=title,
+        headers=tuple(c.header for c in all_columns),
+        numeric=tuple(c.numeric for c in all_columns),
+        rows=tuple(tuple(c.cell(row) for c in all_columns) for row in rows),
+    )
+
+
+def report_tables(rows: Sequence[ResultRow]) -> list[Table]:
+    """Return the summary table and the models-and-quality table."""
+    return [
+        build_table("Summary", rows, SUMMARY_COLUMNS),
+        build_table("Models, memory and quality", rows, DETAIL_COLUMNS),
+    ]
+
+
+def labels(rows: Sequence[ResultRow]) -> list[str]:
+    """Row labels in table order."""
+    return [row_label(row, rows) for row in rows]

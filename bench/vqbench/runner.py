@@ -1,0 +1,449 @@
+"""Run a scenario: data -> pipelines -> accuracy and measurements -> results files -> reports.
+
+Phases, in order:
+
+1. resolve the data set (download LFW when the scenario allows it) and read the images;
+2. align every image once (cached) and embed the originals with the teacher (cached);
+3. for each pipeline variant: score every pair (``vqbench.accuracy``), then time, meter and
+   size each half (``vqbench.measure``);
+4. after each variant, rewrite the results files atomically, so an interrupted run keeps
+   every variant it finished;
+5. render the HTML and PDF reports from the results files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from vqbench import __version__
+from vqbench.accuracy import align_all, pair_scores, score_variant
+from vqbench.data.cache import ArrayCache, default_cache_dir
+from vqbench.data.dataset import EvaluationSet, load_pairs, missing_data_message, read_images, resolve_dataset_root
+from vqbench.environment import collect_environment
+from vqbench.errors import DataError, RunError, VqbenchError
+from vqbench.io import write_atomic, write_json_atomic, write_text_atomic
+from vqbench.measure import latency_summary, measure_energy, measure_latency, measure_peak_rss
+from vqbench.metrics.verification import evaluate_verification
+from vqbench.pipelines.base import Components, Pipeline
+from vqbench.pipelines.registry import build_pipelines
+from vqbench.results import RESULT_COLUMNS, ResultRow, RunResults
+from vqbench.scenario import Scenario, expand_path
+
+logger = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+
+class ProgressReporter(Protocol):
+    """What the runner needs from a progress display (the CLI passes a rich one)."""
+
+    def phase(self, description: str, total: int | None) -> Any: ...
+
+    def advance(self, task: Any, amount: int = 1) -> None: ...
+
+    def done(self, task: Any) -> None: ...
+
+
+class SilentProgress:
+    """A progress reporter that shows nothing (library use and tests)."""
+
+    def phase(self, description: str, total: int | None) -> None:
+        logger.info("%s", description)
+
+    def advance(self, task: Any, amount: int = 1) -> None:
+        return None
+
+    def done(self, task: Any) -> None:
+        return None
+
+
+@dataclass
+class RunOutcome:
+    """Where a run wrote its files and what went wrong, if anything."""
+
+    out_dir: Path
+    results: RunResults
+    failures: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+@dataclass
+class _RunTables:
+    rows: list[ResultRow] = field(default_factory=list)
+    scores: list[pd.DataFrame] = field(default_factory=list)
+    latency: list[pd.DataFrame] = field(default_factory=list)
+    energy: list[pd.DataFrame] = field(default_factory=list)
+
+
+@contextmanager
+def _phase(progress: ProgressReporter, description: str, total: int | None) -> Iterator[Any]:
+    task = progress.phase(description, total)
+    try:
+        yield task
+    finally:
+        progress.done(task)
+
+
+def default_out_dir(scenario: Scenario, base: Path | None = None) -> Path:
+    """Return ``reports/<scenario>-<UTC timestamp>/`` under ``base`` (default: the working folder)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return (base or Path.cwd()) / "reports" / f"{scenario.name}-{stamp}"
+
+
+def prepare_evaluation(scenario: Scenario, scenario_dir: Path) -> EvaluationSet:
+    """Find (or download) the data set, read its pairs and images."""
+    config = scenario.dataset
+    root = resolve_dataset_root(config, scenario_dir)
+    if config.kind == "lfw" and not config.pairs_file and not (root / "pairs.txt").is_file():
+        if not config.download:
+            raise DataError(missing_data_message(root))
+        from vqbench.data.fetch import fetch_lfw
+
+        logger.info("LFW is missing at %s; downloading it", root)
+        fetch_lfw(root.parent)
+    pairs = load_pairs(config, root, scenario_dir)
+    if not pairs:
+        raise DataError(f"the data set at {root} yields no pairs for folds {config.folds}; check dataset.folds")
+    evaluation = read_images(pairs, root)
+    if len({pair.fold for pair in evaluation.pairs}) < 2:
+        raise DataError(f"fewer than 2 folds left with readable images under {root}; the protocol needs 2 or more")
+    return evaluation
+
+
+def run_scenario(
+    scenario: Scenario,
+    scenario_path: Path,
+    out_dir: Path,
+    progress: ProgressReporter | None = None,
+) -> RunOutcome:
+    """Run every pipeline variant of a scenario and write results and reports into ``out_dir``."""
+    progress = progress or SilentProgress()
+    started = time.perf_counter()
+    scenario_dir = scenario_path.resolve().parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    evaluation = prepare_evaluation(scenario, scenario_dir)
+    logger.info(
+        "%d pairs in folds %s, %d images (%d unreadable, %d pairs skipped)",
+        len(evaluation.pairs), evaluation.folds, len(evaluation.images),
+        len(evaluation.skipped_images), evaluation.skipped_pairs,
+    )
+    cache_root = expand_path(scenario.cache_dir, scenario_dir) if scenario.cache_dir else default_cache_dir()
+    chip_cache = ArrayCache(cache_root, "chips")
+    embedding_cache = ArrayCache(cache_root, "embeddings")
+
+    components = Components(scenario.alignment, scenario.teacher)
+    pipelines = build_pipelines(scenario.pipelines, components)
+    configs = _variant_configs(scenario, components)
+
+    with _phase(progress, "Aligning faces", len(evaluation.images)) as task:
+        aligned = align_all(evaluation, components, chip_cache, lambda n: progress.advance(task, n))
+    detection_fallbacks = _count_fallbacks(evaluation, aligned.detected)
+
+    context = _RunContext(scenario, scenario_path, out_dir, evaluation, _assumptions(scenario))
+    context.warnings.extend(f"image skipped: {path}: {reason}" for path, reason in evaluation.skipped_images.items())
+    meter = context.open_meter()
+    tables = _RunTables()
+    failures: list[str] = []
+    try:
+        for pipeline in pipelines:
+            label = f"{pipeline.kind}/{pipeline.variant}"
+            try:
+                row = _run_variant(
+                    pipeline, configs[(pipeline.kind, pipeline.variant)], context, aligned, embedding_cache, meter, tables, progress
+                )
+            except VqbenchError as error:
+                logger.error("variant %s failed: %s", label, error)
+                failures.append(f"{label}: {error}")
+                context.warnings.append(f"variant {label} failed and has no results: {error}")
+                continue
+            row.detection_fallbacks = detection_fallbacks
+            tables.rows.append(row)
+            _write_results(context, tables)
+    finally:
+        if meter is not None:
+            meter.close()
+
+    results = _write_results(context, tables)
+    context.write_environment()
+    _render_reports(scenario, out_dir, context.warnings)
+    duration_s = time.perf_counter() - started
+    logger.info(
+        "run finished in %.1f s (chip cache: %d hits, embedding cache: %d hits)",
+        duration_s, chip_cache.hits, embedding_cache.hits,
+    )
+    if not tables.rows:
+        raise RunError(f"every pipeline variant failed; see {out_dir / 'results.json'}: {'; '.join(failures)}")
+    return RunOutcome(out_dir=out_dir, results=results, failures=failures, duration_s=duration_s)
+
+
+def _variant_configs(scenario: Scenario, components: Components) -> dict[tuple[str, str], dict]:
+    """Map each variant to the scenario entry it came from, for the memory probe's child process."""
+    mapping: dict[tuple[str, str], dict] = {}
+    for config in scenario.pipelines:
+        for pipeline in build_pipelines([config], components):
+            mapping[(pipeline.kind, pipeline.variant)] = config.model_dump()
+    return mapping
+
+
+def _count_fallbacks(evaluation: EvaluationSet, detected: np.ndarray) -> int:
+    """Count the evaluated images whose face the detector missed."""
+    return int((~detected).sum())
+
+
+class _RunContext:
+    """State shared by the phases of one run: paths, warnings, assumptions, the meter."""
+
+    def __init__(
+        self, scenario: Scenario, scenario_path: Path, out_dir: Path, evaluation: EvaluationSet, assumptions: dict
+    ) -> None:
+        self.scenario = scenario
+        self.scenario_path = scenario_path
+        self.out_dir = out_dir
+        self.evaluation = evaluation
+        self.assumptions = assumptions
+        self.warnings: list[str] = list(assumptions.pop("_warnings", []))
+        self.meter_status: dict[str, dict[str, object]] = {}
+        self.created_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def open_meter(self) -> Any:
+        """Return the first available host meter of the scenario's list, or None."""
+        from vqbench.meters.registry import create_meter
+
+        for name in self.scenario.meters.host:
+            meter = create_meter(name)
+            availability = meter.probe()
+            self.meter_status[name] = {"available": availability.available, "reason": availability.reason}
+            if availability.available:
+                logger.info("measuring host energy with %s (%s)", name, meter.method)
+                if meter.method.startswith("estimated"):
+                    self.warnings.append(
+                        f"host energy is an estimate ({meter.method}): {availability.reason}"
+                    )
+                return meter
+            logger.warning("energy meter %s unavailable: %s", name, availability.reason)
+        self.warnings.append(
+            "no host energy meter was available (tried "
+            + ", ".join(f"{name}: {status['reason']}" for name, status in self.meter_status.items())
+            + "); energy and CO2e figures are missing"
+        )
+        return None
+
+    def write_environment(self) -> None:
+        environment = collect_environment(meters=self.meter_status, project_dir=PROJECT_DIR)
+        write_json_atomic(self.out_dir / "environment.json", environment)
+
+
+def _assumptions(scenario: Scenario) -> dict:
+    """Record grid intensities and measurement settings used by the run."""
+    from vqbench.carbon import grid_intensity
+
+    assumptions: dict[str, Any] = {"measurement": scenario.measurement.model_dump(), "_warnings": []}
+    for side in ("edge", "cloud"):
+        location = getattr(scenario.carbon, f"{side}_location")
+        intensity = grid_intensity(location)
+        assumptions[f"grid_intensity_{side}"] = {
+            "location": intensity.location,
+            "gco2e_per_kwh": intensity.gco2e_per_kwh,
+            "source": intensity.source,
+            "year": intensity.year,
+            "is_world_average": intensity.is_world_average,
+        }
+        if intensity.is_world_average:
+            assumptions["_warnings"].append(
+                f"the {side} grid intensity is a world average ({intensity.gco2e_per_kwh:.0f} gCO2e/kWh); "
+                f"set carbon.{side}_location for a country or cloud region"
+            )
+    return assumptions
+
+
+def _run_variant(
+    pipeline: Pipeline,
+    pipeline_config: dict,
+    context: _RunContext,
+    aligned: Any,
+    embedding_cache: ArrayCache,
+    meter: Any,
+    tables: _RunTables,
+    progress: ProgressReporter,
+) -> ResultRow:
+    """Score, time, meter and size one variant; append its tables; return its row."""
+    scenario = context.scenario
+    evaluation = context.evaluation
+    label = f"{pipeline.kind}/{pipeline.variant}"
+
+    with _phase(progress, f"Scoring {label}", len(evaluation.images)) as task:
+        scored = score_variant(
+            pipeline, evaluation, aligned, embedding_cache, scenario.teacher.batch_size,
+            lambda n: progress.advance(task, n),
+        )
+    scores = pair_scores(evaluation, scored.embeddings)
+    same = np.asarray([pair.same for pair in evaluation.pairs])
+    folds = np.asarray([pair.fold for pair in evaluation.pairs])
+    verification = evaluate_verification(scores, same, folds)
+    tables.scores.append(
+        pd.DataFrame({
+            "pipeline": pipeline.kind, "variant": pipeline.variant, "fold": folds,
+            "pair_index": [pair.index for pair in evaluation.pairs], "same": same, "score": scores,
+        })
+    )
+
+    settings = scenario.measurement
+    sample_images = evaluation.images[: settings.latency_samples]
+    with _phase(progress, f"Timing {label}", None):
+        latency = measure_latency(pipeline, sample_images, settings.warmup)
+    with _phase(progress, f"Metering energy of {label}", None):
+        edge_energy, cloud_energy = measure_energy(pipeline, sample_images, latency.payloads, meter, settings)
+    edge_rss = cloud_rss = None
+    if settings.memory:
+        with _phase(progress, f"Measuring memory of {label}", None):
+            edge_rss, cloud_rss = measure_peak_rss(
+                pipeline, pipeline_config, scenario.alignment, scenario.teacher, sample_images, latency.payloads
+            )
+
+    tables.latency.append(_latency_table(pipeline, latency.edge_ms, latency.cloud_ms))
+    tables.energy.append(_energy_table(pipeline, edge_energy, cloud_energy))
+    for half, energy in (("edge", edge_energy), ("cloud", cloud_energy)):
+        if energy.energy is None:
+            context.warnings.append(f"{label}: {half} energy missing: {energy.missing_reason}")
+
+    edge_footprint, cloud_footprint = pipeline.footprint()
+    row = ResultRow(
+        pipeline=pipeline.kind,
+        variant=pipeline.variant,
+        n_pairs=len(evaluation.pairs),
+        n_pairs_skipped=evaluation.skipped_pairs,
+        folds=evaluation.folds,
+        lfw_accuracy_mean=verification.accuracy_mean,
+        lfw_accuracy_std=verification.accuracy_std,
+        tar_at_far_1e_3=verification.tar_at_far_1e_3,
+        roc_auc=verification.roc_auc,
+        eer=verification.eer,
+        payload_bytes_mean=float(scored.payload_bytes.mean()),
+        payload_bytes_p95=float(np.percentile(scored.payload_bytes, 95)),
+        edge_peak_rss_bytes=edge_rss,
+        cloud_peak_rss_bytes=cloud_rss,
+        edge_model_bytes=edge_footprint.model_bytes,
+        cloud_model_bytes=cloud_footprint.model_bytes,
+        edge_params=edge_footprint.params,
+        cloud_params=cloud_footprint.params,
+        edge_macs=edge_footprint.macs,
+        cloud_macs=cloud_footprint.macs,
+        **_latency_columns(latency.edge_ms, latency.cloud_ms),
+        **_energy_columns(edge_energy, cloud_energy, context.assumptions),
+    )
+    return row
+
+
+def _latency_columns(edge_ms: list[float], cloud_ms: list[float]) -> dict[str, float | None]:
+    end_to_end = [e + c for e, c in zip(edge_ms, cloud_ms)]
+    edge, cloud, total = latency_summary(edge_ms), latency_summary(cloud_ms), latency_summary(end_to_end)
+    return {
+        "edge_latency_ms_p50": edge["p50"], "edge_latency_ms_p95": edge["p95"],
+        "cloud_latency_ms_p50": cloud["p50"], "cloud_latency_ms_p95": cloud["p95"],
+        "end_to_end_latency_ms_p50": total["p50"], "end_to_end_latency_ms_p95": total["p95"],
+        "end_to_end_latency_ms_p99": total["p99"],
+    }
+
+
+def _energy_columns(edge: Any, cloud: Any, assumptions: dict) -> dict[str, Any]:
+    """Energy and CO2e columns; a missing half leaves its figures and the totals at None."""
+    from vqbench.carbon import co2e_g_from_intensity
+
+    columns: dict[str, Any] = {}
+    for half, measured in (("edge", edge), ("cloud", cloud)):
+        energy = measured.energy
+        if energy is None:
+            continue
+        columns[f"{half}_energy_j_per_inference"] = energy.energy_j_per_inference
+        columns[f"{half}_energy_method"] = energy.method
+        columns[f"{half}_energy_ci95_j"] = energy.ci95_j
+        columns[f"{half}_dynamic_energy_j_per_inference"] = energy.dynamic_energy_j_per_inference
+        columns[f"{half}_energy_j_per_inference_repeats"] = list(energy.repeats_j_per_inference)
+
+    edge_intensity = assumptions["grid_intensity_edge"]["gco2e_per_kwh"]
+    cloud_intensity = assumptions["grid_intensity_cloud"]["gco2e_per_kwh"]
+    columns["grid_intensity_edge_gco2e_per_kwh"] = edge_intensity
+    columns["grid_intensity_cloud_gco2e_per_kwh"] = cloud_intensity
+    if edge.energy is not None and cloud.energy is not None:
+        edge_j = edge.energy.energy_j_per_inference
+        cloud_j = cloud.energy.energy_j_per_inference
+        columns["total_energy_j_per_inference"] = edge_j + cloud_j
+        columns["co2e_g_per_inference"] = co2e_g_from_intensity(edge_j, edge_intensity) + co2e_g_from_intensity(
+            cloud_j, cloud_intensity
+        )
+    return columns
+
+
+def _latency_table(pipeline: Pipeline, edge_ms: list[float], cloud_ms: list[float]) -> pd.DataFrame:
+    frames = []
+    for stage, values in (
+        ("edge", edge_ms), ("cloud", cloud_ms), ("end_to_end", [e + c for e, c in zip(edge_ms, cloud_ms)])
+    ):
+        frames.append(pd.DataFrame({
+            "pipeline": pipeline.kind, "variant": pipeline.variant, "stage": stage,
+            "sample_index": np.arange(len(values)), "latency_ms": np.asarray(values, dtype=np.float64),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _energy_table(pipeline: Pipeline, edge: Any, cloud: Any) -> pd.DataFrame:
+    records = []
+    for stage, measured in (("edge", edge), ("cloud", cloud)):
+        energy = measured.energy
+        if energy is None:
+            continue
+        for repeat, value in enumerate(energy.repeats_j_per_inference):
+            records.append({
+                "pipeline": pipeline.kind, "variant": pipeline.variant, "stage": stage, "repeat": repeat,
+                "energy_j_per_inference": value, "method": energy.method, "idle_power_w": energy.idle_power_w,
+                "n_inferences": energy.n_inferences, "window_s": energy.window_s,
+            })
+    columns = ["pipeline", "variant", "stage", "repeat", "energy_j_per_inference", "method",
+               "idle_power_w", "n_inferences", "window_s"]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _write_results(context: _RunContext, tables: _RunTables) -> RunResults:
+    """Rewrite results.json, results.csv and the Parquet tables atomically."""
+    results = RunResults(
+        vqbench_version=__version__,
+        scenario_name=context.scenario.name,
+        scenario_path=str(context.scenario_path),
+        created_utc=context.created_utc,
+        rows=tables.rows,
+        warnings=list(dict.fromkeys(context.warnings)),
+        assumptions=context.assumptions,
+    )
+    out_dir = context.out_dir
+    write_text_atomic(out_dir / "results.json", results.model_dump_json(indent=2) + "\n")
+    frame = pd.DataFrame([row.model_dump() for row in tables.rows], columns=list(RESULT_COLUMNS))
+    for column in ("folds", "edge_energy_j_per_inference_repeats", "cloud_energy_j_per_inference_repeats"):
+        frame[column] = frame[column].map(lambda value: "[" + ", ".join(str(v) for v in value) + "]")
+    write_text_atomic(out_dir / "results.csv", frame.to_csv(index=False))
+
+    if context.scenario.outputs.parquet:
+        for name, parts in (("scores", tables.scores), ("latency", tables.latency), ("energy", tables.energy)):
+            if parts:
+                table = pd.concat(parts, ignore_index=True)
+                write_atomic(out_dir / f"{name}.parquet", lambda stream, t=table: t.to_parquet(stream, index=False))
+    return results
+
+
+def _render_reports(scenario: Scenario, out_dir: Path, warnings: list[str]) -> None:
+    """Render report.html and report.pdf; a rendering failure is a warning, not a lost run."""
+    if not (scenario.outputs.html or scenario.outputs.pdf):
+        return
+    from vqbench.report import render_reports
+
+    render_reports(out_dir)

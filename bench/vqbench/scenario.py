@@ -1,0 +1,203 @@
+"""The scenario file schema: what a run measures, on which data, with which meters.
+
+A scenario is a YAML file validated by the pydantic models below; unknown keys are rejected.
+``${VAR}`` and ``~`` are expanded in paths, and relative paths resolve against the folder of
+the scenario file. ``scenarios/scenario.schema.json`` is generated from these models.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vqbench.errors import ScenarioError
+
+SCENARIO_SCHEMA_VERSION = 1
+DATA_DIR_ENV = "VQBENCH_DATA_DIR"
+DEFAULT_DATA_DIR = Path("~/.cache/vqbench/data")
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(_Strict):
+    """Which faces and which pairs are evaluated."""
+
+    kind: Literal["lfw", "folders"] = "lfw"
+    root: Optional[str] = Field(
+        None,
+        description="Folder of the data set. For lfw: the folder holding lfw-deepfunneled/ and "
+        "pairs.txt. Default: ${VQBENCH_DATA_DIR}/lfw, else ~/.cache/vqbench/data/lfw.",
+    )
+    pairs_file: Optional[str] = Field(None, description="Pairs protocol file; default ROOT/pairs.txt.")
+    folds: Optional[list[int]] = Field(None, description="1-based folds to evaluate; default all.")
+    max_pairs: Optional[int] = Field(None, ge=2, description="Keep at most this many pairs per run.")
+    download: bool = Field(False, description="Download LFW on first use when it is missing.")
+    folders_pairs_per_fold: int = Field(100, ge=2, description="For kind=folders: pairs per fold.")
+    folders_n_folds: int = Field(10, ge=2, description="For kind=folders: number of folds.")
+    seed: int = 0
+
+
+class AlignmentConfig(_Strict):
+    """dlib detection and 5-point alignment to the teacher's 150x150 chip."""
+
+    upsample: int = Field(0, ge=0, le=2, description="dlib detector upsampling steps.")
+    chip_size_px: int = Field(150, ge=32, le=512)
+    padding: float = Field(0.25, ge=0.0, le=1.0, description="dlib get_face_chip padding.")
+
+
+class TeacherConfig(_Strict):
+    """The cloud's face embedder."""
+
+    runtime: Literal["dlib", "torch", "onnxruntime"] = "dlib"
+    batch_size: int = Field(32, ge=1)
+
+
+class CloudRawPipeline(_Strict):
+    """Send the camera's image file as it is; the cloud detects, aligns and embeds."""
+
+    kind: Literal["cloud-raw"] = "cloud-raw"
+
+
+class CloudCodecPipeline(_Strict):
+    """Align on the edge, compress the chip with an image codec, embed in the cloud."""
+
+    kind: Literal["cloud-codec"] = "cloud-codec"
+    codec: Literal["jpeg", "webp", "png"] = "jpeg"
+    qualities: list[int] = Field(default_factory=lambda: [75])
+    sizes_px: list[int] = Field(
+        default_factory=lambda: [150],
+        description="Side of the square chip sent, in pixels; the cloud upscales it back to 150.",
+    )
+
+    @field_validator("qualities")
+    @classmethod
+    def _check_qualities(cls, qualities: list[int]) -> list[int]:
+        bad = [q for q in qualities if not 1 <= q <= 100]
+        if bad or not qualities:
+            raise ValueError(f"qualities must be a non-empty list of integers in 1..100, got {qualities}")
+        return qualities
+
+    @field_validator("sizes_px")
+    @classmethod
+    def _check_sizes(cls, sizes: list[int]) -> list[int]:
+        bad = [s for s in sizes if not 16 <= s <= 150]
+        if bad or not sizes:
+            raise ValueError(f"sizes_px must be a non-empty list of integers in 16..150, got {sizes}")
+        return sizes
+
+
+PipelineConfig = Annotated[Union[CloudRawPipeline, CloudCodecPipeline], Field(discriminator="kind")]
+
+
+class MeasurementConfig(_Strict):
+    """Latency samples and energy windows (see vqbench.meters.protocol)."""
+
+    latency_samples: int = Field(
+        40, ge=5, description="Images whose edge and cloud stages are timed one by one, uncached."
+    )
+    warmup: int = Field(3, ge=0, description="Inferences run before any window.")
+    repeats: int = Field(3, ge=1, description="Measured energy windows per stage.")
+    min_window_s: float = Field(1.0, gt=0, description="Shortest energy window, in seconds.")
+    idle_s: float = Field(1.0, ge=0, description="Idle window before measuring, in seconds.")
+    memory: bool = Field(True, description="Measure each half's peak RSS in a child process.")
+
+
+class MetersConfig(_Strict):
+    """Energy meters, tried in order; the first available one measures the host."""
+
+    host: list[str] = Field(default_factory=lambda: ["rapl", "codecarbon"])
+
+
+class CarbonConfig(_Strict):
+    """Where the edge device and the cloud draw their electricity."""
+
+    edge_location: str = Field("world", description="ISO 3166 alpha-3 country, or 'world'.")
+    cloud_location: str = Field(
+        "world", description="ISO alpha-3 country, a cloud region as 'provider:region', or 'world'."
+    )
+
+
+class OutputsConfig(_Strict):
+    """What a run writes besides results.csv, results.json and environment.json."""
+
+    html: bool = True
+    pdf: bool = True
+    parquet: bool = True
+
+
+class Scenario(_Strict):
+    """A complete scenario file."""
+
+    schema_version: Literal[1] = SCENARIO_SCHEMA_VERSION
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    alignment: AlignmentConfig = Field(default_factory=AlignmentConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    pipelines: list[PipelineConfig] = Field(..., min_length=1)
+    measurement: MeasurementConfig = Field(default_factory=MeasurementConfig)
+    meters: MetersConfig = Field(default_factory=MetersConfig)
+    carbon: CarbonConfig = Field(default_factory=CarbonConfig)
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
+    cache_dir: Optional[str] = Field(
+        None, description="Cache of aligned chips and embeddings; default ~/.cache/vqbench/cache."
+    )
+
+
+def expand_path(value: str, base_dir: Path) -> Path:
+    """Expand ``${VAR}`` and ``~`` in a path, then resolve it against ``base_dir``."""
+
+    def substitute(match: re.Match[str]) -> str:
+        variable = match.group(1)
+        if variable not in os.environ:
+            raise ScenarioError(f"path {value!r} uses ${{{variable}}}, which is not set; export it or edit the path")
+        return os.environ[variable]
+
+    expanded = Path(_ENV_PATTERN.sub(substitute, value)).expanduser()
+    return expanded if expanded.is_absolute() else (base_dir / expanded).resolve()
+
+
+def default_data_dir() -> Path:
+    """Return ``${VQBENCH_DATA_DIR}``, else ``~/.cache/vqbench/data``."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    return Path(configured).expanduser() if configured else DEFAULT_DATA_DIR.expanduser()
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read and validate a scenario file, raising ScenarioError with the offending key."""
+    if not path.is_file():
+        raise ScenarioError(f"scenario file not found: {path}; pass the path of a .yaml file (see scenarios/)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ScenarioError(f"scenario {path} is not valid YAML: {error}".replace("\n", " ")) from error
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"scenario {path} must be a YAML mapping with at least 'name' and 'pipelines'")
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise ScenarioError(
+            f"scenario {path}: invalid value at '{location}': {first['msg']} "
+            f"({error.error_count()} error(s); see scenarios/scenario.schema.json)"
+        ) from error
+
+
+def write_json_schema(path: Path) -> None:
+    """Write the scenario JSON Schema (used by editors and by scenarios/scenario.schema.json)."""
+    import json
+
+    schema = Scenario.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "vqbench scenario"
+    path.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")

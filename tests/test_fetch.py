@@ -1,0 +1,517 @@
+"""Tests for the LFW download: a real local HTTP server with Range support serves a small
+archive of real LFW images, and fetch_lfw must install, resume, verify and reject."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from vqbench.data import fetch
+from vqbench.data.fetch import (
+    ARCHIVE_NAME,
+    default_data_dir,
+    fetch_lfw,
+    lfw_present,
+    load_manifest,
+    verify_lfw,
+)
+from vqbench.errors import DataError
+
+SHARED_LFW = Path("/work/shared/data/lfw")
+PEOPLE = {
+    "Aaron_Peirsol": 4,
+    "Abdullah_Gul": 3,
+    "AJ_Cook": 1,
+    "Zico": 3,
+}
+PAIRS_TEXT = "1 1\nAaron_Peirsol\t1\t2\nAJ_Cook\t1\tZico\t3\n"
+PEOPLE_TEXT = "4\n" + "".join(f"{name}\t{count}\n" for name, count in PEOPLE.items())
+README_TEXT = "Small LFW subset for tests.\n"
+
+needs_lfw = pytest.mark.skipif(
+    not (SHARED_LFW / "lfw-deepfunneled").is_dir(), reason="needs the LFW copy in /work/shared"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# A local HTTP server with optional Range support
+
+
+@dataclass
+class FakeSite:
+    """Files served over HTTP on 127.0.0.1, and the requests the server received."""
+
+    root: Path
+    base_url: str = ""
+    supports_ranges: bool = True
+    status_overrides: dict[str, int] = field(default_factory=dict)
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def archive_bytes(self) -> bytes:
+        return (self.root / ARCHIVE_NAME).read_bytes()
+
+
+def _handler_for(site: FakeSite) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (name fixed by http.server)
+            name = self.path.lstrip("/")
+            range_header = self.headers.get("Range")
+            site.requests.append((name, range_header))
+            if name in site.status_overrides:
+                self._send_empty(site.status_overrides[name])
+                return
+            path = site.root / name
+            if not path.is_file():
+                self._send_empty(404)
+                return
+            body = path.read_bytes()
+            if site.supports_ranges and range_header:
+                self._send_range(body, range_header)
+            else:
+                self._send(200, body, {})
+
+        def _send_range(self, body: bytes, range_header: str) -> None:
+            start = int(range_header.removeprefix("bytes=").rstrip("-"))
+            if start >= len(body):
+                self._send(416, b"", {"Content-Range": f"bytes */{len(body)}"})
+                return
+            content_range = f"bytes {start}-{len(body) - 1}/{len(body)}"
+            self._send(206, body[start:], {"Content-Range": content_range})
+
+        def _send_empty(self, status: int) -> None:
+            self._send(status, b"", {})
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSite]:
+    for variable in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    root = tmp_path / "site"
+    root.mkdir()
+    site = FakeSite(root=root)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(site))
+    site.base_url = f"http://127.0.0.1:{server.server_address[1]}/"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield site
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# A small archive of real LFW images and its manifest
+
+
+def _image_members() -> dict[str, bytes]:
+    members = {}
+    for name, count in PEOPLE.items():
+        for number in range(1, count + 1):
+            relative = f"lfw-deepfunneled/{name}/{name}_{number:04d}.jpg"
+            members[relative] = (SHARED_LFW / relative).read_bytes()
+    return members
+
+
+def _write_archive(path: Path, members: dict[str, bytes], extra: list[tarfile.TarInfo] = ()) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        directory = tarfile.TarInfo("lfw-deepfunneled")
+        directory.type = tarfile.DIRTYPE
+        tar.addfile(directory)
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
+
+
+def _write_manifest(path: Path, files: dict[str, bytes]) -> Path:
+    lines = [f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items())]
+    path.write_text("".join(lines))
+    return path
+
+
+@pytest.fixture
+def lfw_files() -> dict[str, bytes]:
+    if not (SHARED_LFW / "lfw-deepfunneled").is_dir():
+        pytest.skip("needs the LFW copy in /work/shared")
+    files = _image_members()
+    files["pairs.txt"] = PAIRS_TEXT.encode()
+    files["people.txt"] = PEOPLE_TEXT.encode()
+    files["README.txt"] = README_TEXT.encode()
+    return files
+
+
+@pytest.fixture
+def served(site: FakeSite, lfw_files: dict[str, bytes], tmp_path: Path) -> tuple[FakeSite, Path]:
+    """Serve the small archive and protocol files; return the site and a matching manifest."""
+    images = {name: data for name, data in lfw_files.items() if name.startswith("lfw-")}
+    _write_archive(site.root / ARCHIVE_NAME, images)
+    for name in ("pairs.txt", "people.txt", "README.txt"):
+        (site.root / name).write_bytes(lfw_files[name])
+    manifest = _write_manifest(tmp_path / "manifest.sha256", lfw_files)
+    return site, manifest
+
+
+def _assert_installed(dest: Path, files: dict[str, bytes]) -> None:
+    root = dest / "lfw"
+    for name, data in files.items():
+        assert (root / name).read_bytes() == data, name
+    assert not (dest / ".lfw-download").exists()
+    assert not list(dest.glob(".lfw-unpack-*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Installing
+
+
+def test_fetch_installs_layout(served, lfw_files, tmp_path):
+    site, manifest = served
+    dest = tmp_path / "data"
+
+    root = fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert root == dest / "lfw"
+    _assert_installed(dest, lfw_files)
+    assert (root / "lfw-deepfunneled/Zico/Zico_0003.jpg").is_file()
+    assert lfw_present(root, manifest=manifest)
+    assert verify_lfw(root, manifest=manifest) == len(lfw_files)
+
+
+def test_fetch_accepts_archive_url(served, lfw_files, tmp_path):
+    site, manifest = served
+    dest = tmp_path / "data"
+
+    fetch_lfw(dest, url=site.base_url + ARCHIVE_NAME, progress=False, manifest=manifest)
+
+    _assert_installed(dest, lfw_files)
+
+
+def test_fetch_with_progress_bar(served, lfw_files, tmp_path):
+    site, manifest = served
+    dest = tmp_path / "data"
+
+    fetch_lfw(dest, url=site.base_url, progress=True, manifest=manifest)
+
+    _assert_installed(dest, lfw_files)
+
+
+def test_fetch_reuses_verified_install(served, tmp_path):
+    site, manifest = served
+    dest = tmp_path / "data"
+    fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+    requests_before = len(site.requests)
+
+    root = fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert root == dest / "lfw"
+    assert len(site.requests) == requests_before
+
+
+def test_fetch_skips_missing_optional_files(served, tmp_path, caplog):
+    site, manifest = served
+    caplog.set_level(logging.WARNING, logger="vqbench.data.fetch")
+
+    root = fetch_lfw(tmp_path / "data", url=site.base_url, progress=False, manifest=manifest)
+
+    assert not (root / "lfw-names.txt").exists()
+    assert "lfw-names.txt is not on the server" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming
+
+
+def _write_part(dest: Path, data: bytes) -> Path:
+    part = dest / ".lfw-download" / (ARCHIVE_NAME + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data)
+    return part
+
+
+def test_fetch_resumes_partial_download(served, lfw_files, tmp_path):
+    site, manifest = served
+    dest = tmp_path / "data"
+    archive = site.archive_bytes()
+    half = len(archive) // 2
+    _write_part(dest, archive[:half])
+
+    fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert (ARCHIVE_NAME, f"bytes={half}-") in site.requests
+    _assert_installed(dest, lfw_files)
+
+
+def test_fetch_completes_full_part(served, lfw_files, tmp_path):
+    site, manifest = served
+    dest = tmp_path / "data"
+    archive = site.archive_bytes()
+    _write_part(dest, archive)
+
+    fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert (ARCHIVE_NAME, f"bytes={len(archive)}-") in site.requests
+    _assert_installed(dest, lfw_files)
+
+
+def test_fetch_restarts_without_range_support(served, lfw_files, tmp_path, caplog):
+    site, manifest = served
+    site.supports_ranges = False
+    dest = tmp_path / "data"
+    archive = site.archive_bytes()
+    # A part with wrong bytes shows that the restart really starts again from byte 0.
+    _write_part(dest, b"\0" * (len(archive) // 2))
+    caplog.set_level(logging.INFO, logger="vqbench.data.fetch")
+
+    fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert "ignores Range requests" in caplog.text
+    _assert_installed(dest, lfw_files)
+
+
+@pytest.mark.parametrize("supports_ranges", [True, False])
+def test_fetch_discards_oversized_part(served, lfw_files, tmp_path, caplog, supports_ranges):
+    site, manifest = served
+    site.supports_ranges = supports_ranges
+    dest = tmp_path / "data"
+    _write_part(dest, b"\0" * (len(site.archive_bytes()) + 10))
+    caplog.set_level(logging.WARNING, logger="vqbench.data.fetch")
+
+    fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert "discarding partial download" in caplog.text
+    _assert_installed(dest, lfw_files)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rejecting
+
+
+def test_fetch_rejects_checksum_mismatch(served, lfw_files, tmp_path):
+    site, _ = served
+    altered = dict(lfw_files)
+    altered["lfw-deepfunneled/Zico/Zico_0002.jpg"] = b"not the real image"
+    manifest = _write_manifest(tmp_path / "altered.sha256", altered)
+    dest = tmp_path / "data"
+
+    with pytest.raises(DataError, match="Zico_0002.jpg") as caught:
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert "run the fetch again" in str(caught.value)
+    assert not (dest / "lfw").exists()
+    assert not (dest / ".lfw-download" / ARCHIVE_NAME).exists()
+    assert not list(dest.glob(".lfw-unpack-*"))
+
+
+def test_fetch_rejects_protocol_file_mismatch(served, lfw_files, tmp_path):
+    site, manifest = served
+    (site.root / "pairs.txt").write_text("10 300\n")
+    dest = tmp_path / "data"
+
+    with pytest.raises(DataError, match="'pairs.txt'"):
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert not (dest / "lfw").exists()
+    assert not (dest / ".lfw-download" / "pairs.txt").exists()
+
+
+def _unsafe_member(name: str, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    if kind == tarfile.REGTYPE:
+        info.size = 4
+    else:
+        info.linkname = "/etc/passwd"
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (_unsafe_member("../evil.txt"), "unsafe member path '../evil.txt'"),
+        (_unsafe_member("lfw-deepfunneled/../../evil.txt"), "unsafe member path"),
+        (_unsafe_member("/tmp/evil.txt"), "unsafe member path '/tmp/evil.txt'"),
+        (_unsafe_member("lfw-deepfunneled/link", tarfile.SYMTYPE), "link or special file"),
+        (_unsafe_member("lfw-deepfunneled/hard", tarfile.LNKTYPE), "link or special file"),
+    ],
+)
+def test_fetch_rejects_unsafe_member(served, lfw_files, tmp_path, member, message):
+    site, manifest = served
+    images = {name: data for name, data in lfw_files.items() if name.startswith("lfw-")}
+    _write_archive(site.root / ARCHIVE_NAME, images, extra=[member])
+    dest = tmp_path / "data"
+
+    with pytest.raises(DataError, match=message):
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert not (dest / "lfw").exists()
+    assert not (tmp_path / "evil.txt").exists()
+    assert not list(dest.glob(".lfw-unpack-*"))
+
+
+def test_fetch_rejects_corrupt_archive(served, tmp_path):
+    site, manifest = served
+    (site.root / ARCHIVE_NAME).write_bytes(b"\x1f\x8b\x08\x00 truncated")
+    dest = tmp_path / "data"
+
+    with pytest.raises(DataError, match="not a readable tar archive"):
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert not (dest / ".lfw-download" / ARCHIVE_NAME).exists()
+
+
+def test_fetch_rejects_unverified_existing_dest(served, tmp_path):
+    site, manifest = served
+    dest = tmp_path / "data"
+    (dest / "lfw").mkdir(parents=True)
+    (dest / "lfw" / "pairs.txt").write_text("something else\n")
+
+    with pytest.raises(DataError, match="exists and does not verify") as caught:
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert "Delete" in str(caught.value)
+    assert (dest / "lfw" / "pairs.txt").read_text() == "something else\n"
+    assert site.requests == []
+
+
+def test_fetch_rejects_tampered_install(served, tmp_path):
+    site, manifest = served
+    dest = tmp_path / "data"
+    root = fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+    (root / "lfw-deepfunneled/AJ_Cook/AJ_Cook_0001.jpg").write_bytes(b"tampered")
+
+    with pytest.raises(DataError, match="AJ_Cook_0001.jpg"):
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Server and network errors
+
+
+@pytest.mark.parametrize(("name", "status"), [(ARCHIVE_NAME, 500), ("pairs.txt", 404)])
+def test_fetch_reports_server_error(served, tmp_path, name, status):
+    site, manifest = served
+    site.status_overrides[name] = status
+
+    with pytest.raises(DataError, match=f"{name} failed: HTTP {status}") as caught:
+        fetch_lfw(tmp_path / "data", url=site.base_url, progress=False, manifest=manifest)
+
+    assert "--url" in str(caught.value)
+
+
+def test_fetch_reports_unreachable_server(lfw_files, tmp_path, monkeypatch):
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    manifest = _write_manifest(tmp_path / "manifest.sha256", lfw_files)
+    # Port 9 (discard) on loopback has no listener here, so the connection is refused.
+    url = "http://127.0.0.1:9/"
+
+    with pytest.raises(DataError, match="check the network"):
+        fetch_lfw(tmp_path / "data", url=url, progress=False, manifest=manifest, timeout_s=5)
+
+
+def test_fetch_rejects_non_http_url(tmp_path):
+    with pytest.raises(DataError, match="only http:// and https://"):
+        fetch_lfw(tmp_path, url="ftp://example.org/lfw/", progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest, verification and defaults
+
+
+def test_shipped_manifest_lists_lfw():
+    manifest = load_manifest()
+    images = [path for path in manifest.digests if path.startswith("lfw-deepfunneled/")]
+
+    assert len(images) == 13233
+    assert "pairs.txt" in manifest.digests
+    assert manifest.is_required("people.txt")
+    assert not manifest.is_required("lfw_counts.json")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("abc  pairs.txt", "invalid manifest line"),
+        ("a" * 64, "invalid manifest line"),
+        ("a" * 64 + "  ../pairs.txt", "unsafe path"),
+        ("a" * 64 + "  /etc/passwd", "unsafe path"),
+    ],
+)
+def test_manifest_rejects_bad_line(tmp_path, line, message):
+    path = tmp_path / "bad.sha256"
+    path.write_text("b" * 64 + "  people.txt\n" + line + "\n")
+
+    with pytest.raises(DataError, match=f"bad.sha256:2: {message}"):
+        load_manifest(path)
+
+
+def test_manifest_rejects_duplicate(tmp_path):
+    path = tmp_path / "dup.sha256"
+    path.write_text("b" * 64 + "  people.txt\n" + "c" * 64 + " *people.txt\n")
+
+    with pytest.raises(DataError, match="dup.sha256:2: duplicate"):
+        load_manifest(path)
+
+
+@needs_lfw
+def test_verify_shared_lfw_sample():
+    assert lfw_present(SHARED_LFW)
+    # 10 protocol and metadata files are always hashed besides the sampled images.
+    assert verify_lfw(SHARED_LFW, sample=20) == 20 + 10
+
+
+def test_verify_reports_missing_file(tmp_path):
+    assert not lfw_present(tmp_path)
+    with pytest.raises(DataError, match="incomplete: 13235 files missing"):
+        verify_lfw(tmp_path, sample=5)
+
+
+def test_default_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("VQBENCH_DATA_DIR", str(tmp_path / "mine"))
+    assert default_data_dir() == tmp_path / "mine"
+
+    monkeypatch.delenv("VQBENCH_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_data_dir() == tmp_path / "cache" / "vqbench" / "data"
+
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_data_dir() == tmp_path / "home" / ".cache" / "vqbench" / "data"
+
+
+def test_resolve_urls():
+    assert fetch._resolve_urls(None) == (
+        "http://vis-www.cs.umass.edu/lfw/lfw-deepfunneled.tgz",
+        "http://vis-www.cs.umass.edu/lfw/",
+    )
+    assert fetch._resolve_urls("https://mirror.example/lfw") == (
+        "https://mirror.example/lfw/lfw-deepfunneled.tgz",
+        "https://mirror.example/lfw/",
+    )
+    assert fetch._resolve_urls("https://mirror.example/x/deep.tar.gz") == (
+        "https://mirror.example/x/deep.tar.gz",
+        "https://mirror.example/x/",
+    )

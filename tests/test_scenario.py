@@ -1,0 +1,84 @@
+"""Scenario schema: valid files load, mistakes name the key, paths expand."""
+
+from pathlib import Path
+
+import pytest
+
+from vqbench.errors import ScenarioError
+from vqbench.scenario import Scenario, expand_path, load_scenario, write_json_schema
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "lfw-full.yaml"])
+def test_shipped_scenarios_load(name):
+    scenario = load_scenario(REPO_DIR / "scenarios" / name)
+    assert scenario.pipelines
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "scenario.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-raw}]\nmeasurment: {}\n")
+    with pytest.raises(ScenarioError, match="measurment"):
+        load_scenario(path)
+
+
+def test_bad_quality_is_named(tmp_path):
+    path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-codec, qualities: [0, 50]}]\n")
+    with pytest.raises(ScenarioError, match=r"pipelines\.0\.cloud-codec\.qualities"):
+        load_scenario(path)
+
+
+def test_unknown_pipeline_kind(tmp_path):
+    path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-magic}]\n")
+    with pytest.raises(ScenarioError, match="pipelines.0"):
+        load_scenario(path)
+
+
+def test_invalid_yaml(tmp_path):
+    path = _write(tmp_path, "name: [unclosed\n")
+    with pytest.raises(ScenarioError, match="not valid YAML"):
+        load_scenario(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ScenarioError, match="not found"):
+        load_scenario(tmp_path / "absent.yaml")
+
+
+def test_wrong_schema_version(tmp_path):
+    path = _write(tmp_path, "schema_version: 2\nname: x\npipelines: [{kind: cloud-raw}]\n")
+    with pytest.raises(ScenarioError, match="schema_version"):
+        load_scenario(path)
+
+
+def test_expand_path_env_home_and_relative(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQ_TEST_ROOT", "/data/x")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert expand_path("${VQ_TEST_ROOT}/lfw", tmp_path) == Path("/data/x/lfw")
+    assert expand_path("~/lfw", Path("/elsewhere")) == tmp_path / "lfw"
+    assert expand_path("../lfw", tmp_path / "scenarios") == (tmp_path / "lfw").resolve()
+
+
+def test_expand_path_unset_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("VQ_TEST_UNSET", raising=False)
+    with pytest.raises(ScenarioError, match="VQ_TEST_UNSET"):
+        expand_path("${VQ_TEST_UNSET}/lfw", tmp_path)
+
+
+def test_committed_json_schema_is_current(tmp_path):
+    fresh = tmp_path / "schema.json"
+    write_json_schema(fresh)
+    committed = REPO_DIR / "scenarios" / "scenario.schema.json"
+    assert committed.read_text() == fresh.read_text(), "run `vqbench schema` to refresh the committed schema"
+
+
+def test_defaults_fill_sections():
+    scenario = Scenario.model_validate({"name": "x", "pipelines": [{"kind": "cloud-raw"}]})
+    assert scenario.measurement.repeats >= 1
+    assert scenario.dataset.kind == "lfw"
