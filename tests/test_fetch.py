@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import socket
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -425,8 +426,11 @@ def test_fetch_reports_unreachable_server(lfw_files, tmp_path, monkeypatch):
     monkeypatch.delenv("HTTP_PROXY", raising=False)
     monkeypatch.delenv("http_proxy", raising=False)
     manifest = _write_manifest(tmp_path / "manifest.sha256", lfw_files)
-    # Port 9 (discard) on loopback has no listener here, so the connection is refused.
-    url = "http://127.0.0.1:9/"
+    # A port that was just free and is now closed, so the connection is refused.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
 
     with pytest.raises(DataError, match="check the network"):
         fetch_lfw(tmp_path / "data", url=url, progress=False, manifest=manifest, timeout_s=5)
@@ -494,10 +498,6 @@ def test_default_data_dir(monkeypatch, tmp_path):
     assert default_data_dir() == tmp_path / "mine"
 
     monkeypatch.delenv("VQBENCH_DATA_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert default_data_dir() == tmp_path / "cache" / "vqbench" / "data"
-
-    monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_data_dir() == tmp_path / "home" / ".cache" / "vqbench" / "data"
 
@@ -515,3 +515,26 @@ def test_resolve_urls():
         "https://mirror.example/x/deep.tar.gz",
         "https://mirror.example/x/",
     )
+
+
+def test_fetch_rejects_unwritable_dest(served, tmp_path):
+    site, manifest = served
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+
+    with pytest.raises(DataError, match="pass a writable --dest"):
+        fetch_lfw(blocker, url=site.base_url, progress=False, manifest=manifest)
+
+
+def test_fetch_rejects_archive_lacking_files(served, lfw_files, tmp_path):
+    site, manifest = served
+    images = {name: data for name, data in lfw_files.items() if name.startswith("lfw-")}
+    renamed = {name.replace("lfw-deepfunneled/", "lfw/"): data for name, data in images.items()}
+    _write_archive(site.root / ARCHIVE_NAME, renamed)
+    dest = tmp_path / "data"
+
+    with pytest.raises(DataError, match="the download lacks 11 files"):
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert not (dest / ".lfw-download" / ARCHIVE_NAME).exists()
+    assert not (dest / "lfw").exists()

@@ -68,6 +68,8 @@ def main(
     logging.basicConfig(
         level=level, format="%(name)s: %(message)s", handlers=[RichHandler(console=console, show_path=False)]
     )
+    # httpx logs every request at INFO; keep those for -vv.
+    logging.getLogger("httpx").setLevel(logging.INFO if verbose >= 2 else logging.WARNING)
 
 
 @app.command()

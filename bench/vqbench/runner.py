@@ -30,7 +30,7 @@ from vqbench.accuracy import align_all, pair_scores, score_variant
 from vqbench.data.cache import ArrayCache, default_cache_dir
 from vqbench.data.dataset import EvaluationSet, load_pairs, missing_data_message, read_images, resolve_dataset_root
 from vqbench.environment import collect_environment
-from vqbench.errors import DataError, RunError, VqbenchError
+from vqbench.errors import DataError, RunError, ScenarioError, VqbenchError
 from vqbench.io import write_atomic, write_json_atomic, write_text_atomic
 from vqbench.measure import latency_summary, measure_energy, measure_latency, measure_peak_rss
 from vqbench.metrics.verification import evaluate_verification
@@ -144,6 +144,7 @@ def run_scenario(
 
     components = Components(scenario.alignment, scenario.teacher)
     pipelines = build_pipelines(scenario.pipelines, components)
+    check_identity_leakage(pipelines, evaluation)
     configs = _variant_configs(scenario, components)
 
     with _phase(progress, "Aligning faces", len(evaluation.images)) as task:
@@ -194,6 +195,27 @@ def _variant_configs(scenario: Scenario, components: Components) -> dict[tuple[s
         for pipeline in build_pipelines([config], components):
             mapping[(pipeline.kind, pipeline.variant)] = config.model_dump()
     return mapping
+
+
+def check_identity_leakage(pipelines: list[Pipeline], evaluation: EvaluationSet) -> None:
+    """Refuse to score a trained model on folds holding any person it was trained on."""
+    for pipeline in pipelines:
+        trained_on: frozenset[str] | None = getattr(pipeline, "training_people", None)
+        if not trained_on:
+            continue
+        folds_seen: dict[int, set[str]] = {}
+        for pair in evaluation.pairs:
+            for person in (pair.identity_a, pair.identity_b):
+                if person in trained_on:
+                    folds_seen.setdefault(pair.fold, set()).add(person)
+        if folds_seen:
+            allowed = [fold for fold in evaluation.folds if fold not in folds_seen]
+            example = sorted(next(iter(folds_seen.values())))[0]
+            raise ScenarioError(
+                f"{pipeline.kind}/{pipeline.variant} was trained on people in folds {sorted(folds_seen)} "
+                f"(for example {example}); scoring it there would leak identities. "
+                f"Set dataset.folds to folds it did not see (of those selected, allowed: {allowed or 'none'})"
+            )
 
 
 def _count_fallbacks(evaluation: EvaluationSet, detected: np.ndarray) -> int:

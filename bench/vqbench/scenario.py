@@ -98,6 +98,22 @@ class CloudCodecPipeline(_Strict):
 PipelineConfig = Annotated[Union[CloudRawPipeline, CloudCodecPipeline], Field(discriminator="kind")]
 
 
+class TransportConfig(_Strict):
+    """How payloads reach the cloud half: in process, or posted to `vqbench serve` over HTTP."""
+
+    mode: Literal["local", "http"] = "local"
+    url: Optional[str] = Field(None, description="Base URL of a running `vqbench serve`, for mode http.")
+    token_file: Optional[str] = Field(None, description="File holding the service's bearer token.")
+    timeout_s: float = Field(30.0, gt=0, description="Per-request timeout, in seconds.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: Optional[str]) -> Optional[str]:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"transport.url must start with http:// or https://, got {url!r}")
+        return url
+
+
 class MeasurementConfig(_Strict):
     """Latency samples and energy windows (see vqbench.meters.protocol)."""
 
@@ -145,6 +161,7 @@ class Scenario(_Strict):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     pipelines: list[PipelineConfig] = Field(..., min_length=1)
     measurement: MeasurementConfig = Field(default_factory=MeasurementConfig)
+    transport: TransportConfig = Field(default_factory=TransportConfig)
     meters: MetersConfig = Field(default_factory=MetersConfig)
     carbon: CarbonConfig = Field(default_factory=CarbonConfig)
     outputs: OutputsConfig = Field(default_factory=OutputsConfig)

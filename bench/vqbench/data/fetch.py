@@ -16,7 +16,9 @@ It works in five steps:
    archive if any member is absolute, climbs out with ``..``, or is a link or special file.
    Members that the manifest does not list are skipped.
 4. Check the SHA-256 of every file against ``lfw-manifest.sha256``, which ships in this
-   package and lists paths relative to the LFW root in ``sha256sum`` format.
+   package and lists paths relative to the LFW root in ``sha256sum`` format. The manifest
+   also lists ``lfw_counts.json`` and ``LFW_SITE_DISCLAIMER_AND_CITATION.txt``, which are not
+   on the official site, so they are checked only where a local copy contains them.
 5. Rename the temporary folder to ``dest/lfw`` (atomic on one file system) and delete the
    downloads.
 
@@ -53,6 +55,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from vqbench.scenario import DATA_DIR_ENV, default_data_dir  # noqa: F401  (re-exported)
 from vqbench.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +65,6 @@ OFFICIAL_BASE_URL = "http://vis-www.cs.umass.edu/lfw/"
 ARCHIVE_NAME = "lfw-deepfunneled.tgz"
 IMAGE_DIR = "lfw-deepfunneled"
 LFW_DIR = "lfw"
-DATA_DIR_ENV = "VQBENCH_DATA_DIR"
 
 # The fetch fails without these files. It downloads the optional ones too, but a mirror that
 # lacks them (HTTP 404) only produces a warning.
@@ -102,15 +104,6 @@ class Manifest:
 
 # ---------------------------------------------------------------------------------------------
 # Public API
-
-
-def default_data_dir() -> Path:
-    """Return ``$VQBENCH_DATA_DIR``, else ``$XDG_CACHE_HOME/vqbench/data``, else ``~/.cache/vqbench/data``."""
-    configured = os.environ.get(DATA_DIR_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache_home).expanduser() / "vqbench" / "data"
 
 
 def load_manifest(path: Path | None = None) -> Manifest:
@@ -170,13 +163,13 @@ def fetch_lfw(
 ) -> Path:
     """Download, verify and install LFW deep-funneled into ``dest/lfw`` and return that path.
 
-    ``url`` replaces the official site. It may name a base URL that holds
+    ``url`` replaces the official site. It may name a base URL that contains
     ``lfw-deepfunneled.tgz`` and the protocol files, or the archive itself, in which case the
     protocol files are fetched from the archive's folder. ``manifest`` replaces the shipped
     manifest (for tests and mirrors of other LFW variants).
 
     Raises DataError when a download fails, the archive contains an unsafe member, a file does
-    not match the manifest, or ``dest/lfw`` already holds files that do not verify.
+    not match the manifest, or ``dest/lfw`` already contains files that do not verify.
     """
     dest = Path(dest).expanduser()
     target = dest / LFW_DIR
@@ -186,9 +179,11 @@ def fetch_lfw(
     if _is_non_empty_dir(target):
         return _reuse_existing(target, manifest)
 
-    dest.mkdir(parents=True, exist_ok=True)
     download_dir = dest / ".lfw-download"
-    download_dir.mkdir(exist_ok=True)
+    try:
+        download_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create {download_dir}: {error}; pass a writable --dest") from error
 
     with _progress_bar(progress) as bar:
         with httpx.Client(timeout=timeout_s, follow_redirects=True) as client:
@@ -231,6 +226,11 @@ def download_file(
             raise DataError(
                 f"download of {url} failed: {error}; check the network or pass --url with a "
                 f"mirror. The partial file {part} is kept and the next run resumes it"
+            ) from error
+        except OSError as error:
+            raise DataError(
+                f"cannot write {part}: {error}; check free disk space and permissions, or "
+                f"pass another --dest"
             ) from error
         if complete:
             part.replace(target)
@@ -284,18 +284,38 @@ def _paths_to_verify(root: Path, expected: Manifest, sample: int | None) -> list
     return present_others + images
 
 
-def _check_against_manifest(digests: Mapping[str, str], expected: Manifest) -> list[str]:
-    """Return the manifest paths whose digests in ``digests`` differ, after checking presence."""
+def _check_download(
+    digests: Mapping[str, str], expected: Manifest, archive: Path, protocol_files: Mapping[str, Path]
+) -> None:
+    """Raise DataError unless ``digests`` cover the required files and all match the manifest.
+
+    The downloads at fault are deleted, so the next run fetches them again instead of reusing
+    them.
+    """
     missing = [
         path for path in expected.digests if expected.is_required(path) and path not in digests
     ]
     if missing:
+        archive.unlink(missing_ok=True)
         raise DataError(
             f"the download lacks {len(missing)} files that the manifest {expected.source} "
-            f"lists, first {missing[0]!r}; check that --url serves {ARCHIVE_NAME} and "
-            f"{', '.join(REQUIRED_PROTOCOL_FILES)} of LFW deep-funneled"
+            f"lists, first {missing[0]!r}, so {archive.name} was deleted; check that --url "
+            f"serves {ARCHIVE_NAME}, {' and '.join(REQUIRED_PROTOCOL_FILES)} of LFW deep-funneled"
         )
-    return [path for path, digest in digests.items() if digest != expected.digests[path]]
+
+    mismatched = [path for path, digest in digests.items() if digest != expected.digests[path]]
+    if mismatched:
+        culprits = {protocol_files.get(path, archive) for path in mismatched}
+        for culprit in culprits:
+            culprit.unlink(missing_ok=True)
+        first = mismatched[0]
+        raise DataError(
+            f"{len(mismatched)} downloaded files do not match the manifest {expected.source}, "
+            f"first {first!r} (SHA-256 {digests[first]}, expected {expected.digests[first]}). "
+            f"The downloads {', '.join(sorted(path.name for path in culprits))} were deleted; "
+            f"run the fetch again. If the mismatch repeats, the server's copy differs from the "
+            f"one the manifest was made from"
+        )
 
 
 def _sha256_of_file(path: Path) -> str:
@@ -353,7 +373,7 @@ def _download_protocol_files(
 
 
 class _NotFound(DataError):
-    """The server answered HTTP 404 for a download."""
+    """The server returned HTTP 404 for a download."""
 
 
 def _download_round(
@@ -376,7 +396,7 @@ def _download_round(
             total_bytes = _content_length(response)
             if offset_bytes and total_bytes is not None and offset_bytes > total_bytes:
                 logger.warning(
-                    "discarding partial download %s because it holds %d bytes but the "
+                    "discarding partial download %s because it contains %d bytes but the "
                     "server's file has %d; restarting",
                     part,
                     offset_bytes,
@@ -409,7 +429,7 @@ def _settle_unsatisfiable_range(
         return True
     total = match.group(1) if match else "unknown"
     return _discard_part(
-        part, f"it holds {offset_bytes} bytes but the server's file has {total} bytes ({url})"
+        part, f"it contains {offset_bytes} bytes but the server's file has {total} bytes ({url})"
     )
 
 
@@ -480,22 +500,17 @@ def _build_install(
 ) -> None:
     """Unpack and copy everything into ``staging`` and check it against the manifest."""
     digests = _unpack_archive(archive, staging, expected, bar)
-    for name, path in protocol_files.items():
-        if name in expected.digests:
-            shutil.copyfile(path, staging / name)
-            digests[name] = _sha256_of_file(path)
-
-    mismatched = _check_against_manifest(digests, expected)
-    if mismatched:
-        first = mismatched[0]
-        culprit = protocol_files.get(first, archive)
-        culprit.unlink(missing_ok=True)
+    try:
+        for name, path in protocol_files.items():
+            if name in expected.digests:
+                shutil.copyfile(path, staging / name)
+                digests[name] = _sha256_of_file(path)
+    except OSError as error:
         raise DataError(
-            f"{len(mismatched)} downloaded files do not match the manifest {expected.source}, "
-            f"first {first!r} (SHA-256 {digests[first]}, expected {expected.digests[first]}). "
-            f"The download {culprit.name} was deleted; run the fetch again. If the mismatch "
-            f"repeats, the server's copy differs from the one the manifest was made from"
-        )
+            f"cannot copy the protocol files into {staging}: {error}; check free disk space "
+            f"and permissions, or pass another --dest"
+        ) from error
+    _check_download(digests, expected, archive, protocol_files)
 
 
 def _unpack_archive(
@@ -573,8 +588,8 @@ def _copy_and_hash(source: BinaryIO, handle: BinaryIO) -> str:
 
 
 def _make_staging_dir(dest: Path) -> Path:
-    # NOTE: a fetch killed during unpacking leaves this folder behind; a later fetch does not
-    # delete it, because it may belong to a fetch that is still running.
+    # NOTE: a fetch killed during unpacking leaves this folder behind. A later fetch keeps it,
+    # because it may belong to a fetch that is still running.
     staging = dest / f".lfw-unpack-{os.getpid()}-{secrets.token_hex(4)}"
     staging.mkdir()
     return staging

@@ -56,7 +56,7 @@ def read_lfw_pairs(
 ) -> list[Pair]:
     """Parse an LFW View 2 ``pairs.txt`` into pairs, in file order.
 
-    ``fold_numbers`` relabels the folds of a file that holds a subset of View 2: a sample file
+    ``fold_numbers`` relabels the folds of a file that contains a subset of View 2: a sample file
     with 2 folds taken from LFW folds 9 and 10 is read with ``fold_numbers=[9, 10]``. Without
     it the folds are numbered 1 to ``n_folds``. ``folds`` keeps only the pairs of those fold
     numbers (after relabelling). ``Pair.index`` is the pair's position in the file, so it does
@@ -69,7 +69,7 @@ def read_lfw_pairs(
     lines = _read_lines(pairs_file)
     n_folds, n_per_fold = _parse_header(pairs_file, lines)
     labels = _fold_labels(pairs_file, n_folds, fold_numbers)
-    wanted = _selected_folds(pairs_file, labels, folds)
+    selected = _selected_folds(pairs_file, labels, folds)
 
     pairs: list[Pair] = []
     line_number = 1
@@ -79,14 +79,14 @@ def read_lfw_pairs(
             for _ in range(n_per_fold):
                 line_number += 1
                 text = _pair_line(pairs_file, lines, line_number, n_folds, n_per_fold)
-                if label in wanted:
+                if label in selected:
                     pairs.append(
                         _parse_pair(pairs_file, line_number, text, same, label, index, image_root)
                     )
                 index += 1
 
     _reject_trailing_lines(pairs_file, lines, line_number)
-    logger.debug("read %d pairs from %s (folds %s)", len(pairs), pairs_file, sorted(wanted))
+    logger.debug("read %d pairs from %s (folds %s)", len(pairs), pairs_file, sorted(selected))
     return pairs
 
 
@@ -104,9 +104,9 @@ def _read_lines(pairs_file: Path) -> list[str]:
 def _parse_header(pairs_file: Path, lines: Sequence[str]) -> tuple[int, int]:
     header = lines[0].split() if lines else []
     if len(header) != 2 or not all(_is_positive_int(field) for field in header):
-        shown = lines[0] if lines else ""
+        header_line = lines[0] if lines else ""
         raise DataError(
-            f"{pairs_file}:1: invalid header {shown!r}; expected `n_folds n_per_fold` "
+            f"{pairs_file}:1: invalid header {header_line!r}; expected `n_folds n_per_fold` "
             f"as two positive integers (View 2 has `10 300`)"
         )
     return int(header[0]), int(header[1])
@@ -120,7 +120,7 @@ def _fold_labels(
     labels = list(fold_numbers)
     if len(labels) != n_folds:
         raise DataError(
-            f"fold_numbers {labels} has {len(labels)} entries but {pairs_file} holds "
+            f"fold_numbers {labels} has {len(labels)} entries but {pairs_file} contains "
             f"{n_folds} folds; give one fold number per fold in the file"
         )
     if any(label < 1 for label in labels) or len(set(labels)) != len(labels):
@@ -136,8 +136,8 @@ def _selected_folds(pairs_file: Path, labels: list[int], folds: list[int] | None
     missing = sorted(set(folds) - set(labels))
     if missing:
         raise DataError(
-            f"folds {missing} are not in {pairs_file}, which holds folds {labels}; "
-            f"choose from those (or set fold_numbers if the file holds a subset of View 2)"
+            f"folds {missing} are not in {pairs_file}, which contains folds {labels}; "
+            f"choose from those (or set fold_numbers if the file contains a subset of View 2)"
         )
     return set(folds)
 

@@ -103,11 +103,13 @@ class _Cursor:
             "face_recognition_models"
         )
 
-    def take(self, count: int, what: str) -> bytes:
+    def take(self, count: int, what: str, value_offset: int | None = None) -> bytes:
+        """Return the next ``count`` bytes; errors name ``value_offset``, where the value starts."""
         start = self.offset
         if count < 0 or start + count > len(self.data):
             raise self.fail(
-                start, f"expected {count} bytes of {what}, but the file ends after {len(self.data)} bytes"
+                start if value_offset is None else value_offset,
+                f"expected {count} bytes of {what}, but the file ends after {len(self.data)} bytes",
             )
         self.offset = start + count
         return self.data[start : self.offset]
@@ -118,7 +120,7 @@ class _Cursor:
         size = header & 0x0F
         if header & 0x70 or size > 8:
             raise self.fail(start, f"expected an integer header byte for {what}, found 0x{header:02x}")
-        value = int.from_bytes(self.take(size, what), "little")
+        value = int.from_bytes(self.take(size, what, value_offset=start), "little")
         return -value if header & 0x80 else value
 
     def read_float(self, what: str) -> float:
@@ -143,7 +145,7 @@ class _Cursor:
         length = self.read_int(f"the length of {what}")
         if not 0 <= length <= max_bytes:
             raise self.fail(start, f"expected {what} of at most {max_bytes} bytes, found length {length}")
-        raw = self.take(length, what)
+        raw = self.take(length, what, value_offset=start)
         try:
             return raw.decode("ascii")
         except UnicodeDecodeError:

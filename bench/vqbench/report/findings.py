@@ -11,7 +11,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 
-from vqbench.report.formatting import format_bytes, format_energy_mj, format_percent
+from vqbench.report.formatting import format_bytes, format_energy, format_percent
 from vqbench.report.loader import RunData
 from vqbench.results import ResultRow
 
@@ -176,7 +176,7 @@ def _best_sentences(rows: Sequence[ResultRow]) -> list[str]:
         lowest = min(with_energy, key=lambda r: r.total_energy_j_per_inference)
         sentences.append(
             f"Lowest total energy: {row_label(lowest, rows)} at "
-            f"{format_energy_mj(lowest.total_energy_j_per_inference)} per inference "
+            f"{format_energy(lowest.total_energy_j_per_inference)} per inference "
             f"({total_energy_methods(lowest) or 'method not recorded'})."
         )
     with_co2e = [r for r in rows if r.co2e_g_per_inference is not None]
@@ -259,6 +259,18 @@ def _data_warnings(rows: Sequence[ResultRow]) -> list[str]:
     return warnings
 
 
+def _grid_warnings(assumptions: dict[str, object]) -> list[str]:
+    warnings = []
+    for key, value in assumptions.items():
+        if key.startswith("grid_intensity") and isinstance(value, dict) and value.get("is_world_average"):
+            where = key.removeprefix("grid_intensity").strip("_") or "grid"
+            warnings.append(
+                f"The {where} grid intensity is the world average ({value.get('gco2e_per_kwh')} gCO2e/kWh), "
+                "not a figure for a known location; CO2e figures inherit that uncertainty."
+            )
+    return warnings
+
+
 def collect_warnings(run: RunData) -> list[str]:
     """Gather the run's own warnings, unmeasured and missing figures, and missing files."""
     rows = run.rows
@@ -266,5 +278,6 @@ def collect_warnings(run: RunData) -> list[str]:
     warnings.extend(_method_warnings(rows))
     warnings.extend(_missing_figure_warnings(rows))
     warnings.extend(_data_warnings(rows))
+    warnings.extend(_grid_warnings(run.results.assumptions))
     warnings.extend(run.notes)
     return warnings

@@ -15,9 +15,15 @@ def format_number(value: float | None, digits: int = 3) -> str:
     """Format with ``digits`` significant figures, integers with thousands separators."""
     if _is_missing(value):
         return MISSING
-    if isinstance(value, int) or (float(value).is_integer() and abs(value) >= 10**digits):
-        return f"{int(value):,}"
-    if value != 0 and (abs(value) >= 10**digits or abs(value) < 1e-3):
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if abs(value) >= 10**digits:
+        # Round to ``digits`` significant figures but print every integer digit: 1,100 not 1.1e+03.
+        magnitude = math.floor(math.log10(abs(value)))
+        return f"{round(value, digits - 1 - magnitude):,.0f}"
+    if value != 0 and abs(value) < 1e-3:
         return f"{value:.{digits - 1}e}"
     return f"{value:.{digits}g}"
 
@@ -39,10 +45,12 @@ def format_percent(fraction: float | None, digits: int = 2) -> str:
     return f"{fraction * 100:.{digits}f} %"
 
 
-def format_energy_mj(joules: float | None) -> str:
-    """Format joules as millijoules with three significant figures."""
+def format_energy(joules: float | None) -> str:
+    """Format an energy in J, or in mJ below 1 J, with three significant figures."""
     if _is_missing(joules):
         return MISSING
+    if abs(joules) >= 1:
+        return f"{format_number(joules)} J"
     return f"{format_number(joules * 1e3)} mJ"
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from vqbench.report.formatting import format_number
 from vqbench.report.findings import is_unmeasured, pareto_front, row_label, varying_dimensions
 from vqbench.report.loader import RunData, SamplePair
 from vqbench.results import ResultRow
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 #: Style applied while figures are built and saved. SVG text stays text (smaller, selectable).
 _STYLE = {
-    "font.size": 9,
+    "font.size": 10,
     "axes.titlesize": 10,
     "axes.grid": True,
     "grid.alpha": 0.3,
@@ -41,7 +42,7 @@ _PIPELINE_ORDER = ("cloud-raw", "cloud-codec", "edge-vq-recon", "edge-vq-student
 _PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 _STAGE_COLORS = {"edge": "#55a868", "cloud": "#4c72b0", "network": "#dd8452"}
 _LATENCY_STAGES = ("edge", "transfer", "cloud", "end_to_end")
-_WIDTH_IN = 8.0
+_WIDTH_IN = 7.0
 #: At most this many original/reconstruction pairs per variant in the sample grid.
 MAX_SAMPLES_PER_VARIANT = 4
 
@@ -111,11 +112,11 @@ def _accuracy_vs_cost(
             color = pipeline_color(pipeline, pipelines)
             measured = [i for i in chosen if not is_unmeasured(points[i][2])]
             unmeasured = [i for i in chosen if is_unmeasured(points[i][2])]
-            ax.scatter(x[measured], y[measured], color=color, label=pipeline, s=36, zorder=3)
-            ax.scatter(
-                x[unmeasured], y[unmeasured], facecolors="white", edgecolors=color, s=36, zorder=3,
-                label=f"{pipeline} (estimated or modeled)" if unmeasured else None,
-            )
+            if measured:
+                ax.scatter(x[measured], y[measured], color=color, label=pipeline, s=36, zorder=3)
+            if unmeasured:
+                ax.scatter(x[unmeasured], y[unmeasured], facecolors="white", edgecolors=color, s=36, zorder=3,
+                           label=f"{pipeline} (estimated or modeled)")
         for (row, _, _), xi, yi in zip(points, x, y):
             ax.annotate(row.variant, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
 
@@ -126,8 +127,7 @@ def _accuracy_vs_cost(
             ax.set_xscale("log")
         ax.set_xlabel(x_label)
         ax.set_ylabel("LFW accuracy (%)")
-        ax.set_title(title)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
         if left_out:
             figure.text(0.01, 0.005, "Not shown (no figure): " + ", ".join(left_out), fontsize=6, color="#666666")
     return figure
@@ -175,11 +175,10 @@ def plot_energy_per_stage(rows: Sequence[ResultRow]) -> Figure | None:
                 bar.set_hatch(hatch)
             left += values
         for index, total in enumerate(left):
-            ax.annotate(f"{total:.3g}", (total, index), textcoords="offset points", xytext=(3, 0),
+            ax.annotate(format_number(total), (total, index), textcoords="offset points", xytext=(3, 0),
                         va="center", fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("Energy per inference (mJ); hatched: estimated or modeled")
-        ax.set_title("Energy per inference by stage")
         ax.legend(fontsize=7, loc="lower right")
         ax.margins(x=0.12)
     return figure
@@ -202,11 +201,10 @@ def plot_co2e_per_million(rows: Sequence[ResultRow]) -> Figure | None:
             ax.barh(labels, embodied, left=operational, color="#bbbbbb", label="embodied")
             ax.legend(fontsize=7, loc="lower right")
         for index, total in enumerate(operational + embodied):
-            ax.annotate(f"{total:.3g}", (total, index), textcoords="offset points", xytext=(3, 0),
+            ax.annotate(format_number(total), (total, index), textcoords="offset points", xytext=(3, 0),
                         va="center", fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("CO2e (g per million inferences)")
-        ax.set_title("Carbon per million inferences")
         ax.margins(x=0.12)
     return figure
 
@@ -224,9 +222,8 @@ def plot_latency_distributions(latency: pd.DataFrame | None) -> Figure | None:
     pipelines = list(dict.fromkeys(p for p, _ in keys))
 
     with _rc():
-        nrows = (len(stages) + 1) // 2
-        figure, axes = _new_figure(0.6 + nrows * (0.8 + 0.3 * len(keys)), ncols=2, nrows=nrows)
-        flat = [ax for row in axes for ax in row]
+        figure, axes = _new_figure(len(stages) * (0.9 + 0.3 * len(keys)), nrows=len(stages))
+        flat = [row[0] for row in axes]
         for ax, stage in zip(flat, stages):
             frame = latency[latency["stage"] == stage]
             data, labels, colors = [], [], []
@@ -250,11 +247,7 @@ def plot_latency_distributions(latency: pd.DataFrame | None) -> Figure | None:
             high = max(float(np.max(d)) for d in data)
             if low > 0 and high / low > 50:
                 ax.set_xscale("log")
-            ax.set_title(stage.replace("_", "-"))
-            ax.set_xlabel("Latency (ms)")
-        for ax in flat[len(stages):]:
-            ax.set_visible(False)
-        figure.suptitle("Latency per stage (box: quartiles, whiskers: p1 to p99)")
+            ax.set_xlabel(f"{stage.replace('_', '-')} latency (ms)")
     return figure
 
 
@@ -283,6 +276,7 @@ def plot_roc_curves(scores: pd.DataFrame | None) -> Figure | None:
         figure, axes = _new_figure(4.6)
         ax = axes[0][0]
         smallest_far = 1.0
+        lowest_tar = 1.0
         seen_per_pipeline: dict[str, int] = {}
         for pipeline, variant in keys:
             frame = scores[(scores["pipeline"] == pipeline) & (scores["variant"] == variant)]
@@ -291,15 +285,16 @@ def plot_roc_curves(scores: pd.DataFrame | None) -> Figure | None:
                 continue
             far, tar = _roc_points(frame["score"].to_numpy(dtype=float), same)
             smallest_far = min(smallest_far, 1.0 / (~same).sum())
+            lowest_tar = min(lowest_tar, float(tar[far > 0].min()))
             style = linestyles[seen_per_pipeline.get(pipeline, 0) % len(linestyles)]
             seen_per_pipeline[pipeline] = seen_per_pipeline.get(pipeline, 0) + 1
             ax.plot(np.maximum(far, smallest_far / 2), tar * 100, drawstyle="steps-post", linestyle=style,
                     color=pipeline_color(pipeline, pipelines), label=f"{pipeline}/{variant}", linewidth=1.2)
         ax.set_xscale("log")
         ax.set_xlim(smallest_far / 2, 1.0)
+        ax.set_ylim(max(0.0, lowest_tar * 100 - 2), 100.5)
         ax.set_xlabel("False-accept rate (log scale)")
         ax.set_ylabel("True-accept rate (%)")
-        ax.set_title("ROC curves (all folds pooled)")
         ax.legend(fontsize=7, loc="lower right")
     return figure
 
@@ -331,7 +326,6 @@ def plot_reconstructions(samples: Sequence[SamplePair]) -> Figure | None:
                 ax.set_title(("reconstruction" if is_reconstruction else "original"), fontsize=7)
             row_axes[0].text(-0.1, 0.5, variant, transform=row_axes[0].transAxes, rotation=90,
                              ha="right", va="center", fontsize=8)
-        figure.suptitle("Originals and reconstructions")
     return figure
 
 
@@ -371,7 +365,6 @@ def plot_sensitivity(rows: Sequence[ResultRow], dimension: str) -> Figure | None
             ax.set_xlabel(x_label)
         axes[0][0].invert_yaxis()
         axes[0][1].legend(fontsize=7, title=dimension.replace("_", " "), title_fontsize=7, loc="lower right")
-        figure.suptitle(f"Sensitivity to {dimension.replace('_', ' ')} (x: payload does not fit the link)")
     return figure
 
 
@@ -405,6 +398,12 @@ def add_figure_to_pdf(pdf: PdfPages, figure: Figure) -> None:
         pdf.savefig(figure)
 
 
+def titled_for_pdf(item: PlotItem) -> Figure:
+    """Return the item's figure with its title added as a suptitle, for a PDF page."""
+    item.figure.suptitle(item.title, fontsize=12, fontweight="bold")
+    return item.figure
+
+
 def build_figures(run: RunData) -> list[PlotItem]:
     """Build every report figure for a run; an item without a figure says why."""
     rows = run.rows
@@ -424,10 +423,11 @@ def build_figures(run: RunData) -> list[PlotItem]:
          "Energy times the grid intensity of the edge's and the cloud's location (see Assumptions).",
          lambda: plot_co2e_per_million(rows), "no row has a CO2e figure"),
         ("latency", "Latency distributions",
-         "Per-sample latency of each stage and end to end.",
+         "Per-sample latency of each stage and end to end; boxes span the quartiles, whiskers the 1st to "
+         "99th percentile.",
          lambda: plot_latency_distributions(run.latency), "latency.parquet is missing or empty"),
         ("roc", "ROC curves",
-         "True-accept rate against false-accept rate over all pairs, from scores.parquet.",
+         "True-accept rate against false-accept rate over all pairs of all folds pooled, from scores.parquet.",
          lambda: plot_roc_curves(run.scores), "scores.parquet is missing or empty"),
         ("samples", "Reconstructions",
          "Aligned face chips beside what the cloud reconstructs from the codes.",
@@ -435,11 +435,13 @@ def build_figures(run: RunData) -> list[PlotItem]:
     ]
     if several_links:
         specs.append(("links", "Sensitivity to the link",
-                      "The same pipeline variants over each link profile.",
+                      "The same pipeline variants over each link profile; a black x marks a payload that does not fit "
+                      "the link.",
                       lambda: plot_sensitivity(rows, "link"), "only one link"))
     if several_devices:
         specs.append(("devices", "Sensitivity to the edge device",
-                      "The same pipeline variants on each edge device profile.",
+                      "The same pipeline variants on each edge device profile; a black x marks a payload that does not "
+                      "fit the link.",
                       lambda: plot_sensitivity(rows, "edge_device"), "only one edge device"))
 
     items = []

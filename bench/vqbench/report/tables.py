@@ -149,3 +149,75 @@ def report_tables(rows: Sequence[ResultRow]) -> list[Table]:
 def labels(rows: Sequence[ResultRow]) -> list[str]:
     """Row labels in table order."""
     return [row_label(row, rows) for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Assumptions and environment: free-form dictionaries printed as tables
+
+
+def _cell_text(value: object, key: str = "") -> str:
+    if key.endswith("_bytes") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format_bytes(value)
+    if isinstance(value, (bool, int, float)):
+        return format_number(value)
+    if isinstance(value, dict):
+        return "; ".join(f"{name}: {_cell_text(item, name)}" for name, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell_text(item) for item in value)
+    return _text(value)
+
+
+def key_value_table(title: str, mapping: dict[str, object], key_header: str = "Name") -> Table:
+    """A two-column table of a mapping's keys and printed values."""
+    rows = tuple((str(key), _cell_text(value, str(key))) for key, value in mapping.items())
+    return Table(title, (key_header, "Value"), (False, False), rows)
+
+
+def records_table(title: str, records: dict[str, object], key_header: str = "Name") -> Table:
+    """A table with one row per record (a mapping of mappings) and one column per field."""
+    fields: list[str] = []
+    for record in records.values():
+        if isinstance(record, dict):
+            fields.extend(key for key in record if key not in fields)
+    if not fields:
+        return key_value_table(title, records, key_header)
+    rows = tuple(
+        (str(name), *(_cell_text(record.get(f), f) if isinstance(record, dict) else _cell_text(record) for f in fields))
+        for name, record in records.items()
+    )
+    return Table(title, (key_header, *fields), (False,) * (len(fields) + 1), rows)
+
+
+_ASSUMPTION_TITLES = {"measurement": "Measurement settings", "links": "Links", "devices": "Devices"}
+
+
+def assumption_tables(assumptions: dict[str, object]) -> list[Table]:
+    """Tables for grid intensities, measurement settings, links, devices and any other assumption."""
+    tables = []
+    grids = {key: value for key, value in assumptions.items() if key.startswith("grid_intensity")}
+    if grids:
+        tables.append(records_table("Grid carbon intensity", grids, "Grid"))
+    for key, title in _ASSUMPTION_TITLES.items():
+        value = assumptions.get(key)
+        if isinstance(value, dict) and value:
+            nested = all(isinstance(item, dict) for item in value.values())
+            tables.append(records_table(title, value) if nested else key_value_table(title, value, "Setting"))
+    others = {k: v for k, v in assumptions.items() if k not in grids and k not in _ASSUMPTION_TITLES}
+    if others:
+        tables.append(key_value_table("Other assumptions", others, "Assumption"))
+    return tables
+
+
+def environment_tables(environment: dict[str, object] | None) -> list[Table]:
+    """Tables for the host, the meters and the package versions."""
+    if not environment:
+        return []
+    scalars = {k: v for k, v in environment.items() if k not in ("packages", "meters")}
+    tables = [key_value_table("Host", scalars, "Item")]
+    meters = environment.get("meters")
+    if isinstance(meters, dict) and meters:
+        tables.append(records_table("Energy meters", meters, "Meter"))
+    packages = environment.get("packages")
+    if isinstance(packages, dict) and packages:
+        tables.append(key_value_table("Packages", packages, "Package"))
+    return tables

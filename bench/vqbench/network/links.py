@@ -1,0 +1,274 @@
+"""Link profiles and the link model: latency, device radio energy and network transit energy.
+
+Profiles live in ``data_files/links.yaml``, each number with its source. For one transfer of
+``payload_up_bytes`` up and ``payload_down_bytes`` down:
+
+- frames: each direction is cut into frames of at most ``max_frame_payload_bytes``, and each
+  frame adds ``frame_overhead_bytes`` on the wire;
+- IP links (WiFi, LTE, 5G, NB-IoT, Ethernet):
+  latency = RTT + wire bits up / uplink rate + wire bits down / downlink rate, and
+  radio energy = fixed (promotion + tail) + active power x latency + per-byte energy x wire
+  bytes (a power model of the form used by Huang et al., MobiSys 2012);
+- LoRa links: each frame's time on air follows the Semtech SX127x formula (explicit header,
+  CRC on), and after each uplink frame the radio stays silent for time on air x
+  (1 / duty cycle - 1) before the next. Energy is transmit power x time on air plus the fixed
+  receive-window energy per frame;
+- transit energy = wire bytes / 1e9 x ``transit_kwh_per_gb`` x 3.6e6 J/kWh.
+
+A transfer that breaks the link's rules (more frames than ``max_frames_per_transfer``, more
+time on air per day than the duty cycle allows at ``transfers_per_day``, or longer than a given
+``max_transfer_latency_s``) is returned with ``feasible=False``, the reason, and NaN figures.
+It is never computed as if it fitted. TCP slow start and retransmissions are not modeled.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+
+import yaml
+
+from vqbench.errors import ScenarioError
+
+METHOD = "modeled-link"
+_J_PER_KWH = 3.6e6
+_BYTES_PER_GB = 1e9
+_S_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class LoraModulation:
+    """LoRa physical-layer settings that set each frame's time on air."""
+
+    spreading_factor: int
+    bandwidth_hz: float
+    coding_rate_denominator: int = 5
+    preamble_symbols: int = 8
+
+
+@dataclass(frozen=True)
+class FigureSource:
+    """Where a profile number comes from, and the year of that source."""
+
+    source: str
+    year: int
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """Rates, latency, energy terms, framing rules and transit energy of one link."""
+
+    name: str
+    description: str
+    uplink_bit_per_s: float
+    downlink_bit_per_s: float
+    rtt_ms: float
+    fixed_energy_j: float
+    active_power_w: float
+    energy_per_byte_up_j: float
+    energy_per_byte_down_j: float
+    max_frame_payload_bytes: int
+    frame_overhead_bytes: int
+    duty_cycle: float
+    max_frames_per_transfer: int | None
+    transit_kwh_per_gb: float
+    transit_year: int
+    lora: LoraModulation | None = None
+    sources: dict[str, FigureSource] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LinkCost:
+    """Modeled cost of one transfer; figures are NaN when ``feasible`` is False."""
+
+    transfer_latency_ms: float
+    radio_energy_j: float
+    transit_energy_j: float
+    feasible: bool
+    infeasible_reason: str | None
+    n_frames: int
+    wire_bytes: int = 0
+    method: str = METHOD
+
+
+_NUMBER_FIELDS = (
+    "uplink_bit_per_s", "downlink_bit_per_s", "rtt_ms", "fixed_energy_j", "active_power_w",
+    "energy_per_byte_up_j", "energy_per_byte_down_j", "max_frame_payload_bytes",
+    "frame_overhead_bytes", "duty_cycle", "max_frames_per_transfer", "transit_kwh_per_gb",
+    "transit_year",
+)  # fmt: skip
+_INT_FIELDS = {
+    "max_frame_payload_bytes": int,
+    "frame_overhead_bytes": int,
+    "transit_year": int,
+    "max_frames_per_transfer": lambda value: value,
+}
+
+
+def _parse_profile(name: str, entry: dict) -> LinkProfile:
+    missing = [key for key in _NUMBER_FIELDS if key not in entry or key not in entry["sources"]]
+    if missing:
+        raise ScenarioError(f"link profile {name!r} lacks a value or source for {missing}")
+    sources = {key: FigureSource(**value) for key, value in entry["sources"].items()}
+    lora = LoraModulation(**entry["lora"]) if entry.get("lora") else None
+    # PyYAML reads exponents without a sign (5.0e7) as strings, so convert every number here.
+    values = {key: _INT_FIELDS.get(key, float)(entry[key]) for key in _NUMBER_FIELDS}
+    if values["max_frames_per_transfer"] is not None:
+        values["max_frames_per_transfer"] = int(values["max_frames_per_transfer"])
+    return LinkProfile(name, entry.get("description", ""), lora=lora, sources=sources, **values)
+
+
+@functools.cache
+def load_link_profiles() -> dict[str, LinkProfile]:
+    """Read the bundled link profiles, keyed by name."""
+    text = resources.files("vqbench").joinpath("data_files/links.yaml").read_text()
+    return {name: _parse_profile(name, entry) for name, entry in yaml.safe_load(text)["links"].items()}
+
+
+def get_link_profile(name: str) -> LinkProfile:
+    """Return a bundled profile; raise ScenarioError listing valid names for an unknown one."""
+    profiles = load_link_profiles()
+    if name not in profiles:
+        raise ScenarioError(f"unknown link {name!r}; valid links: {', '.join(profiles)}")
+    return profiles[name]
+
+
+def frame_count(payload_bytes: int, max_frame_payload_bytes: int) -> int:
+    """Return how many frames carry ``payload_bytes`` (0 for an empty payload)."""
+    return math.ceil(payload_bytes / max_frame_payload_bytes)
+
+
+def lora_time_on_air_s(phy_payload_bytes: int, modulation: LoraModulation) -> float:
+    """Return one LoRa frame's time on air (explicit header, CRC on, Semtech SX127x formula)."""
+    sf = modulation.spreading_factor
+    symbol_s = 2**sf / modulation.bandwidth_hz
+    # Low data rate optimisation is mandatory when a symbol lasts longer than 16 ms.
+    low_data_rate = 1 if symbol_s > 0.016 else 0
+    numerator = 8 * phy_payload_bytes - 4 * sf + 28 + 16
+    payload_symbols = 8 + max(
+        math.ceil(numerator / (4 * (sf - 2 * low_data_rate))) * modulation.coding_rate_denominator,
+        0,
+    )
+    preamble_s = (modulation.preamble_symbols + 4.25) * symbol_s
+    return preamble_s + payload_symbols * symbol_s
+
+
+def _frame_sizes(payload_bytes: int, profile: LinkProfile) -> list[int]:
+    n_frames = frame_count(payload_bytes, profile.max_frame_payload_bytes)
+    sizes = [profile.max_frame_payload_bytes] * n_frames
+    if n_frames:
+        sizes[-1] = payload_bytes - profile.max_frame_payload_bytes * (n_frames - 1)
+    return [size + profile.frame_overhead_bytes for size in sizes]
+
+
+@dataclass(frozen=True)
+class _Timing:
+    latency_s: float
+    radio_energy_j: float
+    uplink_airtime_s: float
+
+
+def _ip_timing(profile: LinkProfile, up_wire_bytes: int, down_wire_bytes: int) -> _Timing:
+    latency_s = (
+        profile.rtt_ms / 1e3
+        + 8 * up_wire_bytes / profile.uplink_bit_per_s
+        + 8 * down_wire_bytes / profile.downlink_bit_per_s
+    )
+    energy_j = (
+        profile.fixed_energy_j
+        + profile.active_power_w * latency_s
+        + profile.energy_per_byte_up_j * up_wire_bytes
+        + profile.energy_per_byte_down_j * down_wire_bytes
+    )
+    return _Timing(latency_s, energy_j, 8 * up_wire_bytes / profile.uplink_bit_per_s)
+
+
+def _lora_timing(profile: LinkProfile, up_frames: list[int], down_frames: list[int]) -> _Timing:
+    up_airtimes_s = [lora_time_on_air_s(size, profile.lora) for size in up_frames]
+    down_airtimes_s = [lora_time_on_air_s(size, profile.lora) for size in down_frames]
+    # Between uplink frames the duty cycle imposes an off-time; none is needed after the last.
+    off_time_s = sum(up_airtimes_s[:-1]) * (1 / profile.duty_cycle - 1)
+    latency_s = sum(up_airtimes_s) + off_time_s + sum(down_airtimes_s)
+    if down_frames:
+        latency_s += profile.rtt_ms / 1e3
+    energy_j = profile.active_power_w * sum(up_airtimes_s) + profile.fixed_energy_j * len(up_frames)
+    return _Timing(latency_s, energy_j, sum(up_airtimes_s))
+
+
+def _infeasible_reason(
+    profile: LinkProfile,
+    n_frames: int,
+    timing: _Timing,
+    transfers_per_day: float,
+    max_transfer_latency_s: float | None,
+) -> str | None:
+    if profile.max_frames_per_transfer is not None and n_frames > profile.max_frames_per_transfer:
+        return (
+            f"{n_frames} frames exceed the {profile.max_frames_per_transfer}-frame limit of "
+            f"link {profile.name!r}"
+        )
+    airtime_budget_s = profile.duty_cycle * _S_PER_DAY
+    if profile.duty_cycle < 1 and timing.uplink_airtime_s * transfers_per_day > airtime_budget_s:
+        return (
+            f"{transfers_per_day:g} transfers a day need "
+            f"{timing.uplink_airtime_s * transfers_per_day:.0f} s of uplink time on air, over the "
+            f"{airtime_budget_s:.0f} s a day that the {profile.duty_cycle:.0%} duty cycle of "
+            f"link {profile.name!r} allows"
+        )
+    if max_transfer_latency_s is not None and timing.latency_s > max_transfer_latency_s:
+        return (
+            f"transfer takes {timing.latency_s:.1f} s on link {profile.name!r}, over the "
+            f"maximum of {max_transfer_latency_s:g} s"
+        )
+    return None
+
+
+def link_cost(
+    profile: LinkProfile,
+    payload_up_bytes: int,
+    payload_down_bytes: int = 0,
+    *,
+    transfers_per_day: float = 1.0,
+    max_transfer_latency_s: float | None = None,
+) -> LinkCost:
+    """Model one transfer over ``profile`` (see the module docstring for the formulas)."""
+    if payload_up_bytes < 0 or payload_down_bytes < 0 or transfers_per_day <= 0:
+        raise ScenarioError(
+            f"payload sizes must be >= 0 and transfers_per_day > 0, got up={payload_up_bytes}, "
+            f"down={payload_down_bytes}, transfers_per_day={transfers_per_day}"
+        )
+    up_frames = _frame_sizes(payload_up_bytes, profile)
+    down_frames = _frame_sizes(payload_down_bytes, profile)
+    wire_bytes = sum(up_frames) + sum(down_frames)
+    n_frames = len(up_frames) + len(down_frames)
+
+    if profile.lora is not None:
+        timing = _lora_timing(profile, up_frames, down_frames)
+    else:
+        timing = _ip_timing(profile, sum(up_frames), sum(down_frames))
+
+    reason = _infeasible_reason(profile, n_frames, timing, transfers_per_day, max_transfer_latency_s)
+    if reason is not None:
+        return LinkCost(math.nan, math.nan, math.nan, False, reason, n_frames, wire_bytes)
+    transit_j = wire_bytes / _BYTES_PER_GB * profile.transit_kwh_per_gb * _J_PER_KWH
+    return LinkCost(timing.latency_s * 1e3, timing.radio_energy_j, transit_j, True, None, n_frames, wire_bytes)
+
+
+# Published transit factors (kWh per GB), to show how much the choice of factor moves results.
+TRANSIT_KWH_PER_GB_REFERENCES: dict[str, tuple[float, int, str]] = {
+    "fixed-line-2015": (0.06, 2015, "Aslan, Mayers, Koomey, France, J. Industrial Ecology 22(4), 2018"),
+    "eu-fixed-2020": (0.03, 2020, "EU ICT study, quoted in the Scope3 data-transfer methodology"),
+    "eu-mobile-2020": (0.14, 2020, "EU ICT study, quoted in the Scope3 data-transfer methodology"),
+    "ran-4g": (0.23, 2022, "Scope3 data-transfer methodology, bottom-up radio access network"),
+    "ran-5g": (0.06, 2022, "Scope3 data-transfer methodology, bottom-up radio access network"),
+}  # fmt: skip
+
+
+def transit_energy_sensitivity_j(wire_bytes: int) -> dict[str, float]:
+    """Return the transit energy of ``wire_bytes`` under each published factor."""
+    return {
+        name: wire_bytes / _BYTES_PER_GB * kwh_per_gb * _J_PER_KWH
+        for name, (kwh_per_gb, _, _) in TRANSIT_KWH_PER_GB_REFERENCES.items()
+    }

@@ -1,0 +1,124 @@
+"""Render ``report.pdf`` with matplotlib: a title page, table pages, then one plot per page.
+
+Pages are A4 landscape. Wide tables are split into column groups (the key columns repeat on
+each) and long tables into row groups, so every cell stays readable.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from vqbench.report.findings import collect_warnings, key_findings
+from vqbench.report.loader import RunData
+from vqbench.report.plots import PlotItem, add_figure_to_pdf, titled_for_pdf
+from vqbench.report.tables import Table, assumption_tables, environment_tables, report_tables
+
+A4_LANDSCAPE_IN = (11.69, 8.27)
+#: Data columns per table page besides the repeated key columns, and rows per page.
+COLUMNS_PER_PAGE = 7
+ROWS_PER_PAGE = 24
+_WRAP_CHARACTERS = 150
+
+
+def _page():
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=A4_LANDSCAPE_IN)
+
+
+def _wrapped(lines: list[str], bullet: str = "- ") -> list[str]:
+    out = []
+    for line in lines:
+        out.extend(textwrap.wrap(line, _WRAP_CHARACTERS, initial_indent=bullet, subsequent_indent="  "))
+    return out
+
+
+def _text_pages(title: str, subtitle: str, sections: list[tuple[str, list[str]]]):
+    """Yield pages of headed, wrapped text, starting a new page when one is full."""
+    lines_per_page = 46
+    page_lines: list[tuple[str, str]] = [("title", title), ("meta", subtitle), ("blank", "")]
+    for heading, body in sections:
+        page_lines.append(("heading", heading))
+        page_lines.extend(("body", line) for line in (_wrapped(body) or ["(none)"]))
+        page_lines.append(("blank", ""))
+    for start in range(0, len(page_lines), lines_per_page):
+        figure = _page()
+        y = 0.95
+        for kind, text in page_lines[start : start + lines_per_page]:
+            size = {"title": 16, "heading": 12, "meta": 8}.get(kind, 8.5)
+            weight = "bold" if kind in ("title", "heading") else "normal"
+            figure.text(0.05, y, text, fontsize=size, fontweight=weight, va="top", family="DejaVu Sans")
+            y -= 0.03 if kind in ("title", "heading") else 0.019
+        yield figure
+
+
+def _table_pages(table: Table, key_columns: int):
+    """Yield pages that each show a block of rows and columns of ``table``."""
+    data_columns = list(range(key_columns, len(table.headers)))
+    column_groups = [data_columns[i : i + COLUMNS_PER_PAGE] for i in range(0, len(data_columns), COLUMNS_PER_PAGE)]
+    column_groups = column_groups or [[]]
+    for group_number, group in enumerate(column_groups, start=1):
+        chosen = list(range(key_columns)) + group
+        for start in range(0, max(len(table.rows), 1), ROWS_PER_PAGE):
+            figure = _page()
+            title = table.title
+            if len(column_groups) > 1:
+                title += f" (columns {group_number} of {len(column_groups)})"
+            figure.suptitle(title, x=0.05, ha="left", fontsize=12, fontweight="bold")
+            ax = figure.add_axes((0.03, 0.03, 0.94, 0.88))
+            ax.axis("off")
+            rows = [[row[i] for i in chosen] for row in table.rows[start : start + ROWS_PER_PAGE]]
+            headers = ["\n".join(textwrap.wrap(table.headers[i], 16)) for i in chosen]
+            if rows:
+                drawn = ax.table(cellText=rows, colLabels=headers, loc="upper center", cellLoc="left")
+                drawn.auto_set_font_size(False)
+                drawn.set_fontsize(7)
+                drawn.auto_set_column_width(list(range(len(chosen))))
+                for (row_index, _), cell in drawn.get_celld().items():
+                    cell.set_height(0.07 if row_index == 0 else 0.032)
+                    if row_index == 0:
+                        cell.set_facecolor("#eef0f3")
+            yield figure
+
+
+def write_pdf(run: RunData, plots: list[PlotItem], path: Path) -> None:
+    """Write the PDF report for a loaded run to ``path``."""
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    results = run.results
+    subtitle = (
+        f"Scenario {results.scenario_path}, run created {results.created_utc}, "
+        f"vqbench {results.vqbench_version}, results schema {results.schema_version}"
+    )
+    missing_plots = [f"{item.title}: not drawn because {item.missing_reason}." for item in plots if item.figure is None]
+    sections = [
+        ("Key findings", key_findings(run.rows)),
+        ("Warnings", collect_warnings(run) + missing_plots),
+    ]
+    tables = report_tables(run.rows)
+    key_columns = _key_column_count(tables[0])
+    metadata = {"Title": f"vqbench report: {results.scenario_name}", "Creator": f"vqbench {results.vqbench_version}"}
+    with PdfPages(path, metadata=metadata) as pdf:
+        for page in _text_pages(f"vqbench report: {results.scenario_name}", subtitle, sections):
+            add_figure_to_pdf(pdf, page)
+        for table in tables:
+            for page in _table_pages(table, key_columns):
+                add_figure_to_pdf(pdf, page)
+        for item in plots:
+            if item.figure is not None:
+                add_figure_to_pdf(pdf, titled_for_pdf(item))
+        for table in assumption_tables(results.assumptions) + environment_tables(run.environment):
+            for page in _table_pages(table, 1):
+                add_figure_to_pdf(pdf, page)
+
+
+def _key_column_count(table: Table) -> int:
+    """Count the leading text columns (pipeline, variant, link, device) that repeat on every page."""
+    count = 0
+    for header in table.headers:
+        if header in ("Pipeline", "Variant", "Link", "Edge device"):
+            count += 1
+        else:
+            break
+    return count

@@ -1,0 +1,125 @@
+"""The training config schema (``models/<model-id>/train.yaml``), validated with pydantic.
+
+One file describes one operating point: which people the model may see, the VQ-VAE and student
+architecture, and the two training stages. Stage ``joint`` trains encoder, codebook, decoder
+and student together; stage ``identity`` then freezes the encoder and codebook (so the codes and
+the student stay valid) and fine-tunes the decoder so that the teacher's embedding of the
+reconstruction stays close to its embedding of the original.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vqbench.errors import ScenarioError
+
+TRAIN_CONFIG_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainDataConfig(_Strict):
+    """Training images: every image of the people in ``train_folds`` and of people in no pair."""
+
+    root: Optional[str] = Field(
+        None, description="Folder holding lfw-deepfunneled/ and pairs.txt; default ${VQBENCH_DATA_DIR}/lfw."
+    )
+    train_folds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], description="View 2 folds whose people are trained on.")
+    include_unpaired_people: bool = Field(True, description="Also train on people who appear in no View 2 pair.")
+    max_images: Optional[int] = Field(None, ge=1, description="Keep only the first N training images (smoke tests).")
+    cache_dir: Optional[str] = Field(None, description="Where prepared chips and teacher targets go; default the vqbench cache.")
+
+    @field_validator("train_folds")
+    @classmethod
+    def _check_folds(cls, folds: list[int]) -> list[int]:
+        if not folds or any(not 1 <= fold <= 10 for fold in folds) or len(set(folds)) != len(folds):
+            raise ValueError(f"train_folds must be distinct View 2 folds in 1..10, got {folds}")
+        return sorted(folds)
+
+
+class VQConfig(_Strict):
+    """Edge encoder, codebook and decoder."""
+
+    input_size_px: int = Field(112, ge=32, le=150, description="Side the 150x150 chip is resized to before encoding.")
+    widths: list[int] = Field(default_factory=lambda: [24, 48, 96], description="Channels after each stride-2 stage.")
+    extra_blocks: int = Field(2, ge=0, le=8, description="Stride-1 depthwise-separable blocks at the grid resolution.")
+    grid: int = Field(14, ge=2, le=64, description="Side of the code grid H' = W'.")
+    codebook_size: int = Field(256, ge=2, le=65536, description="K, the number of code vectors.")
+    code_dim: int = Field(32, ge=2, le=512, description="Dimension of each code vector.")
+    ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
+    commitment_weight: float = Field(0.25, ge=0.0)
+    dead_code_threshold: float = Field(0.5, ge=0.0, description="EMA usage below which a code is restarted.")
+    decoder_widths: list[int] = Field(default_factory=lambda: [96, 48, 24])
+
+
+class StudentConfig(_Strict):
+    """Student: code vectors -> small network -> the teacher's last block and fc."""
+
+    width: int = Field(128, ge=8, le=1024)
+    blocks: int = Field(4, ge=1, le=16, description="Depthwise-separable blocks before the teacher's tail.")
+    tune_tail: bool = Field(False, description="Fine-tune the teacher's last block and fc instead of freezing them.")
+
+
+class LossConfig(_Strict):
+    """Weights of the loss terms."""
+
+    reconstruction: float = Field(1.0, ge=0.0)
+    student_cosine: float = Field(1.0, ge=0.0)
+    student_feature: float = Field(1.0, ge=0.0, description="MSE to the teacher's 4x4x256 map before its last block.")
+    student_relational: float = Field(1.0, ge=0.0, description="MSE between the batch's cosine-similarity matrices.")
+    identity: float = Field(1.0, ge=0.0, description="1 - cos(teacher(recon), teacher(original)) in stage identity.")
+
+
+class StagesConfig(_Strict):
+    """Epochs per stage and the optimiser."""
+
+    joint_epochs: int = Field(10, ge=0)
+    identity_epochs: float = Field(1.0, ge=0.0, description="Epochs (fractions allowed) of identity fine-tuning.")
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(2e-3, gt=0.0)
+    identity_learning_rate: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="Cut epochs short (smoke tests).")
+    checkpoint_every_steps: int = Field(200, ge=1)
+
+
+class TrainConfig(_Strict):
+    """A complete training config."""
+
+    version: Literal[1] = TRAIN_CONFIG_VERSION
+    model_id: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    seed: int = 0
+    threads: int = Field(2, ge=1, description="torch.set_num_threads during training.")
+    output_dir: Optional[str] = Field(None, description="Model folder to write; default models/<model_id> beside the config's folder parent.")
+    data: TrainDataConfig = Field(default_factory=TrainDataConfig)
+    vq: VQConfig = Field(default_factory=VQConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    flip_augment: bool = Field(True, description="Train on horizontal flips too, each labelled by the teacher.")
+    color_jitter: float = Field(0.1, ge=0.0, le=0.5, description="Max relative brightness and contrast change of the encoder input.")
+    quantize_int8: bool = Field(True, description="Also export an int8 (dynamic) edge encoder.")
+
+
+def load_train_config(path: Path) -> TrainConfig:
+    """Read and validate a training config, raising ScenarioError naming the bad key."""
+    if not path.is_file():
+        raise ScenarioError(f"training config not found: {path}; pass a train.yaml (see models/*/train.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ScenarioError(f"training config {path} is not valid YAML: {error}".replace("\n", " ")) from error
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"training config {path} must be a YAML mapping with at least 'model_id'")
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise ScenarioError(f"training config {path}: invalid value at '{location}': {first['msg']}") from error

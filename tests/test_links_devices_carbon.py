@@ -1,0 +1,207 @@
+"""Link model, device model and carbon arithmetic against hand-computed values."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import datetime, timezone
+
+import pytest
+
+from vqbench.carbon import (
+    GridIntensity,
+    co2e_g,
+    grid_intensity,
+    read_hourly_intensity,
+)
+from vqbench.devices import (
+    embodied_co2e_g_per_inference,
+    get_device_profile,
+    load_device_profiles,
+    model_stage_on_device,
+)
+from vqbench.errors import DataError, ScenarioError
+from vqbench.network.links import (
+    LoraModulation,
+    get_link_profile,
+    link_cost,
+    load_link_profiles,
+    lora_time_on_air_s,
+)
+
+# -- links ------------------------------------------------------------------------------------
+
+
+def test_link_profiles_present_with_sources():
+    profiles = load_link_profiles()
+    assert set(profiles) == {
+        "wifi", "lte", "5g", "nbiot", "lorawan-sf7", "lorawan-sf12", "ethernet",
+    }
+    for profile in profiles.values():
+        assert "transit_kwh_per_gb" in profile.sources
+        assert "fixed_energy_j" in profile.sources
+
+
+def test_lte_cost_hand_computed():
+    lte = get_link_profile("lte")
+    cost = link_cost(lte, 3000, 100)
+    # up: 3 frames (1460, 1460, 80) + 3 x 45 B = 3135 B; down: 1 frame, 145 B
+    assert cost.n_frames == 4
+    assert cost.wire_bytes == 3280
+    latency_s = 0.070 + 8 * 3135 / 6e6 + 8 * 145 / 1.3e7
+    assert cost.transfer_latency_ms == pytest.approx(latency_s * 1e3, rel=1e-12)
+    radio_j = 12.6 + 1.29 * latency_s + 3.51e-6 * 3135 + 4.16e-7 * 145
+    assert cost.radio_energy_j == pytest.approx(radio_j, rel=1e-12)
+    # 3280 B x 0.14 kWh/GB x 3.6e6 J/kWh / 1e9 B/GB
+    assert cost.transit_energy_j == pytest.approx(3280 * 0.14 * 3.6e-3, rel=1e-12)
+    assert cost.method == "modeled-link"
+    assert cost.feasible
+
+
+def test_lora_time_on_air_hand_computed():
+    # SF12, 125 kHz, 64 B: symbol 32.768 ms, 12.25 preamble symbols,
+    # 8 + ceil((512 - 48 + 44) / 40) x 5 = 73 payload symbols
+    sf12 = LoraModulation(spreading_factor=12, bandwidth_hz=125_000)
+    assert lora_time_on_air_s(64, sf12) == pytest.approx((12.25 + 73) * 0.032768, rel=1e-12)
+    # SF7, 235 B: 8 + ceil((1880 - 28 + 44) / 28) x 5 = 348 symbols of 1.024 ms
+    sf7 = LoraModulation(spreading_factor=7, bandwidth_hz=125_000)
+    assert lora_time_on_air_s(235, sf7) == pytest.approx((12.25 + 348) * 1.024e-3, rel=1e-12)
+
+
+def test_lorawan_vq_code_fits_one_frame():
+    cost = link_cost(get_link_profile("lorawan-sf7"), 221)
+    assert cost.feasible
+    assert cost.n_frames == 1
+    airtime_s = (12.25 + 348) * 1.024e-3
+    assert cost.transfer_latency_ms == pytest.approx(airtime_s * 1e3, rel=1e-12)
+    assert cost.radio_energy_j == pytest.approx(0.15 * airtime_s + 0.01, rel=1e-12)
+
+
+def test_lorawan_jpeg_infeasible():
+    cost = link_cost(get_link_profile("lorawan-sf12"), 8700, transfers_per_day=100)
+    assert not cost.feasible
+    assert "duty cycle" in cost.infeasible_reason
+    assert cost.n_frames == 171
+    assert math.isnan(cost.radio_energy_j)
+    assert math.isnan(cost.transfer_latency_ms)
+
+
+def test_lorawan_multi_frame_waits_for_duty_cycle():
+    cost = link_cost(get_link_profile("lorawan-sf12"), 102)
+    airtime_s = (12.25 + 73) * 0.032768
+    # two frames of 51 B; 99 x airtime of silence between them at 1 % duty cycle
+    assert cost.transfer_latency_ms == pytest.approx((2 + 99) * airtime_s * 1e3, rel=1e-12)
+
+
+def test_link_latency_limit_and_frame_limit():
+    sf12 = get_link_profile("lorawan-sf12")
+    cost = link_cost(sf12, 102, max_transfer_latency_s=60)
+    assert not cost.feasible
+    assert "maximum of 60 s" in cost.infeasible_reason
+    limited = dataclasses.replace(get_link_profile("wifi"), max_frames_per_transfer=2)
+    assert "frame limit" in link_cost(limited, 5000).infeasible_reason
+
+
+def test_link_rejects_negative_payload():
+    with pytest.raises(ScenarioError, match="payload"):
+        link_cost(get_link_profile("wifi"), -1)
+    with pytest.raises(ScenarioError, match="valid links"):
+        get_link_profile("carrier-pigeon")
+
+
+# -- devices ----------------------------------------------------------------------------------
+
+
+def test_device_profiles_present_with_sources():
+    profiles = load_device_profiles()
+    assert set(profiles) == {
+        "raspberry-pi-4", "raspberry-pi-5", "jetson-nano", "jetson-orin-nano",
+        "phone-midrange", "host",
+    }
+    assert profiles["host"].measured
+    for profile in profiles.values():
+        if not profile.measured:
+            assert set(profile.sources) >= {"idle_power_w", "active_power_w", "embodied_kgco2e"}
+
+
+def test_device_model_from_macs():
+    pi4 = get_device_profile("raspberry-pi-4")
+    cost = model_stage_on_device(pi4, host_time_s=0.001, macs=50_000_000, speed_ratio=None)
+    # 5e7 MACs / 5e9 MAC/s = 10 ms at 6.4 W active, 2.7 W idle
+    assert cost.basis == "macs"
+    assert cost.time_s == pytest.approx(0.01)
+    assert cost.energy_j == pytest.approx(0.064)
+    assert cost.dynamic_energy_j == pytest.approx(0.037)
+    assert cost.method == "modeled-device-profile"
+
+
+def test_device_model_from_speed_ratio():
+    pi5 = get_device_profile("raspberry-pi-5")
+    cost = model_stage_on_device(pi5, host_time_s=0.002, macs=None, speed_ratio=4.0)
+    assert cost.basis == "speed-ratio"
+    assert cost.time_s == pytest.approx(0.008)
+    assert cost.energy_j == pytest.approx(0.008 * 7.9)
+
+
+def test_device_model_errors():
+    with pytest.raises(ScenarioError, match="MACs or a speed_ratio"):
+        model_stage_on_device(get_device_profile("jetson-nano"), 0.01, None, None)
+    with pytest.raises(ScenarioError, match="measured"):
+        model_stage_on_device(get_device_profile("host"), 0.01, 1000, None)
+    with pytest.raises(ScenarioError, match="valid devices"):
+        get_device_profile("toaster")
+
+
+def test_embodied_share_hand_computed():
+    phone = get_device_profile("phone-midrange")
+    # 55 kg over 3 years x 365.25 days x 100 inferences a day
+    expected_g = 55_000 / (3 * 365.25 * 100)
+    assert embodied_co2e_g_per_inference(phone) == pytest.approx(expected_g)
+    assert embodied_co2e_g_per_inference(phone, 1000) == pytest.approx(expected_g / 10)
+
+
+# -- carbon -----------------------------------------------------------------------------------
+
+
+def test_co2e_arithmetic():
+    intensity = GridIntensity(400.0, "test", "hand", 2024)
+    # 3.6e6 J = 1 kWh -> 400 g; 36 J -> 0.004 g
+    assert co2e_g(3.6e6, intensity) == pytest.approx(400.0)
+    assert co2e_g(36.0, intensity) == pytest.approx(0.004)
+
+
+def test_grid_intensity_country_codes():
+    france = grid_intensity("FRA")
+    assert france.gco2e_per_kwh == pytest.approx(56.039)
+    assert france.year == 2023
+    assert not france.is_world_average
+    assert grid_intensity("fr").gco2e_per_kwh == france.gco2e_per_kwh
+
+
+def test_grid_intensity_world_and_cloud():
+    world = grid_intensity("world")
+    assert world.is_world_average
+    assert world.gco2e_per_kwh == pytest.approx(475.0)
+    assert grid_intensity("gcp:europe-west1").gco2e_per_kwh == pytest.approx(122.0)
+    aws = grid_intensity("aws:eu-west-3")
+    assert aws.gco2e_per_kwh == grid_intensity("FRA").gco2e_per_kwh
+    assert "aws:eu-west-3" in aws.source
+
+
+def test_grid_intensity_unknown_location():
+    with pytest.raises(ScenarioError, match="ISO 3166"):
+        grid_intensity("Atlantis")
+    with pytest.raises(ScenarioError, match="known regions"):
+        grid_intensity("aws:moon-1")
+
+
+def test_hourly_intensity(tmp_path):
+    path = tmp_path / "hourly.csv"
+    path.write_text(
+        "timestamp_utc,gco2e_per_kwh\n2024-05-01T10:00:00Z,120\n2024-05-01T11:00:00Z,80\n"
+    )
+    hourly = read_hourly_intensity(path)
+    at = hourly.at(datetime(2024, 5, 1, 11, 42, tzinfo=timezone.utc))
+    assert at.gco2e_per_kwh == 80
+    with pytest.raises(DataError, match="no value"):
+        hourly.at(datetime(2024, 5, 2, 0, 0, tzinfo=timezone.utc))
