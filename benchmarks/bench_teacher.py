@@ -30,11 +30,13 @@ RUNTIMES = ("dlib", "torch", "onnxruntime")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Time dlib's ResNet teacher per face under three runtimes.")
-    parser.add_argument("--lfw-root", type=Path, default=None, help="folder that holds lfw-deepfunneled")
+    parser.add_argument("--lfw-root", type=Path, default=None, help="LFW folder that contains lfw-deepfunneled")
     parser.add_argument("--chips", type=int, default=32, help="number of LFW chips to align (default 32)")
     parser.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes (default 1,32)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per runtime and batch size (default 5)")
-    parser.add_argument("--calls-per-sample", type=int, default=0, help="embed calls per timed sample (0: 8 at batch 1, else 1)")
+    parser.add_argument(
+        "--calls-per-sample", type=int, default=0, help="embed calls per timed sample (0: 8 at batch 1, else 1)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per runtime (default 1)")
     parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated runtimes (default all three)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
@@ -42,8 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     args.runtimes = args.runtimes.split(",")
     unknown = sorted(set(args.runtimes) - set(RUNTIMES))
-    if unknown or args.chips < max(args.batch_sizes) or args.rounds < 1:
-        parser.error(f"runtimes must be among {RUNTIMES}, --chips >= the largest batch size and --rounds >= 1 (got {unknown})")
+    if unknown:
+        parser.error(f"unknown runtimes {unknown}; use some of {', '.join(RUNTIMES)}")
+    if args.chips < max(args.batch_sizes) or args.rounds < 1:
+        parser.error("--chips must be at least the largest batch size, and --rounds at least 1")
     return args
 
 
@@ -126,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     teachers = build_teachers(args.runtimes, args.threads, max(args.batch_sizes))
     rows = summarise(teachers, measure(teachers, chips, args.batch_sizes, args.rounds, args.calls_per_sample))
 
-    print(f"{len(chips)} LFW chips ({fallbacks} detection fallbacks), {args.threads} thread(s), {platform.processor() or platform.machine()}")
+    machine = platform.processor() or platform.machine()
+    print(f"{len(chips)} LFW chips ({fallbacks} detection fallbacks), {args.threads} thread(s), {machine}")
     print_table(rows)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

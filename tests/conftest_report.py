@@ -191,7 +191,8 @@ def _row(pipeline, variant, accuracy, payload, edge_repeats, cloud_repeats, late
     cloud_mean = float(np.mean(cloud_repeats))
     network_j = fixed_j + per_byte_j * payload
     total_j = (edge_mean or 0.0) + cloud_mean + network_j
-    co2e_g = ((edge_mean or 0.0) + network_j) / 3.6e6 * GRID_EDGE_GCO2E_PER_KWH + cloud_mean / 3.6e6 * GRID_CLOUD_GCO2E_PER_KWH
+    edge_kwh = ((edge_mean or 0.0) + network_j) / 3.6e6
+    co2e_g = edge_kwh * GRID_EDGE_GCO2E_PER_KWH + cloud_mean / 3.6e6 * GRID_CLOUD_GCO2E_PER_KWH
 
     def p(stage: str, q: float) -> float:
         return float(np.percentile(latency.loc[latency["stage"] == stage, "latency_ms"], q))

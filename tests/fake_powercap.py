@@ -5,7 +5,7 @@
 advances every package counter as if the package drew ``W`` watts, wrapping at
 ``max_energy_range_uj`` like the kernel. The counter is a function of wall time
 (``watts x elapsed``), rewritten every ``--interval-s``, so a reader that samples it at two times
-sees ``watts x (t1 - t0)`` up to one update interval of staleness at each end.
+reads ``watts x (t1 - t0)``, give or take one update interval at each end.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def make_powercap_tree(
 ) -> dict[str, Path]:
     """Write a fake tree and return the energy_uj path of each zone, keyed by zone name.
 
-    ``layout="intel"`` gives each package core, uncore and dram subzones and adds a psys zone;
+    ``layout="intel"`` gives each package core, uncore and dram subzones, plus a psys zone.
     ``layout="amd"`` gives each package only a core subzone, as on AMD family 17h and later.
     """
     if layout not in ("intel", "amd"):

@@ -10,6 +10,7 @@ import pytest
 
 from fake_powercap import make_powercap_tree, start_advancer, write_counter
 from vqbench.errors import MeterError
+from vqbench.meters.protocol import WindowSettings, measure_stage_energy
 from vqbench.meters.rapl import POWERCAP_ROOT_ENV, RaplMeter, counter_delta_uj
 
 
@@ -147,3 +148,30 @@ def test_rapl_tracks_advancing_counter(tmp_path, monkeypatch):
         process.kill()
         process.wait()
     assert reading.energy_j == pytest.approx(watts * reading.duration_s, rel=0.01)
+
+
+def test_protocol_idle_power_from_advancer(tmp_path, monkeypatch):
+    watts = 40.0
+    make_powercap_tree(tmp_path, layout="amd")
+    monkeypatch.setenv(POWERCAP_ROOT_ENV, str(tmp_path))
+    inference_durations_s = []
+
+    def work(item):
+        start_s = time.perf_counter()
+        time.sleep(0.05)
+        inference_durations_s.append(time.perf_counter() - start_s)
+
+    process = start_advancer(tmp_path, watts)
+    try:
+        result = measure_stage_energy(
+            work, 2, RaplMeter(), WindowSettings(warmup=0, repeats=2, min_window_s=0.3, idle_s=0.5)
+        )
+    finally:
+        process.kill()
+        process.wait()
+    assert result.method == "measured-rapl"
+    assert result.idle_power_w == pytest.approx(watts, rel=0.01)
+    # Constant power, so an inference costs the power over its duration.
+    mean_duration_s = sum(inference_durations_s) / len(inference_durations_s)
+    assert result.energy_j_per_inference == pytest.approx(watts * mean_duration_s, rel=0.02)
+    assert abs(result.dynamic_energy_j_per_inference) < 0.02 * result.energy_j_per_inference

@@ -46,7 +46,9 @@ def torch_teacher(tmp_path_factory: pytest.TempPathFactory) -> TorchTeacher:
     return TorchTeacher(cache_dir=tmp_path_factory.mktemp("models"))
 
 
-def test_torch_port_matches_dlib(torch_teacher: TorchTeacher, lfw_chips: np.ndarray, dlib_descriptors: np.ndarray) -> None:
+def test_torch_port_matches_dlib(
+    torch_teacher: TorchTeacher, lfw_chips: np.ndarray, dlib_descriptors: np.ndarray
+) -> None:
     ported = torch_teacher.embed(lfw_chips)
     assert ported.shape == (N_CHIPS, 128)
     assert ported.dtype == np.float32

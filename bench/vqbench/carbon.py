@@ -6,9 +6,9 @@ starts and nothing goes online:
 - ``codecarbon/data/private_infra/global_energy_mix.json``: per country, keyed by ISO 3166
   alpha-3 code, with ``carbon_intensity`` (gCO2e/kWh) and ``year``;
 - ``codecarbon/data/cloud/impact.csv``: per cloud region (``provider:region``, for example
-  ``gcp:europe-west1``), in gCO2e/kWh. codecarbon 3.3.2 ships figures for GCP only; for an AWS or
-  Azure region listed in ``_CLOUD_REGION_COUNTRIES`` the country figure is used and the source
-  says so;
+  ``gcp:europe-west1``), in gCO2e/kWh. codecarbon 3.3.2 ships figures for GCP only. For an AWS
+  or Azure region listed in ``_CLOUD_REGION_COUNTRIES`` the country figure is used, and the
+  ``source`` field states that;
 - ``world``: codecarbon's world average (475 gCO2e/kWh in codecarbon 3.3.2, from the IEA Global
   Energy & CO2 Status Report 2019), flagged with ``is_world_average``.
 
@@ -152,7 +152,7 @@ def _cloud_region(location: str) -> GridIntensity:
 
 
 def grid_intensity(location: str) -> GridIntensity:
-    """Return the grid intensity for an ISO3 or ISO2 country code, ``provider:region`` or ``world``."""
+    """Return the grid intensity of a country (ISO3 or ISO2), a cloud region or ``world``."""
     text = location.strip()
     if text.lower() == "world":
         return _world_average()
@@ -226,6 +226,8 @@ def read_hourly_intensity(path: Path) -> HourlyIntensity:
             f"ISO 8601 times and numbers: {error}"
         ) from error
     if not pairs or any(not math.isfinite(value) or value < 0 for _, value in pairs):
-        raise DataError(f"hourly intensity file {path} is empty or holds a negative value")
+        raise DataError(
+            f"hourly intensity file {path} is empty or contains a negative or non-finite value"
+        )
     pairs.sort()
     return HourlyIntensity(tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), str(path))

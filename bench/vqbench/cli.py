@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -32,6 +34,8 @@ data_app = typer.Typer(help="Download and verify data sets.", no_args_is_help=Tr
 app.add_typer(data_app, name="data")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+PYNVML_WARNING_FILTER = "ignore:The pynvml package is deprecated:FutureWarning"
 
 
 def _user_errors(command: F) -> F:
@@ -68,6 +72,10 @@ def main(
     logging.basicConfig(
         level=level, format="%(name)s: %(message)s", handlers=[RichHandler(console=console, show_path=False)]
     )
+    # torch imports the deprecated pynvml wrapper that codecarbon depends on; its warning is noise
+    # here. The environment variable carries the filter into the memory probe's child processes.
+    os.environ.setdefault("PYTHONWARNINGS", PYNVML_WARNING_FILTER)
+    warnings.filterwarnings("ignore", message="The pynvml package is deprecated", category=FutureWarning)
     # httpx logs every request at INFO; keep those for -vv.
     logging.getLogger("httpx").setLevel(logging.INFO if verbose >= 2 else logging.WARNING)
 
@@ -104,25 +112,29 @@ def _print_summary(run_dir: Path) -> None:
 
     frame = pd.read_csv(run_dir / "results.csv")
     columns = [
-        ("variant", "variant", "{}"),
-        ("lfw_accuracy_mean", "accuracy", "{:.4f}"),
-        ("payload_bytes_mean", "payload B", "{:,.0f}"),
-        ("edge_latency_ms_p50", "edge ms p50", "{:.1f}"),
-        ("cloud_latency_ms_p50", "cloud ms p50", "{:.1f}"),
+        ("lfw_accuracy_mean", "acc", "{:.4f}"),
+        ("payload_bytes_mean", "bytes", "{:,.0f}"),
+        ("end_to_end_latency_ms_p50", "e2e ms", "{:.1f}"),
         ("edge_energy_j_per_inference", "edge J", "{:.3g}"),
+        ("network_energy_j_per_inference", "link J", "{:.3g}"),
         ("cloud_energy_j_per_inference", "cloud J", "{:.3g}"),
     ]
-    table = Table(title="vqbench results")
-    table.add_column("pipeline")
+    table = Table(title=f"vqbench results ({len(frame)} rows; all columns in results.csv)")
+    table.add_column("variant", no_wrap=True)
+    table.add_column("link/device")
     for _, title, _ in columns:
         table.add_column(title, justify="right")
     for _, row in frame.iterrows():
-        cells = [str(row["pipeline"])]
+        place = "/".join(str(row[key]) for key in ("link", "edge_device") if not pd.isna(row[key])) or "-"
+        if row.get("link_feasible") is False or str(row.get("link_feasible")) == "False":
+            place += " (infeasible)"
+        cells = [f"{row['pipeline']}/{row['variant']}", place]
         for name, _, fmt in columns:
             value = row[name]
             cells.append("-" if pd.isna(value) else fmt.format(value))
         table.add_row(*cells)
-    console.print(table)
+    # A pipe or CI log is not a terminal: rich would assume 80 columns and cut every cell.
+    console.print(table, width=None if console.is_terminal else 130)
 
 
 @app.command()
@@ -201,3 +213,149 @@ def schema(
 
     write_json_schema(out)
     console.print(f"Wrote {out}", highlight=False)
+
+
+@app.command()
+@_user_errors
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="First run folder.")],
+    run_b: Annotated[Path, typer.Argument(help="Second run folder.")],
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Also write the differences as Markdown.")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Show unchanged figures too.")] = False,
+) -> None:
+    """Show how the figures of two runs differ, variant by variant."""
+    from vqbench.compare import compare_runs, render_comparison_markdown, render_comparison_table
+
+    comparison = compare_runs(run_a, run_b)
+    console.print(render_comparison_table(comparison, changed_only=not show_all, title=f"{run_a.name} vs {run_b.name}"))
+    if markdown:
+        from vqbench.io import write_text_atomic
+
+        write_text_atomic(markdown, render_comparison_markdown(comparison, changed_only=not show_all))
+
+
+@app.command()
+@_user_errors
+def check(
+    results_dir: Annotated[Path, typer.Argument(help="Run folder holding results.json.")],
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Baseline JSON to compare against.")] = None,
+    write_baseline_file: Annotated[
+        Optional[Path], typer.Option("--write-baseline", help="Record this run as a baseline file and exit.")
+    ] = None,
+    policy: Annotated[Optional[Path], typer.Option("--policy", help="Gate policy YAML; default: built in.")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown summary here.")] = None,
+    benchmark_json: Annotated[
+        Optional[Path],
+        typer.Option("--benchmark-json", help="Write github-action-benchmark JSON (customSmallerIsBetter) here."),
+    ] = None,
+) -> None:
+    """Gate a run against a baseline: exit 0 pass, 1 regression, 2 bad input."""
+    from vqbench.check import (
+        render_check_benchmark_json,
+        render_check_junit,
+        render_check_markdown,
+        render_check_table,
+        run_check,
+        write_baseline,
+    )
+    from vqbench.errors import ScenarioError
+    from vqbench.io import write_text_atomic
+
+    if write_baseline_file is not None:
+        path = write_baseline(results_dir, write_baseline_file)
+        console.print(f"Baseline written to {path}", highlight=False)
+        return
+    if baseline is None:
+        raise ScenarioError("pass --baseline FILE to check a run, or --write-baseline FILE to record one")
+    report = run_check(results_dir, baseline, policy)
+    console.print(render_check_table(report))
+    for path, render in ((junit, render_check_junit), (markdown, render_check_markdown),
+                         (benchmark_json, render_check_benchmark_json)):
+        if path is not None:
+            write_text_atomic(path, render(report))
+    raise typer.Exit(code=report.exit_code)
+
+
+models_app = typer.Typer(help="Check committed models and the teacher port.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("verify")
+@_user_errors
+def models_verify(
+    images: Annotated[int, typer.Option("--images", min=1, help="Real LFW chips to compare dlib and the port on.")] = 200,
+    lfw_root: Annotated[
+        Optional[Path],
+        typer.Option("--lfw-root", help="LFW folder; default ${VQBENCH_DATA_DIR}/lfw, else the shipped sample."),
+    ] = None,
+    runtime: Annotated[str, typer.Option("--runtime", help="Port runtime to check: torch or onnxruntime.")] = "onnxruntime",
+) -> None:
+    """Check every committed model file's SHA-256, then the teacher port against dlib."""
+    from vqbench.models.cards import MODELS_DIR, verify_model_cards
+    from vqbench.models.verify import compare_port_with_dlib
+    from vqbench.scenario import default_data_dir
+
+    checked = verify_model_cards(MODELS_DIR)
+    console.print(f"{checked} committed model file(s) match the SHA-256 in their cards", highlight=False)
+
+    root = lfw_root or default_data_dir() / "lfw"
+    if not (root / "lfw-deepfunneled").is_dir():
+        root = Path(__file__).resolve().parents[2] / "data" / "lfw-sample"
+    fidelity = compare_port_with_dlib(images, root, runtime=runtime)
+    console.print(
+        f"{runtime} port vs dlib on {fidelity.n_images} chips from {root}: "
+        f"min cosine {fidelity.min_cosine:.10f}, mean cosine {fidelity.mean_cosine:.10f}, "
+        f"max abs difference {fidelity.max_abs_difference:.3g}",
+        highlight=False,
+    )
+    if fidelity.min_cosine < PORT_MIN_COSINE:
+        console.print(f"[red]failed:[/] minimum cosine below {PORT_MIN_COSINE}", highlight=False)
+        raise typer.Exit(code=1)
+
+
+#: Lowest acceptable cosine similarity between dlib's descriptor and the port's.
+PORT_MIN_COSINE = 0.9999
+
+
+@app.command()
+@_user_errors
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8080,
+    scenario: Annotated[
+        Optional[Path], typer.Option("--scenario", help="Serve this scenario's pipelines; default: teacher and VQ models.")
+    ] = None,
+    token_file: Annotated[
+        Optional[Path], typer.Option("--token-file", help="File holding the bearer token clients must send.")
+    ] = None,
+) -> None:
+    """Run the cloud half as an HTTP service."""
+    from vqbench.network.service import serve_command
+
+    serve_command(host, port, scenario, token_file)
+
+
+@app.command()
+@_user_errors
+def loadtest(
+    url: Annotated[str, typer.Option("--url", help="Base URL of a running `vqbench serve`.")],
+    clients: Annotated[int, typer.Option("--clients", min=1, max=256, help="Concurrent edge clients.")] = 8,
+    duration_s: Annotated[float, typer.Option("--duration-s", min=1.0, max=3600.0, help="Test length, in seconds.")] = 30.0,
+    scenario: Annotated[Optional[Path], typer.Option("--scenario", help="Build payloads with this scenario's pipelines.")] = None,
+    token_file: Annotated[Optional[Path], typer.Option("--token-file", help="File holding the bearer token.")] = None,
+    images: Annotated[int, typer.Option("--images", min=1, help="LFW sample images to build payloads from.")] = 16,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """Send real payloads from N concurrent clients and check every answer."""
+    from vqbench.network.loadtest import loadtest_command
+
+    report = loadtest_command(url, clients, duration_s, scenario, token_file, images)
+    for line in report.summary_lines():
+        console.print(line, highlight=False)
+    if json_out:
+        from vqbench.io import write_json_atomic
+
+        write_json_atomic(json_out, report.to_dict())
+    if not report.all_correct:
+        raise typer.Exit(code=1)

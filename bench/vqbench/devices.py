@@ -33,7 +33,7 @@ _DAYS_PER_YEAR = 365.25
 
 @dataclass(frozen=True)
 class FigureSource:
-    """Where a profile number comes from, and the year of that source."""
+    """Source and year of one profile number."""
 
     source: str
     year: int
@@ -120,8 +120,8 @@ def model_stage_on_device(
 ) -> DeviceStageCost:
     """Model one inference of a stage on ``profile``.
 
-    MACs take precedence when given, because they do not depend on the host's speed;
-    otherwise ``speed_ratio`` (device time / host time) scales the measured host time.
+    MACs take precedence when given, because they do not depend on the host's speed.
+    Otherwise ``speed_ratio`` (device time / host time) scales the measured host time.
     """
     profile = _modeled(profile)
     if macs is not None:

@@ -16,8 +16,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +30,9 @@ from vqbench.meters.base import EnergyMeter
 from vqbench.pipelines.base import Pipeline
 from vqbench.scenario import AlignmentConfig, MeasurementConfig, TeacherConfig
 
+if TYPE_CHECKING:
+    from vqbench.network.client import HttpCloud, TransferStats
+
 logger = logging.getLogger(__name__)
 
 #: Images each memory probe child processes.
@@ -35,17 +41,29 @@ MEMORY_PROBE_IMAGES = 4
 
 @dataclass
 class LatencySamples:
-    """Per-sample latencies in milliseconds, and the payloads produced on the way."""
+    """Per-sample latencies in milliseconds, and the payloads produced on the way.
+
+    ``transfer_ms`` and the wire byte lists are filled only when payloads travel over HTTP.
+    """
 
     edge_ms: list[float] = field(default_factory=list)
     cloud_ms: list[float] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)
+    transfer_ms: list[float] = field(default_factory=list)
+    wire_bytes_up: list[int] = field(default_factory=list)
+    wire_bytes_down: list[int] = field(default_factory=list)
 
 
-def measure_latency(pipeline: Pipeline, images: list[ImageRecord], warmup: int) -> LatencySamples:
-    """Time the edge and the cloud half on each image, one call at a time."""
+def measure_latency(
+    pipeline: Pipeline, images: list[ImageRecord], warmup: int, http: "HttpCloud | None" = None
+) -> LatencySamples:
+    """Time the edge and the cloud half on each image, one call at a time.
+
+    With ``http``, each payload is posted to `vqbench serve`: the cloud latency is the
+    service's own compute time and the rest of the request time is transfer.
+    """
     for image in images[:warmup]:
-        pipeline.cloud([pipeline.edge(image.data).payload])
+        _call_cloud(pipeline, pipeline.edge(image.data).payload, http)
 
     samples = LatencySamples()
     for image in images:
@@ -55,9 +73,24 @@ def measure_latency(pipeline: Pipeline, images: list[ImageRecord], warmup: int) 
         samples.payloads.append(output.payload)
     for payload in samples.payloads:
         start = time.perf_counter_ns()
-        pipeline.cloud([payload])
-        samples.cloud_ms.append((time.perf_counter_ns() - start) / 1e6)
+        stats = _call_cloud(pipeline, payload, http)
+        elapsed_ms = (time.perf_counter_ns() - start) / 1e6
+        if stats is None:
+            samples.cloud_ms.append(elapsed_ms)
+        else:
+            samples.cloud_ms.append(stats.compute_ms)
+            samples.transfer_ms.append(stats.transfer_ms)
+            samples.wire_bytes_up.append(stats.wire_bytes_up)
+            samples.wire_bytes_down.append(stats.wire_bytes_down)
     return samples
+
+
+def _call_cloud(pipeline: Pipeline, payload: bytes, http: "HttpCloud | None") -> "TransferStats | None":
+    if http is None:
+        pipeline.cloud([payload])
+        return None
+    _, stats = http.embed(pipeline.kind, pipeline.variant, payload)
+    return stats
 
 
 @dataclass(frozen=True)
@@ -116,8 +149,24 @@ def _probe_half(
             pipeline.edge(item)
         else:
             pipeline.cloud([item])
-    # Linux reports ru_maxrss in kibibytes.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return _own_peak_rss_bytes()
+
+
+def _own_peak_rss_bytes() -> int:
+    """Peak RSS of this process's current address space.
+
+    On Linux, ``ru_maxrss`` of a spawned child starts at the parent's peak, because the kernel
+    carries the pre-exec high-water mark over; ``VmHWM`` in /proc/self/status does not.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    # NOTE: elsewhere ru_maxrss may include the parent's peak; it is kibibytes on Linux, bytes on macOS.
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def measure_peak_rss(

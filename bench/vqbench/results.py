@@ -74,9 +74,15 @@ class ResultRow(BaseModel):
     grid_intensity_edge_gco2e_per_kwh: Optional[float] = None
     grid_intensity_cloud_gco2e_per_kwh: Optional[float] = None
 
+    wire_bytes_up_mean: Optional[float] = None
+    wire_bytes_down_mean: Optional[float] = None
+    transport: str = "local"
+
     link: Optional[str] = None
     link_feasible: Optional[bool] = None
+    link_infeasible_reason: Optional[str] = None
     edge_device: Optional[str] = None
+    edge_time_basis: Optional[str] = None
     detection_fallbacks: int = 0
 
 

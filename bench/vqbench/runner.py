@@ -29,10 +29,11 @@ from vqbench import __version__
 from vqbench.accuracy import align_all, pair_scores, score_variant
 from vqbench.data.cache import ArrayCache, default_cache_dir
 from vqbench.data.dataset import EvaluationSet, load_pairs, missing_data_message, read_images, resolve_dataset_root
+from vqbench.deployment import VariantMeasurement, build_rows, check_deployment
 from vqbench.environment import collect_environment
 from vqbench.errors import DataError, RunError, ScenarioError, VqbenchError
 from vqbench.io import write_atomic, write_json_atomic, write_text_atomic
-from vqbench.measure import latency_summary, measure_energy, measure_latency, measure_peak_rss
+from vqbench.measure import measure_energy, measure_latency, measure_peak_rss
 from vqbench.metrics.verification import evaluate_verification
 from vqbench.pipelines.base import Components, Pipeline
 from vqbench.pipelines.registry import build_pipelines
@@ -145,6 +146,7 @@ def run_scenario(
     components = Components(scenario.alignment, scenario.teacher)
     pipelines = build_pipelines(scenario.pipelines, components)
     check_identity_leakage(pipelines, evaluation)
+    check_deployment(scenario.deployment)
     configs = _variant_configs(scenario, components)
 
     with _phase(progress, "Aligning faces", len(evaluation.images)) as task:
@@ -154,26 +156,30 @@ def run_scenario(
     context = _RunContext(scenario, scenario_path, out_dir, evaluation, _assumptions(scenario))
     context.warnings.extend(f"image skipped: {path}: {reason}" for path, reason in evaluation.skipped_images.items())
     meter = context.open_meter()
+    context.open_transport(scenario_dir)
     tables = _RunTables()
     failures: list[str] = []
     try:
         for pipeline in pipelines:
             label = f"{pipeline.kind}/{pipeline.variant}"
             try:
-                row = _run_variant(
-                    pipeline, configs[(pipeline.kind, pipeline.variant)], context, aligned, embedding_cache, meter, tables, progress
+                measured = _run_variant(
+                    pipeline, configs[(pipeline.kind, pipeline.variant)], context, aligned, embedding_cache,
+                    meter, tables, progress,
                 )
+                measured.detection_fallbacks = detection_fallbacks
+                tables.rows.extend(build_rows(measured, scenario.deployment, context.intensities))
             except VqbenchError as error:
                 logger.error("variant %s failed: %s", label, error)
                 failures.append(f"{label}: {error}")
                 context.warnings.append(f"variant {label} failed and has no results: {error}")
                 continue
-            row.detection_fallbacks = detection_fallbacks
-            tables.rows.append(row)
             _write_results(context, tables)
     finally:
         if meter is not None:
             meter.close()
+        if context.http is not None:
+            context.http.close()
 
     results = _write_results(context, tables)
     context.write_environment()
@@ -237,6 +243,24 @@ class _RunContext:
         self.warnings: list[str] = list(assumptions.pop("_warnings", []))
         self.meter_status: dict[str, dict[str, object]] = {}
         self.created_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.intensities = (
+            float(assumptions["grid_intensity_edge"]["gco2e_per_kwh"]),
+            float(assumptions["grid_intensity_cloud"]["gco2e_per_kwh"]),
+        )
+        self.http: Any = None
+
+    def open_transport(self, scenario_dir: Path) -> None:
+        """Connect to `vqbench serve` when the scenario sends payloads over HTTP."""
+        transport = self.scenario.transport
+        if transport.mode != "http":
+            return
+        from vqbench.network.client import HttpCloud
+
+        if not transport.url:
+            raise ScenarioError("transport.mode is http but transport.url is not set; give the service's base URL")
+        self.http = HttpCloud.from_config(transport, scenario_dir)
+        self.http.health()
+        logger.info("posting payloads to %s", transport.url)
 
     def open_meter(self) -> Any:
         """Return the first available host meter of the scenario's list, or None."""
@@ -270,7 +294,14 @@ def _assumptions(scenario: Scenario) -> dict:
     """Record grid intensities and measurement settings used by the run."""
     from vqbench.carbon import grid_intensity
 
-    assumptions: dict[str, Any] = {"measurement": scenario.measurement.model_dump(), "_warnings": []}
+    assumptions: dict[str, Any] = {
+        "measurement": scenario.measurement.model_dump(),
+        "transport": scenario.transport.model_dump(exclude={"token_file"}),
+        "carbon_attribution": "edge and network (radio, transit) energy at the edge's grid intensity; "
+        "cloud energy at the cloud's",
+        "_warnings": [],
+    }
+    assumptions.update(_deployment_assumptions(scenario))
     for side in ("edge", "cloud"):
         location = getattr(scenario.carbon, f"{side}_location")
         intensity = grid_intensity(location)
@@ -289,6 +320,23 @@ def _assumptions(scenario: Scenario) -> dict:
     return assumptions
 
 
+def _deployment_assumptions(scenario: Scenario) -> dict[str, Any]:
+    """Link and device profiles used by the run, with their sources, for the report."""
+    from dataclasses import asdict
+
+    from vqbench.devices import get_device_profile
+    from vqbench.network.links import get_link_profile
+
+    deployment = scenario.deployment
+    links = {name: asdict(get_link_profile(name)) for name in deployment.links}
+    devices = {
+        device.name: {**asdict(get_device_profile(device.name)), "speed_ratio": device.speed_ratio}
+        for device in deployment.edge_devices
+        if device.name != "host"
+    }
+    return {"links": links, "devices": devices}
+
+
 def _run_variant(
     pipeline: Pipeline,
     pipeline_config: dict,
@@ -298,8 +346,8 @@ def _run_variant(
     meter: Any,
     tables: _RunTables,
     progress: ProgressReporter,
-) -> ResultRow:
-    """Score, time, meter and size one variant; append its tables; return its row."""
+) -> VariantMeasurement:
+    """Score, time, meter and size one variant; append its tables; return its measurements."""
     scenario = context.scenario
     evaluation = context.evaluation
     label = f"{pipeline.kind}/{pipeline.variant}"
@@ -323,7 +371,7 @@ def _run_variant(
     settings = scenario.measurement
     sample_images = evaluation.images[: settings.latency_samples]
     with _phase(progress, f"Timing {label}", None):
-        latency = measure_latency(pipeline, sample_images, settings.warmup)
+        latency = measure_latency(pipeline, sample_images, settings.warmup, context.http)
     with _phase(progress, f"Metering energy of {label}", None):
         edge_energy, cloud_energy = measure_energy(pipeline, sample_images, latency.payloads, meter, settings)
     edge_rss = cloud_rss = None
@@ -333,85 +381,47 @@ def _run_variant(
                 pipeline, pipeline_config, scenario.alignment, scenario.teacher, sample_images, latency.payloads
             )
 
-    tables.latency.append(_latency_table(pipeline, latency.edge_ms, latency.cloud_ms))
+    tables.latency.append(_latency_table(pipeline, latency))
     tables.energy.append(_energy_table(pipeline, edge_energy, cloud_energy))
     for half, energy in (("edge", edge_energy), ("cloud", cloud_energy)):
         if energy.energy is None:
             context.warnings.append(f"{label}: {half} energy missing: {energy.missing_reason}")
 
     edge_footprint, cloud_footprint = pipeline.footprint()
-    row = ResultRow(
+    return VariantMeasurement(
         pipeline=pipeline.kind,
         variant=pipeline.variant,
         n_pairs=len(evaluation.pairs),
         n_pairs_skipped=evaluation.skipped_pairs,
         folds=evaluation.folds,
-        lfw_accuracy_mean=verification.accuracy_mean,
-        lfw_accuracy_std=verification.accuracy_std,
-        tar_at_far_1e_3=verification.tar_at_far_1e_3,
-        roc_auc=verification.roc_auc,
-        eer=verification.eer,
-        payload_bytes_mean=float(scored.payload_bytes.mean()),
-        payload_bytes_p95=float(np.percentile(scored.payload_bytes, 95)),
+        verification=verification,
+        payload_bytes=scored.payload_bytes,
+        edge_ms=latency.edge_ms,
+        cloud_ms=latency.cloud_ms,
+        edge_energy=edge_energy,
+        cloud_energy=cloud_energy,
+        edge_footprint=edge_footprint,
+        cloud_footprint=cloud_footprint,
         edge_peak_rss_bytes=edge_rss,
         cloud_peak_rss_bytes=cloud_rss,
-        edge_model_bytes=edge_footprint.model_bytes,
-        cloud_model_bytes=cloud_footprint.model_bytes,
-        edge_params=edge_footprint.params,
-        cloud_params=cloud_footprint.params,
-        edge_macs=edge_footprint.macs,
-        cloud_macs=cloud_footprint.macs,
-        **_latency_columns(latency.edge_ms, latency.cloud_ms),
-        **_energy_columns(edge_energy, cloud_energy, context.assumptions),
+        sample_payload_bytes=[len(payload) for payload in latency.payloads],
+        transfer_ms=latency.transfer_ms,
+        wire_bytes_up=latency.wire_bytes_up,
+        wire_bytes_down=latency.wire_bytes_down,
+        transport=scenario.transport.mode,
+        extra_columns=dict(pipeline.info().extra_columns),
     )
-    return row
 
 
-def _latency_columns(edge_ms: list[float], cloud_ms: list[float]) -> dict[str, float | None]:
-    end_to_end = [e + c for e, c in zip(edge_ms, cloud_ms)]
-    edge, cloud, total = latency_summary(edge_ms), latency_summary(cloud_ms), latency_summary(end_to_end)
-    return {
-        "edge_latency_ms_p50": edge["p50"], "edge_latency_ms_p95": edge["p95"],
-        "cloud_latency_ms_p50": cloud["p50"], "cloud_latency_ms_p95": cloud["p95"],
-        "end_to_end_latency_ms_p50": total["p50"], "end_to_end_latency_ms_p95": total["p95"],
-        "end_to_end_latency_ms_p99": total["p99"],
-    }
-
-
-def _energy_columns(edge: Any, cloud: Any, assumptions: dict) -> dict[str, Any]:
-    """Energy and CO2e columns; a missing half leaves its figures and the totals at None."""
-    from vqbench.carbon import co2e_g_from_intensity
-
-    columns: dict[str, Any] = {}
-    for half, measured in (("edge", edge), ("cloud", cloud)):
-        energy = measured.energy
-        if energy is None:
-            continue
-        columns[f"{half}_energy_j_per_inference"] = energy.energy_j_per_inference
-        columns[f"{half}_energy_method"] = energy.method
-        columns[f"{half}_energy_ci95_j"] = energy.ci95_j
-        columns[f"{half}_dynamic_energy_j_per_inference"] = energy.dynamic_energy_j_per_inference
-        columns[f"{half}_energy_j_per_inference_repeats"] = list(energy.repeats_j_per_inference)
-
-    edge_intensity = assumptions["grid_intensity_edge"]["gco2e_per_kwh"]
-    cloud_intensity = assumptions["grid_intensity_cloud"]["gco2e_per_kwh"]
-    columns["grid_intensity_edge_gco2e_per_kwh"] = edge_intensity
-    columns["grid_intensity_cloud_gco2e_per_kwh"] = cloud_intensity
-    if edge.energy is not None and cloud.energy is not None:
-        edge_j = edge.energy.energy_j_per_inference
-        cloud_j = cloud.energy.energy_j_per_inference
-        columns["total_energy_j_per_inference"] = edge_j + cloud_j
-        columns["co2e_g_per_inference"] = co2e_g_from_intensity(edge_j, edge_intensity) + co2e_g_from_intensity(
-            cloud_j, cloud_intensity
-        )
-    return columns
-
-
-def _latency_table(pipeline: Pipeline, edge_ms: list[float], cloud_ms: list[float]) -> pd.DataFrame:
+def _latency_table(pipeline: Pipeline, latency: Any) -> pd.DataFrame:
+    """Per-sample host latencies (and measured HTTP transfer times) of one variant."""
+    transfer = latency.transfer_ms or [0.0] * len(latency.cloud_ms)
+    end_to_end = [e + t + c for e, t, c in zip(latency.edge_ms, transfer, latency.cloud_ms)]
+    stages = [("edge", latency.edge_ms), ("cloud", latency.cloud_ms), ("end_to_end", end_to_end)]
+    if latency.transfer_ms:
+        stages.append(("transfer", latency.transfer_ms))
     frames = []
-    for stage, values in (
-        ("edge", edge_ms), ("cloud", cloud_ms), ("end_to_end", [e + c for e, c in zip(edge_ms, cloud_ms)])
-    ):
+    for stage, values in stages:
         frames.append(pd.DataFrame({
             "pipeline": pipeline.kind, "variant": pipeline.variant, "stage": stage,
             "sample_index": np.arange(len(values)), "latency_ms": np.asarray(values, dtype=np.float64),

@@ -57,7 +57,11 @@ class AlignmentConfig(_Strict):
 class TeacherConfig(_Strict):
     """The cloud's face embedder."""
 
-    runtime: Literal["dlib", "torch", "onnxruntime"] = "dlib"
+    runtime: Literal["dlib", "torch", "onnxruntime"] = Field(
+        "onnxruntime",
+        description="dlib runs the reference; torch and onnxruntime run its port, which matches dlib "
+        "to a cosine of 1 - 1e-12 on 500 LFW chips (`vqbench models verify`).",
+    )
     batch_size: int = Field(32, ge=1)
 
 
@@ -95,7 +99,42 @@ class CloudCodecPipeline(_Strict):
         return sizes
 
 
-PipelineConfig = Annotated[Union[CloudRawPipeline, CloudCodecPipeline], Field(discriminator="kind")]
+class _TrainedModelPipeline(_Strict):
+    """Fields shared by pipelines that run a trained model folder."""
+
+    model: str = Field(
+        ...,
+        description="Model id (a folder under models/, or under ${VQBENCH_MODELS_DIR}) or a path to a model folder.",
+    )
+    int8: bool = Field(False, description="Run the int8-quantised edge model instead of the fp32 one.")
+    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per half.")
+
+
+class EdgeVQReconPipeline(_TrainedModelPipeline):
+    """Encode the chip into VQ codes on the edge; decode a face and run the teacher in the cloud."""
+
+    kind: Literal["edge-vq-recon"] = "edge-vq-recon"
+    entropy_coding: bool = Field(True, description="DEFLATE the packed indices when that makes the payload smaller.")
+
+
+class EdgeVQStudentPipeline(_TrainedModelPipeline):
+    """Encode the chip into VQ codes on the edge; map codes to an embedding with the student in the cloud."""
+
+    kind: Literal["edge-vq-student"] = "edge-vq-student"
+    entropy_coding: bool = Field(True, description="DEFLATE the packed indices when that makes the payload smaller.")
+
+
+class EdgeEmbedPipeline(_TrainedModelPipeline):
+    """Run a small embedder on the edge and send the embedding (fp16 or int8)."""
+
+    kind: Literal["edge-embed"] = "edge-embed"
+    dtypes: list[Literal["fp16", "int8"]] = Field(default_factory=lambda: ["fp16"], min_length=1)
+
+
+PipelineConfig = Annotated[
+    Union[CloudRawPipeline, CloudCodecPipeline, EdgeVQReconPipeline, EdgeVQStudentPipeline, EdgeEmbedPipeline],
+    Field(discriminator="kind"),
+]
 
 
 class TransportConfig(_Strict):
@@ -125,6 +164,38 @@ class MeasurementConfig(_Strict):
     min_window_s: float = Field(1.0, gt=0, description="Shortest energy window, in seconds.")
     idle_s: float = Field(1.0, ge=0, description="Idle window before measuring, in seconds.")
     memory: bool = Field(True, description="Measure each half's peak RSS in a child process.")
+
+
+class EdgeDeviceChoice(_Strict):
+    """An edge device the edge half is modeled on, with how its time is derived."""
+
+    name: str = Field(..., description="'host' (measured) or a device profile, e.g. raspberry-pi-4.")
+    speed_ratio: Optional[float] = Field(
+        None,
+        gt=0,
+        description="Edge-half time on the device divided by time on this host. Needed when the edge "
+        "half's MACs are unknown (dlib alignment); without it the MACs and the profile's throughput are used.",
+    )
+
+
+class DeploymentConfig(_Strict):
+    """Links and edge devices to model; each (variant, link, device) combination is a results row."""
+
+    links: list[str] = Field(default_factory=list, description="Link profiles, e.g. wifi, lte, lorawan-sf7.")
+    edge_devices: list[EdgeDeviceChoice] = Field(default_factory=lambda: [EdgeDeviceChoice(name="host")])
+    downlink_bytes: int = Field(
+        0, ge=0, description="Bytes the cloud returns per face; measured wire bytes replace it with transport http."
+    )
+    transfers_per_day: Optional[float] = Field(
+        None, gt=0, description="Faces sent per day, for duty-cycle limits; default: the device profile's figure."
+    )
+
+    @field_validator("edge_devices", mode="before")
+    @classmethod
+    def _accept_names(cls, devices: object) -> object:
+        if isinstance(devices, list):
+            return [{"name": device} if isinstance(device, str) else device for device in devices]
+        return devices
 
 
 class MetersConfig(_Strict):
@@ -162,6 +233,7 @@ class Scenario(_Strict):
     pipelines: list[PipelineConfig] = Field(..., min_length=1)
     measurement: MeasurementConfig = Field(default_factory=MeasurementConfig)
     transport: TransportConfig = Field(default_factory=TransportConfig)
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
     meters: MetersConfig = Field(default_factory=MetersConfig)
     carbon: CarbonConfig = Field(default_factory=CarbonConfig)
     outputs: OutputsConfig = Field(default_factory=OutputsConfig)

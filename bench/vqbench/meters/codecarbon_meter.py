@@ -7,11 +7,11 @@ Its figures are therefore labelled ``estimated-codecarbon`` and each window logs
 codecarbon chose.
 
 Measured on the development VM (2 vCPUs, "Intel(R) Xeon(R) Processor", 23.5 GB RAM, no
-powercap, codecarbon 3.3.2): cpu_load mode with an assumed TDP of 8 W (4 W x 2 threads), and
-RAM modeled at 20 W, so RAM made up ~90 % of the estimate for a busy single thread.
+powercap, codecarbon 3.3.2): codecarbon chose cpu_load mode with an assumed TDP of 8 W
+(4 W x 2 threads) and modeled RAM at 20 W. RAM was ~90 % of its estimate for one busy thread.
 
 The tracker is configured offline with a country (the country changes only codecarbon's own
-CO2 figure, which vqbench does not use), writes no file (``save_to_file=False`` and an output
+CO2 figure, which vqbench does not use), writes no file (no output method, and an output
 directory in a temporary folder) and sets ``allow_multiple_runs=True``, so a stale
 ``.codecarbon.lock`` in the temporary directory never blocks a run. Windows use codecarbon's
 task API (``start_task`` / ``stop_task``) on one tracker.
@@ -19,6 +19,7 @@ task API (``start_task`` / ``stop_task``) on one tracker.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import tempfile
 import time
@@ -42,14 +43,16 @@ def _import_codecarbon() -> Any:
             warnings.simplefilter("ignore", FutureWarning)
             import codecarbon
     except ImportError as error:
-        raise MeterError(f"codecarbon is not installed ({error}): pip install codecarbon") from error
+        raise MeterError(
+            f"codecarbon is not installed ({error}): pip install codecarbon"
+        ) from error
     return codecarbon
 
 
 def describe_codecarbon_mode(tracker: Any) -> str:
     """Describe how a started tracker obtains CPU power (reads codecarbon's private fields)."""
     # NOTE: _hardware, _mode and _tdp are codecarbon internals (3.3.2); a later release may
-    # rename them, and then the description says "unknown".
+    # rename them, and then the description reads "unknown".
     for hardware in getattr(tracker, "_hardware", []):
         if type(hardware).__name__ == "CPU":
             mode = getattr(hardware, "_mode", "unknown")
@@ -57,6 +60,15 @@ def describe_codecarbon_mode(tracker: Any) -> str:
             model = getattr(hardware, "_model", "unknown")
             return f"CPU mode {mode!r} (model {model!r}, TDP {tdp_w} W)"
     return "CPU mode unknown"
+
+
+def _no_output_options(tracker_class: type) -> dict[str, Any]:
+    """Return the arguments that turn off codecarbon's outputs in this codecarbon version."""
+    # codecarbon 3.x deprecates save_to_file in favour of output_methods; 2.x lacks the latter.
+    base_init = tracker_class.__mro__[1].__init__
+    if "output_methods" in inspect.signature(base_init).parameters:
+        return {"output_methods": []}
+    return {"save_to_file": False}
 
 
 @dataclass(frozen=True)
@@ -84,16 +96,16 @@ class CodecarbonMeter(EnergyMeter):
             codecarbon = _import_codecarbon()
         except MeterError as error:
             return Availability(False, str(error))
-        # codecarbon 3.3.2 reads the system powercap tree, whatever VQBENCH_POWERCAP_ROOT says.
+        # codecarbon 3.3.2 reads the system powercap tree, whatever VQBENCH_POWERCAP_ROOT is set to.
         if RaplMeter(DEFAULT_POWERCAP_ROOT).probe().available:
-            how = f"it reads RAPL under {DEFAULT_POWERCAP_ROOT}"
+            power_source = f"it reads RAPL under {DEFAULT_POWERCAP_ROOT}"
         else:
-            how = (
+            power_source = (
                 f"no readable RAPL under {DEFAULT_POWERCAP_ROOT}, so it models CPU power as "
                 "TDP x load (a constant per thread for CPUs missing from its table) and RAM "
                 "power from memory size"
             )
-        return Availability(True, f"codecarbon {codecarbon.__version__} estimate: {how}")
+        return Availability(True, f"codecarbon {codecarbon.__version__} estimate: {power_source}")
 
     def _get_tracker(self) -> Any:
         if self._tracker is not None:
@@ -106,8 +118,8 @@ class CodecarbonMeter(EnergyMeter):
             self._tracker = OfflineEmissionsTracker(
                 country_iso_code=self.country_iso_code,
                 measure_power_secs=self.measure_power_secs,
-                save_to_file=False,
                 output_dir=self._output_dir.name,
+                **_no_output_options(OfflineEmissionsTracker),
                 allow_multiple_runs=True,
                 log_level="error",
             )

@@ -36,7 +36,9 @@ class DeviceModelMeter(EnergyMeter):
     def __init__(self, device: str | DeviceProfile, speed_ratio: float = 1.0):
         self.profile = get_device_profile(device) if isinstance(device, str) else device
         if speed_ratio <= 0:
-            raise ScenarioError(f"speed_ratio must be > 0 (device time / host time), got {speed_ratio}")
+            raise ScenarioError(
+                f"speed_ratio must be > 0 (device time / host time), got {speed_ratio}"
+            )
         self.speed_ratio = speed_ratio
 
     def probe(self) -> Availability:
@@ -51,7 +53,9 @@ class DeviceModelMeter(EnergyMeter):
 
     def begin(self) -> _ModelToken:
         if self.profile.measured:
-            raise ScenarioError(f"device {self.profile.name!r} is measured with a meter, not modeled")
+            raise ScenarioError(
+                f"device {self.profile.name!r} is measured with a meter, not modeled"
+            )
         return _ModelToken(time.perf_counter(), time.process_time())
 
     def end(self, token: _ModelToken) -> EnergyReading:

@@ -9,7 +9,7 @@ meter uses:
 - the counter (``measured-nvml``) when every GPU has one, the window lasts at least
   ``min_counter_window_s`` and the counter advanced on every GPU;
 - otherwise the trapezoid integral of the power samples (``measured-nvml-power-sampling``),
-  with a warning that says why.
+  with a warning that gives the reason.
 
 The NVML library is injectable: tests pass a fake object with the same functions.
 """
@@ -142,7 +142,9 @@ class NvmlMeter(EnergyMeter):
                 self._read_counters_mj()
                 self._has_counter = True
             except MeterError as error:
-                logger.warning("NVML energy counter unavailable (%s); sampling power instead", error)
+                logger.warning(
+                    "NVML energy counter unavailable (%s); sampling power instead", error
+                )
                 self._has_counter = False
         return self._has_counter
 

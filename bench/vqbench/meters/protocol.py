@@ -4,20 +4,20 @@ Energy counters update every ~1 ms (RAPL) to ~100 ms (NVML), and estimators samp
 slowly still, so one inference is far too short to measure. Each stage is measured over
 windows of many inferences instead, all with the same meter::
 
-    time ───────────────────────────────────────────────────────────────────────────────►
-    │ warm-up │ overhead │   idle window    │ window 1          │ window 2          │ ...
-    │ w(0)..  │ begin;   │ begin            │ begin             │ begin             │
-    │ w(k-1)  │ end      │ sleep(idle_s)    │ w(i) w(i+1) ...   │ w(j) w(j+1) ...   │
-    │ (not    │ (empty   │ end              │ until >= min_     │ until >= min_     │
-    │  metered)│ window)  │ -> idle_power_w  │ window_s; end     │ window_s; end     │
-                                             └──── repeated `repeats` times ─────────┘
+    time -------------------------------------------------------------------------------->
+    | warm-up  | overhead | idle window     | window 1         | window 2         | ...
+    | w(0) ... | begin    | begin           | begin            | begin            |
+    | w(k-1)   | end      | sleep(idle_s)   | w(i) w(i+1) ...  | w(j) w(j+1) ...  |
+    | (not     | (empty   | end             | until >= min_    | until >= min_    |
+    |  metered)|  window) | -> idle_power_w | window_s; end    | window_s; end    |
+                                            |<------- repeated `repeats` times ------->|
 
 1. Warm-up: ``warmup`` inferences, unmetered, so caches, allocators and lazy initialisation
    settle before anything is counted.
 2. Overhead: one empty window (``begin`` then ``end``) times the meter's own cost, reported as
    ``meter_overhead_s`` so a reader can judge it against the window length.
-3. Idle window: the process sleeps ``idle_s`` inside a window; its energy over its duration is
-   the idle power of whatever the meter covers (a package, a GPU, a whole board).
+3. Idle window: the process sleeps ``idle_s`` inside a window. That window's energy over its
+   duration is the idle power of whatever the meter covers (a package, a GPU, a whole board).
 4. Measured windows: inferences run back to back, cycling over the items
    (``i mod n_items``), until the window has lasted at least ``min_window_s``; the item index
    carries on from one window to the next. Per window:
@@ -69,9 +69,9 @@ class WindowSettings:
 class StageEnergy:
     """Energy per inference of one stage, summarised over the measured windows.
 
-    ``energy_j_per_inference`` is gross (idle power included) and
-    ``dynamic_energy_j_per_inference`` has the idle power over each window's duration taken
-    out; both are means over the windows in ``repeats_j_per_inference`` (gross figures).
+    ``energy_j_per_inference`` is gross (idle power included). ``dynamic_energy_j_per_inference``
+    excludes the idle power over each window's duration. Both are means over the windows, whose
+    gross figures are in ``repeats_j_per_inference``.
     ``ci95_j`` is the 95 % half-width of the gross mean (NaN with one window).
     ``n_inferences`` counts measured inferences over all windows, ``window_s`` is the mean
     window duration and ``meter_overhead_s`` the duration of one empty ``begin``/``end``.
@@ -192,7 +192,9 @@ def measure_stage_energy(
 
     overhead_s = _measure_overhead_s(meter, clock)
     idle_power_w = _measure_idle_power_w(meter, settings.idle_s, sleep)
-    logger.info("%s: idle power %.3f W, meter overhead %.6f s", meter.name, idle_power_w, overhead_s)
+    logger.info(
+        "%s: idle power %.3f W, meter overhead %.6f s", meter.name, idle_power_w, overhead_s
+    )
 
     readings: list[EnergyReading] = []
     gross_j: list[float] = []

@@ -135,8 +135,8 @@ def counter_delta_uj(start_uj: int, end_uj: int, max_energy_range_uj: int) -> in
     """Return the energy between two counter readings, allowing for one wrap-around."""
     delta_uj = end_uj - start_uj
     if delta_uj < 0:
-        # NOTE: two wraps inside one window cannot be seen; at 100 W a 2**32 x 61 µJ range
-        # wraps every ~43 minutes, far longer than a measurement window.
+        # NOTE: two wraps inside one window cannot be detected. At 100 W a 2**32 x 61 µJ
+        # range wraps every ~43 minutes, far longer than a measurement window.
         delta_uj += max_energy_range_uj
     return delta_uj
 

@@ -1,7 +1,7 @@
 """The meter registry: names used in scenario files, mapped to meter classes.
 
 ``create_meter("rapl", root=...)`` builds a meter from its name and options;
-``probe_all()`` tells ``vqbench env`` which meters work here and why the others do not.
+``probe_all()`` reports to ``vqbench env`` which meters work here and why the others do not.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def create_meter(name: str, **options: object) -> EnergyMeter:
     try:
         return METERS[name](**options)
     except TypeError as error:
-        raise ScenarioError(f"invalid options {sorted(options)} for meter {name!r}: {error}") from error
+        raise ScenarioError(
+            f"invalid options {sorted(options)} for meter {name!r}: {error}"
+        ) from error
 
 
 def probe_all() -> dict[str, Availability]:

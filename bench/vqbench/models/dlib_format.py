@@ -1,9 +1,9 @@
 """Read dlib's binary serialisation of its face recognition ResNet in Python and NumPy.
 
-The file ``dlib_face_recognition_resnet_model_v1.dat`` holds dlib's ``anet_type`` (see
+The file ``dlib_face_recognition_resnet_model_v1.dat`` contains dlib's ``anet_type`` (see
 ``dlib/examples/dnn_face_recognition_ex.cpp``) as written by ``dlib::serialize``. The facts
-below come from dlib's ``serialize.h``, ``float_details.h``, ``dnn/core.h``, ``dnn/layers.h``,
-``dnn/input.h`` and ``dnn/tensor.h``, checked byte by byte against the shipped file:
+below were worked out byte by byte on the shipped file. The special exponent codes are those of
+dlib's ``float_details.h``.
 
 - An integer is one header byte, whose low 4 bits give the number of value bytes and whose
   bit 7 marks a negative value, followed by the absolute value in little-endian order.
@@ -165,8 +165,8 @@ class _Cursor:
         return shape  # type: ignore[return-value]
 
     def read_tensor(self, what: str) -> np.ndarray:
-        # NOTE: only tensor format version 2 (raw float32) is read; dlib releases before 19.0
-        # wrote version 1 with one float_details pair per value.
+        # NOTE: only tensor format version 2 (raw float32) is read. Files written by older dlib
+        # releases with tensor format version 1 are rejected.
         self.expect_int(_TENSOR_VERSION, f"tensor format version of {what}")
         shape = self.read_shape(what)
         count = int(np.prod(shape, dtype=np.int64))

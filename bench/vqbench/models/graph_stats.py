@@ -2,7 +2,7 @@
 
 ``count_macs`` runs one forward pass under ``torch.utils.flop_counter.FlopCounterMode`` on a copy
 of the model on the ``meta`` device, so no arithmetic is done and the model is not touched.
-FlopCounterMode counts 2 FLOPs per multiply-accumulate for the matrix products it knows
+FlopCounterMode counts 2 FLOPs per multiply-accumulate for the matrix products it recognises
 (convolutions, ``mm``, ``addmm``, ``bmm``, attention), so MACs = FLOPs / 2. Element-wise work
 (bias adds, scale and shift, activations, pooling, residual adds) is not counted, which is the
 usual convention for quoting a network's MACs.

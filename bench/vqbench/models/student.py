@@ -86,7 +86,7 @@ class Student(nn.Module):
         """Replace the code vectors (after the VQ-VAE's codebook changed)."""
         self.codebook.copy_(codebook.detach())
 
-    def trunk_features(self, indices: torch.Tensor, code_vectors: torch.Tensor | None = None) -> torch.Tensor:
+    def trunk_features(self, indices: torch.Tensor | None, code_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the teacher's (N, 256, 4, 4) map; ``code_vectors`` (N, D, H', W') overrides the lookup."""
         if code_vectors is None:
             code_vectors = F.embedding(indices, self.codebook).permute(0, 3, 1, 2)

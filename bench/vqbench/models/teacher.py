@@ -7,6 +7,7 @@ PyTorch and onnxruntime ports of the same network; every teacher exposes ``embed
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +26,8 @@ class Teacher(Protocol):
     runtime: str
     fingerprint: str
     model_bytes: int
+    params: int
+    macs: int
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """Map uint8 chips of shape (N, 150, 150, 3) to float32 embeddings (N, 128)."""
@@ -47,6 +50,21 @@ class DlibTeacher:
         self.fingerprint = hashlib.sha256(f"{self.model_sha256}|dlib|{dlib.__version__}".encode()).hexdigest()
         self.model_bytes = self.model_path.stat().st_size
 
+    @cached_property
+    def params(self) -> int:
+        """Parameters counted from the layers in dlib's model file."""
+        from vqbench.models.dlib_format import read_dlib_resnet
+
+        return read_dlib_resnet(self.model_path).param_count
+
+    @cached_property
+    def macs(self) -> int:
+        """Multiply-accumulates per chip, counted on the graph of the verified PyTorch port."""
+        from vqbench.models.graph_stats import count_macs
+        from vqbench.models.teacher_torch import load_torch_teacher
+
+        return count_macs(load_torch_teacher(), (1, 3, CHIP_SIZE_PX, CHIP_SIZE_PX))
+
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """Embed chips in batches of ``batch_size`` (dlib's batched descriptor call)."""
         chips = np.ascontiguousarray(chips, dtype=np.uint8)
@@ -67,11 +85,11 @@ def create_teacher(runtime: str = "dlib", batch_size: int = 32) -> Teacher:
     if runtime == "torch":
         from vqbench.models.teacher_onnx import TorchTeacher
 
-        return TorchTeacher()
+        return TorchTeacher(batch_size=batch_size)
     if runtime == "onnxruntime":
         from vqbench.models.teacher_onnx import OnnxTeacher
 
-        return OnnxTeacher()
+        return OnnxTeacher(batch_size=batch_size)
     from vqbench.errors import ScenarioError
 
     raise ScenarioError(f"unknown teacher runtime {runtime!r}; use one of dlib, torch, onnxruntime")

@@ -188,7 +188,9 @@ class OnnxTeacher:
         try:
             return onnxruntime.InferenceSession(str(path), self._options, providers=self._providers)
         except (Fail, InvalidGraph, InvalidProtobuf, NoSuchFile) as error:
-            raise ModelError(f"onnxruntime cannot load {path}: {error}; export it again with export_teacher_onnx") from error
+            raise ModelError(
+                f"onnxruntime cannot load {path}: {error}; export it again with export_teacher_onnx"
+            ) from error
 
     def _open_cached(self):
         if self.model_path.is_file():

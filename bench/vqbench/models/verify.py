@@ -139,8 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     """Print the fidelity of each port runtime on LFW."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-images", type=int, default=500, help="number of LFW images to compare (default 500)")
-    parser.add_argument("--lfw-root", type=Path, default=default_lfw_root(), help="folder that holds lfw-deepfunneled")
-    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), action="append", help="port runtime (repeatable)")
+    parser.add_argument(
+        "--lfw-root", type=Path, default=default_lfw_root(), help="LFW folder that contains lfw-deepfunneled"
+    )
+    parser.add_argument(
+        "--runtime", choices=("torch", "onnxruntime"), action="append", help="port runtime (repeatable)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and onnxruntime (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -50,7 +50,7 @@ class LoraModulation:
 
 @dataclass(frozen=True)
 class FigureSource:
-    """Where a profile number comes from, and the year of that source."""
+    """Source and year of one profile number."""
 
     source: str
     year: int
@@ -124,7 +124,8 @@ def _parse_profile(name: str, entry: dict) -> LinkProfile:
 def load_link_profiles() -> dict[str, LinkProfile]:
     """Read the bundled link profiles, keyed by name."""
     text = resources.files("vqbench").joinpath("data_files/links.yaml").read_text()
-    return {name: _parse_profile(name, entry) for name, entry in yaml.safe_load(text)["links"].items()}
+    links = yaml.safe_load(text)["links"]
+    return {name: _parse_profile(name, entry) for name, entry in links.items()}
 
 
 def get_link_profile(name: str) -> LinkProfile:
@@ -249,16 +250,29 @@ def link_cost(
     else:
         timing = _ip_timing(profile, sum(up_frames), sum(down_frames))
 
-    reason = _infeasible_reason(profile, n_frames, timing, transfers_per_day, max_transfer_latency_s)
+    reason = _infeasible_reason(
+        profile, n_frames, timing, transfers_per_day, max_transfer_latency_s
+    )
     if reason is not None:
         return LinkCost(math.nan, math.nan, math.nan, False, reason, n_frames, wire_bytes)
+
     transit_j = wire_bytes / _BYTES_PER_GB * profile.transit_kwh_per_gb * _J_PER_KWH
-    return LinkCost(timing.latency_s * 1e3, timing.radio_energy_j, transit_j, True, None, n_frames, wire_bytes)
+    return LinkCost(
+        transfer_latency_ms=timing.latency_s * 1e3,
+        radio_energy_j=timing.radio_energy_j,
+        transit_energy_j=transit_j,
+        feasible=True,
+        infeasible_reason=None,
+        n_frames=n_frames,
+        wire_bytes=wire_bytes,
+    )
 
 
 # Published transit factors (kWh per GB), to show how much the choice of factor moves results.
 TRANSIT_KWH_PER_GB_REFERENCES: dict[str, tuple[float, int, str]] = {
-    "fixed-line-2015": (0.06, 2015, "Aslan, Mayers, Koomey, France, J. Industrial Ecology 22(4), 2018"),
+    "fixed-line-2015": (
+        0.06, 2015, "Aslan, Mayers, Koomey, France, J. Industrial Ecology 22(4), 2018"
+    ),
     "eu-fixed-2020": (0.03, 2020, "EU ICT study, quoted in the Scope3 data-transfer methodology"),
     "eu-mobile-2020": (0.14, 2020, "EU ICT study, quoted in the Scope3 data-transfer methodology"),
     "ran-4g": (0.23, 2022, "Scope3 data-transfer methodology, bottom-up radio access network"),

@@ -21,9 +21,35 @@ def _build_cloud_codec(config: object, components: Components) -> Iterator[Pipel
             yield CloudCodecPipeline(components, config.codec, quality, size_px)  # type: ignore[attr-defined]
 
 
+def _build_edge_vq_recon(config: object, components: Components) -> Iterator[Pipeline]:
+    from vqbench.pipelines.edge_vq import EdgeVQReconPipeline
+
+    yield EdgeVQReconPipeline(
+        components, config.model, config.int8, config.entropy_coding, config.threads  # type: ignore[attr-defined]
+    )
+
+
+def _build_edge_vq_student(config: object, components: Components) -> Iterator[Pipeline]:
+    from vqbench.pipelines.edge_vq import EdgeVQStudentPipeline
+
+    yield EdgeVQStudentPipeline(
+        components, config.model, config.int8, config.entropy_coding, config.threads  # type: ignore[attr-defined]
+    )
+
+
+def _build_edge_embed(config: object, components: Components) -> Iterator[Pipeline]:
+    from vqbench.pipelines.edge_vq import EdgeEmbedPipeline
+
+    for dtype in config.dtypes:  # type: ignore[attr-defined]
+        yield EdgeEmbedPipeline(components, config.model, dtype, config.int8, config.threads)  # type: ignore[attr-defined]
+
+
 BUILDERS: dict[str, PipelineBuilder] = {
     "cloud-raw": _build_cloud_raw,
     "cloud-codec": _build_cloud_codec,
+    "edge-vq-recon": _build_edge_vq_recon,
+    "edge-vq-student": _build_edge_vq_student,
+    "edge-embed": _build_edge_embed,
 }
 
 

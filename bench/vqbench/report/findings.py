@@ -1,8 +1,8 @@
 """Key findings, warnings and the Pareto front, computed from the result rows.
 
-Every sentence here is built from the numbers in the run; nothing is written in advance. The
-reference for comparisons is the ``cloud-raw`` row (variant ``original`` first) on the same link
-and edge device; a run without ``cloud-raw`` is compared against its largest payload.
+Every sentence here is built from the numbers in the run, and nothing is written in advance.
+Comparisons use the ``cloud-raw`` row (variant ``original`` first) on the same link and edge
+device as the reference. A run without ``cloud-raw`` is compared against its largest payload.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 
-from vqbench.report.formatting import format_bytes, format_energy, format_percent
+from vqbench.report.formatting import format_bytes, format_energy, format_number, format_percent
 from vqbench.report.loader import RunData
 from vqbench.results import ResultRow
 
@@ -147,7 +147,8 @@ def _comparison_sentence(row: ResultRow, reference: ResultRow, rows: Sequence[Re
 def _representative_rows(rows: Sequence[ResultRow], reference: ResultRow) -> list[ResultRow]:
     """Per pipeline, its most accurate row on the bytes-accuracy Pareto front (else its most accurate)."""
     scored = [r for r in rows if r.payload_bytes_mean is not None and r.lfw_accuracy_mean is not None]
-    front = {id(scored[i]) for i in pareto_front([r.payload_bytes_mean for r in scored], [r.lfw_accuracy_mean for r in scored])}
+    front_indices = pareto_front([r.payload_bytes_mean for r in scored], [r.lfw_accuracy_mean for r in scored])
+    front = {id(scored[i]) for i in front_indices}
     by_pipeline: dict[str, list[ResultRow]] = defaultdict(list)
     for row in scored:
         if row is not reference:
@@ -265,7 +266,8 @@ def _grid_warnings(assumptions: dict[str, object]) -> list[str]:
         if key.startswith("grid_intensity") and isinstance(value, dict) and value.get("is_world_average"):
             where = key.removeprefix("grid_intensity").strip("_") or "grid"
             warnings.append(
-                f"The {where} grid intensity is the world average ({value.get('gco2e_per_kwh')} gCO2e/kWh), "
+                f"The {where} grid intensity is the world average "
+                f"({format_number(value.get('gco2e_per_kwh'))} gCO2e/kWh), "
                 "not a figure for a known location; CO2e figures inherit that uncertainty."
             )
     return warnings

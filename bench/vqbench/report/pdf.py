@@ -11,12 +11,12 @@ from pathlib import Path
 
 from vqbench.report.findings import collect_warnings, key_findings
 from vqbench.report.loader import RunData
-from vqbench.report.plots import PlotItem, add_figure_to_pdf, titled_for_pdf
+from vqbench.report.plots import PlotItem, add_figure_to_pdf, plot_style, titled_for_pdf
 from vqbench.report.tables import Table, assumption_tables, environment_tables, report_tables
 
 A4_LANDSCAPE_IN = (11.69, 8.27)
 #: Data columns per table page besides the repeated key columns, and rows per page.
-COLUMNS_PER_PAGE = 7
+COLUMNS_PER_PAGE = 8
 ROWS_PER_PAGE = 24
 _WRAP_CHARACTERS = 150
 
@@ -71,15 +71,40 @@ def _table_pages(table: Table, key_columns: int):
             rows = [[row[i] for i in chosen] for row in table.rows[start : start + ROWS_PER_PAGE]]
             headers = ["\n".join(textwrap.wrap(table.headers[i], 16)) for i in chosen]
             if rows:
-                drawn = ax.table(cellText=rows, colLabels=headers, loc="upper center", cellLoc="left")
-                drawn.auto_set_font_size(False)
-                drawn.set_fontsize(7)
-                drawn.auto_set_column_width(list(range(len(chosen))))
-                for (row_index, _), cell in drawn.get_celld().items():
-                    cell.set_height(0.07 if row_index == 0 else 0.032)
-                    if row_index == 0:
-                        cell.set_facecolor("#eef0f3")
+                _draw_table(ax, headers, rows, 0.032)
             yield figure
+
+
+def _draw_table(ax, headers: list[str], rows: list[list[str]], row_height: float) -> None:
+    """Draw a table at the top left of ``ax``; ``row_height`` is a fraction of the axes height."""
+    drawn = ax.table(cellText=rows, colLabels=headers, loc="upper left", cellLoc="left")
+    drawn.auto_set_font_size(False)
+    drawn.set_fontsize(7)
+    drawn.auto_set_column_width(list(range(len(headers))))
+    for (row_index, _), cell in drawn.get_celld().items():
+        cell.set_height(row_height * (2.2 if row_index == 0 else 1.0))
+        if row_index == 0:
+            cell.set_facecolor("#eef0f3")
+
+
+def _stacked_table_pages(tables: list[Table]):
+    """Yield pages holding several short tables each, one under another."""
+    title_height, row_height, gap = 0.04, 0.03, 0.03
+    figure, top = None, 0.0
+    for table in tables:
+        rows = [list(row) for row in table.rows[:ROWS_PER_PAGE]]
+        height = title_height + row_height * (len(rows) + 2.2)
+        if figure is None or top - height < 0.03:
+            if figure is not None:
+                yield figure
+            figure, top = _page(), 0.96
+        figure.text(0.05, top, table.title, fontsize=11, fontweight="bold", va="top")
+        ax = figure.add_axes((0.05, top - height, 0.9, height - title_height))
+        ax.axis("off")
+        _draw_table(ax, list(table.headers), rows, row_height / (height - title_height))
+        top -= height + gap
+    if figure is not None:
+        yield figure
 
 
 def write_pdf(run: RunData, plots: list[PlotItem], path: Path) -> None:
@@ -99,7 +124,8 @@ def write_pdf(run: RunData, plots: list[PlotItem], path: Path) -> None:
     tables = report_tables(run.rows)
     key_columns = _key_column_count(tables[0])
     metadata = {"Title": f"vqbench report: {results.scenario_name}", "Creator": f"vqbench {results.vqbench_version}"}
-    with PdfPages(path, metadata=metadata) as pdf:
+    # The PDF file reads the font embedding setting when it opens, so the style must be active here.
+    with plot_style(), PdfPages(path, metadata=metadata) as pdf:
         for page in _text_pages(f"vqbench report: {results.scenario_name}", subtitle, sections):
             add_figure_to_pdf(pdf, page)
         for table in tables:
@@ -108,9 +134,8 @@ def write_pdf(run: RunData, plots: list[PlotItem], path: Path) -> None:
         for item in plots:
             if item.figure is not None:
                 add_figure_to_pdf(pdf, titled_for_pdf(item))
-        for table in assumption_tables(results.assumptions) + environment_tables(run.environment):
-            for page in _table_pages(table, 1):
-                add_figure_to_pdf(pdf, page)
+        for page in _stacked_table_pages(assumption_tables(results.assumptions) + environment_tables(run.environment)):
+            add_figure_to_pdf(pdf, page)
 
 
 def _key_column_count(table: Table) -> int:

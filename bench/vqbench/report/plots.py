@@ -3,7 +3,7 @@
 Figures are built with ``matplotlib.figure.Figure`` directly instead of pyplot, so this module
 never selects a global backend or keeps figures alive in pyplot's registry: saving to SVG or PDF
 uses the renderer for that format, which needs no display. A plot function returns ``None`` when
-the run holds no data for it; ``build_figures`` turns that into a note for the report.
+the run contains no data for it, and ``build_figures`` turns that into a note for the report.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from vqbench.report.formatting import format_number
 from vqbench.report.findings import is_unmeasured, pareto_front, row_label, varying_dimensions
+from vqbench.report.formatting import format_number
 from vqbench.report.loader import RunData, SamplePair
 from vqbench.results import ResultRow
 
@@ -58,7 +58,8 @@ class PlotItem:
     missing_reason: str | None = None
 
 
-def _rc():
+def plot_style():
+    """Context manager applying the report style (fonts, grid, SVG and PDF font embedding)."""
     import matplotlib
 
     return matplotlib.rc_context(_STYLE)
@@ -73,7 +74,7 @@ def _new_figure(height_in: float, ncols: int = 1, nrows: int = 1, **kwargs):
 
 
 def pipeline_color(pipeline: str, all_pipelines: Sequence[str] = ()) -> str:
-    """A stable colour per pipeline: known pipelines first, others in order of appearance."""
+    """Return a stable colour per pipeline: known pipelines first, others in order of appearance."""
     known = list(_PIPELINE_ORDER) + [p for p in all_pipelines if p not in _PIPELINE_ORDER]
     index = known.index(pipeline) if pipeline in known else len(known)
     return _PALETTE[index % len(_PALETTE)]
@@ -100,7 +101,7 @@ def _accuracy_vs_cost(
     left_out = [row_label(row, rows) for row, cost, _ in zip(rows, costs, methods) if row not in [p[0] for p in points]]
     pipelines = list(dict.fromkeys(row.pipeline for row in rows))
 
-    with _rc():
+    with plot_style():
         figure, axes = _new_figure(4.6)
         ax = axes[0][0]
         x = np.array([cost for _, cost, _ in points])
@@ -163,7 +164,7 @@ def plot_energy_per_stage(rows: Sequence[ResultRow]) -> Figure | None:
         return None
     labels = [row_label(r, rows) for r in rows]
 
-    with _rc():
+    with plot_style():
         figure, axes = _new_figure(_bar_height_in(len(rows)))
         ax = axes[0][0]
         left = np.zeros(len(rows))
@@ -192,7 +193,7 @@ def plot_co2e_per_million(rows: Sequence[ResultRow]) -> Figure | None:
     operational = np.array([(r.co2e_g_per_inference or 0.0) * 1e6 for r in rows])
     embodied = np.array([(r.embodied_co2e_g_per_inference or 0.0) * 1e6 for r in rows])
 
-    with _rc():
+    with plot_style():
         figure, axes = _new_figure(_bar_height_in(len(rows)))
         ax = axes[0][0]
         colors = [pipeline_color(r.pipeline, [x.pipeline for x in rows]) for r in rows]
@@ -213,6 +214,14 @@ def plot_co2e_per_million(rows: Sequence[ResultRow]) -> Figure | None:
 # Latency and ROC
 
 
+def _horizontal_boxplot() -> dict[str, object]:
+    """Keyword for horizontal boxes: ``orientation`` since matplotlib 3.10, ``vert`` before."""
+    import matplotlib
+
+    major, minor = (int(part) for part in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
+
+
 def plot_latency_distributions(latency: pd.DataFrame | None) -> Figure | None:
     """Box plots of per-sample latency per stage; whiskers span the 1st to 99th percentile."""
     if latency is None or latency.empty:
@@ -221,7 +230,7 @@ def plot_latency_distributions(latency: pd.DataFrame | None) -> Figure | None:
     keys = list(dict.fromkeys(zip(latency["pipeline"], latency["variant"])))
     pipelines = list(dict.fromkeys(p for p, _ in keys))
 
-    with _rc():
+    with plot_style():
         figure, axes = _new_figure(len(stages) * (0.9 + 0.3 * len(keys)), nrows=len(stages))
         flat = [row[0] for row in axes]
         for ax, stage in zip(flat, stages):
@@ -236,7 +245,7 @@ def plot_latency_distributions(latency: pd.DataFrame | None) -> Figure | None:
             if not data:
                 ax.set_visible(False)
                 continue
-            boxes = ax.boxplot(data, vert=False, whis=(1, 99), showfliers=False, patch_artist=True,
+            boxes = ax.boxplot(data, **_horizontal_boxplot(), whis=(1, 99), showfliers=False, patch_artist=True,
                                widths=0.6, medianprops={"color": "black"})
             for patch, color in zip(boxes["boxes"], colors):
                 patch.set_facecolor(color)
@@ -272,7 +281,7 @@ def plot_roc_curves(scores: pd.DataFrame | None) -> Figure | None:
     pipelines = list(dict.fromkeys(p for p, _ in keys))
     linestyles = ("-", "--", ":", "-.")
 
-    with _rc():
+    with plot_style():
         figure, axes = _new_figure(4.6)
         ax = axes[0][0]
         smallest_far = 1.0
@@ -313,7 +322,7 @@ def plot_reconstructions(samples: Sequence[SamplePair]) -> Figure | None:
     per_variant = {v: [s for s in samples if s.variant == v][:MAX_SAMPLES_PER_VARIANT] for v in variants}
     ncols = 2 * max(len(pairs) for pairs in per_variant.values())
 
-    with _rc():
+    with plot_style():
         figure, axes = _new_figure(0.4 + 1.15 * len(variants), ncols=ncols, nrows=len(variants))
         for row_axes, variant in zip(axes, variants):
             for column, ax in enumerate(row_axes):
@@ -342,7 +351,7 @@ def plot_sensitivity(rows: Sequence[ResultRow], dimension: str) -> Figure | None
         ("end_to_end_latency_ms_p50", 1.0, "End-to-end latency p50 (ms)"),
     )
 
-    with _rc():
+    with plot_style():
         figure, axes = _new_figure(_bar_height_in(len(keys)) + 0.6, ncols=2, sharey=True)
         for ax, (field_name, scale, x_label) in zip(axes[0], metrics):
             for index, value in enumerate(values):
@@ -375,7 +384,7 @@ def plot_sensitivity(rows: Sequence[ResultRow], dimension: str) -> Figure | None
 def figure_to_svg(figure: Figure, title: str = "") -> str:
     """Render a figure as an inline ``<svg>`` element that scales to its container's width."""
     buffer = io.StringIO()
-    with _rc():
+    with plot_style():
         figure.savefig(buffer, format="svg", metadata={"Date": None})
     svg = buffer.getvalue()
     svg = svg[svg.index("<svg"):]
@@ -394,7 +403,7 @@ def _escape_attribute(text: str) -> str:
 
 def add_figure_to_pdf(pdf: PdfPages, figure: Figure) -> None:
     """Append a figure to an open PdfPages document as one page."""
-    with _rc():
+    with plot_style():
         pdf.savefig(figure)
 
 
@@ -405,7 +414,7 @@ def titled_for_pdf(item: PlotItem) -> Figure:
 
 
 def build_figures(run: RunData) -> list[PlotItem]:
-    """Build every report figure for a run; an item without a figure says why."""
+    """Build every report figure for a run. An item without a figure stores the reason."""
     rows = run.rows
     several_links, several_devices = varying_dimensions(rows)
     specs = [

@@ -168,13 +168,13 @@ def _cell_text(value: object, key: str = "") -> str:
 
 
 def key_value_table(title: str, mapping: dict[str, object], key_header: str = "Name") -> Table:
-    """A two-column table of a mapping's keys and printed values."""
+    """Build a two-column table of a mapping's keys and printed values."""
     rows = tuple((str(key), _cell_text(value, str(key))) for key, value in mapping.items())
     return Table(title, (key_header, "Value"), (False, False), rows)
 
 
 def records_table(title: str, records: dict[str, object], key_header: str = "Name") -> Table:
-    """A table with one row per record (a mapping of mappings) and one column per field."""
+    """Build a table with one row per record (a mapping of mappings) and one column per field."""
     fields: list[str] = []
     for record in records.values():
         if isinstance(record, dict):

@@ -70,6 +70,9 @@ class LossConfig(_Strict):
     """Weights of the loss terms."""
 
     reconstruction: float = Field(1.0, ge=0.0)
+    reconstruction_fraction: float = Field(
+        0.25, gt=0.0, le=1.0, description="Share of each batch decoded in stage joint (the decoder dominates step time)."
+    )
     student_cosine: float = Field(1.0, ge=0.0)
     student_feature: float = Field(1.0, ge=0.0, description="MSE to the teacher's 4x4x256 map before its last block.")
     student_relational: float = Field(1.0, ge=0.0, description="MSE between the batch's cosine-similarity matrices.")
@@ -94,6 +97,9 @@ class TrainConfig(_Strict):
 
     version: Literal[1] = TRAIN_CONFIG_VERSION
     model_id: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    kind: Literal["vq", "edge-embed"] = Field(
+        "vq", description="vq: VQ-VAE + student; edge-embed: the encoder without quantiser + student head, on the edge."
+    )
     seed: int = 0
     threads: int = Field(2, ge=1, description="torch.set_num_threads during training.")
     output_dir: Optional[str] = Field(None, description="Model folder to write; default models/<model_id> beside the config's folder parent.")

@@ -52,7 +52,7 @@ def select_training_people(root: Path, train_folds: list[int], include_unpaired:
     image_root = root / LFW_IMAGE_FOLDER
     if not image_root.is_dir():
         raise DataError(f"LFW images not found at {image_root}; run `vqbench data fetch lfw` or set data.root")
-    pairs = read_lfw_pairs(root / "pairs.txt", image_root)
+    pairs = read_lfw_pairs(root / "pairs.txt", image_root, fold_numbers=_sample_fold_numbers(root))
     folds = sorted({pair.fold for pair in pairs})
     unknown = sorted(set(train_folds) - set(folds))
     if unknown:
@@ -68,6 +68,21 @@ def select_training_people(root: Path, train_folds: list[int], include_unpaired:
     if include_unpaired:
         people |= everyone - chosen - excluded
     return TrainingPeople(tuple(sorted(train_folds)), frozenset(people), frozenset(excluded))
+
+
+def _sample_fold_numbers(root: Path) -> list[int] | None:
+    """Return the View 2 fold numbers of a sample's pairs file (see vqbench.data.dataset), if any."""
+    import json
+
+    from vqbench.data.dataset import SAMPLE_MANIFEST
+
+    manifest = root / SAMPLE_MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        return [int(fold) for fold in json.loads(manifest.read_text(encoding="utf-8"))["fold_numbers"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{manifest} is invalid ({error}); it must hold {{\"fold_numbers\": [..]}}") from error
 
 
 def training_image_paths(root: Path, people: frozenset[str]) -> list[Path]:

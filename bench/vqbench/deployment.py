@@ -1,0 +1,267 @@
+"""Turn one variant's measurements into results rows, one per (link, edge device) pair.
+
+The host measurements are the base. For an edge device that is not the host, the edge half's
+time and energy come from the device profile (``modeled-device-profile``): its time from a
+speed ratio the scenario gives, else from the edge half's MACs and the profile's throughput.
+For a link, each payload's size (the bytes counted on the wire when payloads went over HTTP)
+gives its transfer time, the radio energy on the device and the network's transit energy
+(``modeled-link``). A payload the link cannot carry marks the row infeasible and leaves its
+network figures empty.
+
+CO2e per inference is edge energy at the edge's grid intensity, cloud energy at the cloud's,
+and network energy (radio and transit) at the edge's; embodied CO2e of the device is its own
+column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vqbench.errors import ScenarioError
+from vqbench.measure import HalfEnergy, latency_summary
+from vqbench.metrics.verification import VerificationResult
+from vqbench.pipelines.base import HalfFootprint
+from vqbench.results import ResultRow
+from vqbench.scenario import DeploymentConfig, EdgeDeviceChoice
+
+JOULES_PER_KWH = 3.6e6
+HOST = "host"
+
+
+@dataclass
+class VariantMeasurement:
+    """Everything measured for one pipeline variant on the host."""
+
+    pipeline: str
+    variant: str
+    n_pairs: int
+    n_pairs_skipped: int
+    folds: list[int]
+    verification: VerificationResult
+    payload_bytes: np.ndarray
+    edge_ms: list[float]
+    cloud_ms: list[float]
+    edge_energy: HalfEnergy
+    cloud_energy: HalfEnergy
+    edge_footprint: HalfFootprint
+    cloud_footprint: HalfFootprint
+    edge_peak_rss_bytes: int | None = None
+    cloud_peak_rss_bytes: int | None = None
+    sample_payload_bytes: list[int] = field(default_factory=list)
+    transfer_ms: list[float] = field(default_factory=list)
+    wire_bytes_up: list[int] = field(default_factory=list)
+    wire_bytes_down: list[int] = field(default_factory=list)
+    transport: str = "local"
+    detection_fallbacks: int = 0
+    extra_columns: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _EdgeOnDevice:
+    latency_ms: list[float]
+    energy_j: float | None
+    dynamic_energy_j: float | None
+    ci95_j: float | None
+    repeats_j: list[float]
+    method: str | None
+    basis: str
+    embodied_co2e_g: float | None
+
+
+@dataclass(frozen=True)
+class _Network:
+    transfer_ms: list[float]
+    energy_j: float | None
+    method: str | None
+    feasible: bool | None
+    reason: str | None
+
+
+def check_deployment(config: DeploymentConfig) -> None:
+    """Reject unknown link and device names before anything is measured."""
+    from vqbench.devices import get_device_profile
+    from vqbench.network.links import get_link_profile
+
+    for link in config.links:
+        get_link_profile(link)
+    for device in config.edge_devices:
+        if device.name != HOST:
+            get_device_profile(device.name)
+
+
+def build_rows(
+    measured: VariantMeasurement, config: DeploymentConfig, intensities: tuple[float, float]
+) -> list[ResultRow]:
+    """Return one row per (link, edge device) combination, or one host row without links."""
+    rows = []
+    for device in config.edge_devices:
+        edge = _edge_on_device(measured, device, config)
+        for link in config.links or [None]:
+            network = _network(measured, link, config, device)
+            rows.append(_row(measured, device.name, link, edge, network, intensities))
+    return rows
+
+
+def _edge_on_device(measured: VariantMeasurement, device: EdgeDeviceChoice, config: DeploymentConfig) -> _EdgeOnDevice:
+    if device.name == HOST:
+        energy = measured.edge_energy.energy
+        return _EdgeOnDevice(
+            latency_ms=list(measured.edge_ms),
+            energy_j=getattr(energy, "energy_j_per_inference", None),
+            dynamic_energy_j=getattr(energy, "dynamic_energy_j_per_inference", None),
+            ci95_j=getattr(energy, "ci95_j", None),
+            repeats_j=list(getattr(energy, "repeats_j_per_inference", ())),
+            method=getattr(energy, "method", None),
+            basis="measured",
+            embodied_co2e_g=None,
+        )
+
+    from vqbench.devices import embodied_co2e_g_per_inference, get_device_profile, model_stage_on_device
+
+    profile = get_device_profile(device.name)
+    macs = measured.edge_footprint.macs
+    if device.speed_ratio is None and macs is None:
+        raise ScenarioError(
+            f"{measured.pipeline}/{measured.variant}: the edge half's MACs are unknown (dlib alignment), so "
+            f"modeling it on {device.name} needs deployment.edge_devices[].speed_ratio (device time / host time)"
+        )
+    host_ms = float(np.median(measured.edge_ms)) if measured.edge_ms else 0.0
+    cost = model_stage_on_device(profile, host_ms / 1000, None if device.speed_ratio else macs, device.speed_ratio)
+    if cost.basis == "speed-ratio":
+        latency_ms = [value * device.speed_ratio for value in measured.edge_ms]  # type: ignore[operator]
+    else:
+        latency_ms = [cost.time_s * 1000] * len(measured.edge_ms)
+    return _EdgeOnDevice(
+        latency_ms=latency_ms,
+        energy_j=cost.energy_j,
+        dynamic_energy_j=cost.dynamic_energy_j,
+        ci95_j=None,
+        repeats_j=[],
+        method=cost.method,
+        basis=cost.basis,
+        embodied_co2e_g=embodied_co2e_g_per_inference(profile, config.transfers_per_day),
+    )
+
+
+def _transfers_per_day(config: DeploymentConfig, device: EdgeDeviceChoice) -> float:
+    if config.transfers_per_day is not None:
+        return config.transfers_per_day
+    if device.name != HOST:
+        from vqbench.devices import get_device_profile
+
+        return get_device_profile(device.name).inferences_per_day
+    return 1.0
+
+
+def _network(
+    measured: VariantMeasurement, link: str | None, config: DeploymentConfig, device: EdgeDeviceChoice
+) -> _Network:
+    if link is None:
+        return _Network(transfer_ms=list(measured.transfer_ms), energy_j=None, method=None, feasible=None, reason=None)
+
+    from vqbench.network.links import get_link_profile, link_cost
+
+    profile = get_link_profile(link)
+    per_day = _transfers_per_day(config, device)
+    down = int(np.mean(measured.wire_bytes_down)) if measured.wire_bytes_down else config.downlink_bytes
+    # Energy over every evaluated payload; latency over the timed samples (wire bytes when measured).
+    sizes_for_energy = [int(size) for size in measured.payload_bytes]
+    sizes_for_latency = measured.wire_bytes_up or measured.sample_payload_bytes
+    costs = [link_cost(profile, size, down, transfers_per_day=per_day) for size in sizes_for_energy]
+    infeasible = next((cost for cost in costs if not cost.feasible), None)
+    if infeasible is not None:
+        return _Network([], None, costs[0].method, False, infeasible.infeasible_reason)
+    latency = [link_cost(profile, size, down, transfers_per_day=per_day).transfer_latency_ms for size in sizes_for_latency]
+    energy_j = float(np.mean([cost.radio_energy_j + cost.transit_energy_j for cost in costs]))
+    return _Network(latency, energy_j, costs[0].method, True, None)
+
+
+def _row(
+    measured: VariantMeasurement,
+    device: str,
+    link: str | None,
+    edge: _EdgeOnDevice,
+    network: _Network,
+    intensities: tuple[float, float],
+) -> ResultRow:
+    edge_intensity, cloud_intensity = intensities
+    cloud = measured.cloud_energy.energy
+    cloud_j = getattr(cloud, "energy_j_per_inference", None)
+
+    # End to end per timed sample: edge, transfer (when known), cloud.
+    transfer = network.transfer_ms if len(network.transfer_ms) == len(measured.cloud_ms) else []
+    end_to_end = [
+        e + c + (transfer[i] if transfer else 0.0) for i, (e, c) in enumerate(zip(edge.latency_ms, measured.cloud_ms))
+    ]
+    edge_lat, cloud_lat = latency_summary(edge.latency_ms), latency_summary(measured.cloud_ms)
+    transfer_lat, total_lat = latency_summary(transfer), latency_summary(end_to_end)
+
+    energies = [edge.energy_j, cloud_j] + ([network.energy_j] if link is not None else [])
+    total_j = sum(energies) if all(value is not None for value in energies) else None  # type: ignore[arg-type]
+    co2e = None
+    if total_j is not None:
+        network_j = network.energy_j or 0.0
+        co2e = ((edge.energy_j + network_j) * edge_intensity + cloud_j * cloud_intensity) / JOULES_PER_KWH  # type: ignore[operator]
+
+    return ResultRow(
+        pipeline=measured.pipeline,
+        variant=measured.variant,
+        n_pairs=measured.n_pairs,
+        n_pairs_skipped=measured.n_pairs_skipped,
+        folds=measured.folds,
+        lfw_accuracy_mean=measured.verification.accuracy_mean,
+        lfw_accuracy_std=measured.verification.accuracy_std,
+        tar_at_far_1e_3=measured.verification.tar_at_far_1e_3,
+        roc_auc=measured.verification.roc_auc,
+        eer=measured.verification.eer,
+        payload_bytes_mean=float(measured.payload_bytes.mean()),
+        payload_bytes_p95=float(np.percentile(measured.payload_bytes, 95)),
+        edge_latency_ms_p50=edge_lat["p50"],
+        edge_latency_ms_p95=edge_lat["p95"],
+        cloud_latency_ms_p50=cloud_lat["p50"],
+        cloud_latency_ms_p95=cloud_lat["p95"],
+        transfer_latency_ms_p50=transfer_lat["p50"],
+        transfer_latency_ms_p95=transfer_lat["p95"],
+        end_to_end_latency_ms_p50=total_lat["p50"],
+        end_to_end_latency_ms_p95=total_lat["p95"],
+        end_to_end_latency_ms_p99=total_lat["p99"],
+        edge_peak_rss_bytes=measured.edge_peak_rss_bytes,
+        cloud_peak_rss_bytes=measured.cloud_peak_rss_bytes,
+        edge_model_bytes=measured.edge_footprint.model_bytes,
+        cloud_model_bytes=measured.cloud_footprint.model_bytes,
+        edge_params=measured.edge_footprint.params,
+        cloud_params=measured.cloud_footprint.params,
+        edge_macs=measured.edge_footprint.macs,
+        cloud_macs=measured.cloud_footprint.macs,
+        edge_energy_j_per_inference=edge.energy_j,
+        edge_energy_method=edge.method,
+        edge_energy_ci95_j=edge.ci95_j,
+        edge_dynamic_energy_j_per_inference=edge.dynamic_energy_j,
+        edge_energy_j_per_inference_repeats=edge.repeats_j,
+        cloud_energy_j_per_inference=cloud_j,
+        cloud_energy_method=getattr(cloud, "method", None),
+        cloud_energy_ci95_j=getattr(cloud, "ci95_j", None),
+        cloud_dynamic_energy_j_per_inference=getattr(cloud, "dynamic_energy_j_per_inference", None),
+        cloud_energy_j_per_inference_repeats=list(getattr(cloud, "repeats_j_per_inference", ())),
+        network_energy_j_per_inference=network.energy_j,
+        network_energy_method=network.method,
+        total_energy_j_per_inference=total_j,
+        co2e_g_per_inference=co2e,
+        embodied_co2e_g_per_inference=edge.embodied_co2e_g,
+        grid_intensity_edge_gco2e_per_kwh=edge_intensity,
+        grid_intensity_cloud_gco2e_per_kwh=cloud_intensity,
+        wire_bytes_up_mean=float(np.mean(measured.wire_bytes_up)) if measured.wire_bytes_up else None,
+        wire_bytes_down_mean=float(np.mean(measured.wire_bytes_down)) if measured.wire_bytes_down else None,
+        transport=measured.transport,
+        link=link,
+        link_feasible=network.feasible,
+        link_infeasible_reason=network.reason,
+        edge_device=device,
+        edge_time_basis=edge.basis,
+        detection_fallbacks=measured.detection_fallbacks,
+        **{key: value for key, value in measured.extra_columns.items() if key in ResultRow.model_fields},
+    )
+

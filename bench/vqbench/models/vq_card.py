@@ -1,0 +1,116 @@
+"""Model cards of trained VQ models (``models/<model-id>/model.json``) and the leakage check.
+
+A card lists every file of the model with its SHA-256, the payload layout, the architecture,
+the footprint counted from the graph, and the training data: the View 2 folds and the people
+trained on (``training_people.txt``, one name per line, whose SHA-256 is also in the card).
+``load_vq_card`` verifies all of it, so a model folder whose files were changed or swapped is
+rejected instead of silently measured. ``allowed_folds`` names the folds a model may be scored on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vqbench.data.pairs import Pair, people_in_folds
+from vqbench.errors import ModelError
+
+CARD_FILE = "model.json"
+PEOPLE_FILE = "training_people.txt"
+CARD_FORMAT = 1
+MODELS_DIR_ENV = "VQBENCH_MODELS_DIR"
+
+
+def default_models_dir() -> Path:
+    """Return ``$VQBENCH_MODELS_DIR``, else the repository's ``models/`` folder."""
+    configured = os.environ.get(MODELS_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    return Path(__file__).resolve().parents[3] / "models"
+
+
+def resolve_model_folder(model: str) -> Path:
+    """Return the folder of a model given by id (under the models folder) or by path."""
+    candidate = Path(model).expanduser()
+    folder = candidate if candidate.is_absolute() or len(candidate.parts) > 1 else default_models_dir() / model
+    if not (folder / CARD_FILE).is_file():
+        raise ModelError(
+            f"model {model!r} not found: {folder / CARD_FILE} does not exist; name a folder under "
+            f"{default_models_dir()} (or set {MODELS_DIR_ENV}) or train it with `vqbench train`"
+        )
+    return folder
+
+
+def sha256_of(path: Path) -> str:
+    """Return the hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class VQModelCard:
+    """A verified model card: where the model lives, what it sends and whom it was trained on."""
+
+    model_id: str
+    kind: str
+    folder: Path
+    grid: tuple[int, int]
+    codebook_size: int
+    train_folds: tuple[int, ...]
+    training_people: frozenset[str]
+    data: dict
+
+    def file(self, role: str) -> Path:
+        """Return the path of a model file by role (``edge_encoder``, ``decoder``, ``student``, ...)."""
+        name = self.data["onnx"].get(role)
+        if name is None:
+            raise ModelError(f"model {self.model_id} has no {role} file; its card lists {sorted(self.data['onnx'])}")
+        return self.folder / name
+
+
+def load_vq_card(folder: Path) -> VQModelCard:
+    """Read ``model.json`` in ``folder`` and verify every file's SHA-256 and the people list."""
+    card_path = folder / CARD_FILE
+    try:
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"cannot read model card {card_path}: {error}; restore it from the repository") from error
+    if data.get("card_format") != CARD_FORMAT:
+        raise ModelError(f"model card {card_path} has card_format {data.get('card_format')!r}, expected {CARD_FORMAT}; retrain or update vqbench")
+
+    for name, expected in data["files_sha256"].items():
+        path = folder / name
+        if not path.is_file():
+            raise ModelError(f"model file {path} listed in {card_path} is missing; restore the model folder")
+        found = sha256_of(path)
+        if found != expected:
+            raise ModelError(f"model file {path} has SHA-256 {found[:12]}..., the card says {expected[:12]}...; restore it or retrain")
+
+    people = frozenset(line for line in (folder / PEOPLE_FILE).read_text(encoding="utf-8").splitlines() if line)
+    training = data["training"]
+    payload = data["payload"]
+    return VQModelCard(
+        model_id=data["model_id"],
+        kind=data["kind"],
+        folder=folder,
+        grid=tuple(int(side) for side in payload.get("grid", (0, 0))),  # type: ignore[arg-type]
+        codebook_size=int(payload.get("codebook_size", 0)),
+        train_folds=tuple(training["train_folds"]),
+        training_people=people,
+        data=data,
+    )
+
+
+def allowed_folds(card: VQModelCard, pairs_all: Iterable[Pair]) -> list[int]:
+    """Return the folds of ``pairs_all`` that contain none of the card's training people."""
+    by_fold: dict[int, list[Pair]] = {}
+    for pair in pairs_all:
+        by_fold.setdefault(pair.fold, []).append(pair)
+    return sorted(fold for fold, pairs in by_fold.items() if not (people_in_folds(pairs) & card.training_people))

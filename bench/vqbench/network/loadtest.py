@@ -1,0 +1,307 @@
+"""A closed-loop load test of ``vqbench serve`` that also checks every response.
+
+``clients`` threads each hold one keep-alive connection and send requests back to back until
+``duration_s`` has passed or ``max_requests`` have been sent, cycling through the payloads
+from a different offset per client. Each request carries a unique ``X-Request-ID``; a
+response counts as correct only when the service echoes that id and its embedding matches
+the embedding expected for that payload, so a lost, duplicated or swapped response shows up
+as an error. Only the URL given is contacted.
+
+Latency is the client's whole request time (connect on the first request, send, queue,
+compute, receive). Throughput counts correct responses per second of test time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vqbench.errors import DataError, RunError, ScenarioError
+from vqbench.metrics.latency import percentile_ms
+from vqbench.network.client import HttpCloud, HttpTransportError, TransferStats, read_token_file
+
+logger = logging.getLogger(__name__)
+
+MAX_CLIENTS = 64
+MAX_DURATION_S = 3600.0
+#: Largest absolute difference between a returned and an expected embedding component.
+EMBEDDING_ATOL = 1e-4
+SAMPLE_IMAGES_DIR = Path(__file__).resolve().parents[3] / "data" / "lfw-sample" / "lfw-deepfunneled"
+
+
+@dataclass(frozen=True)
+class LoadPayload:
+    """One request of the load test and the embedding its response must contain."""
+
+    pipeline: str
+    variant: str
+    payload: bytes
+    expected_embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class VariantLoad:
+    """Per-variant figures of a load test."""
+
+    requests: int
+    correct: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    wire_bytes_up_mean: float | None
+    wire_bytes_down_mean: float | None
+    compute_p50_ms: float | None
+
+
+@dataclass(frozen=True)
+class LoadTestReport:
+    """Outcome of a load test: throughput, latency percentiles, errors and response checks."""
+
+    url: str
+    clients: int
+    duration_s: float
+    requests: int
+    correct: int
+    throughput_rps: float
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    latency_mean_ms: float | None
+    errors_by_kind: dict[str, int]
+    wrong_embeddings: int
+    wrong_request_ids: int
+    per_variant: dict[str, VariantLoad] = field(default_factory=dict)
+
+    @property
+    def all_correct(self) -> bool:
+        """True when every request got its own, correct response."""
+        return self.requests > 0 and self.correct == self.requests
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "all_correct": self.all_correct}
+
+    def summary_lines(self) -> list[str]:
+        """Describe the report in a few lines of plain text."""
+        lines = [
+            f"{self.url}: {self.clients} clients for {self.duration_s:.1f} s, {self.requests} requests, "
+            f"{self.correct} correct, {self.throughput_rps:.2f} correct responses/s",
+            f"latency p50 {_ms(self.latency_p50_ms)}, p95 {_ms(self.latency_p95_ms)}, p99 {_ms(self.latency_p99_ms)}",
+            f"errors: {dict(self.errors_by_kind) or 'none'}; wrong embeddings: {self.wrong_embeddings}; "
+            f"wrong request ids: {self.wrong_request_ids}",
+        ]
+        for label, load in self.per_variant.items():
+            lines.append(
+                f"  {label}: {load.requests} requests, p50 {_ms(load.latency_p50_ms)}, p95 {_ms(load.latency_p95_ms)}, "
+                f"server compute p50 {_ms(load.compute_p50_ms)}, {_bytes(load.wire_bytes_up_mean)} up and "
+                f"{_bytes(load.wire_bytes_down_mean)} down per request"
+            )
+        return lines
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
+
+
+def _bytes(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} B"
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    label: str
+    latency_ms: float
+    error_kind: str | None
+    stats: TransferStats | None
+
+
+class _RequestBudget:
+    """Hands out request numbers until the deadline or the maximum count is reached."""
+
+    def __init__(self, deadline_s: float, max_requests: int) -> None:
+        self._deadline_s = deadline_s
+        self._remaining = max_requests
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._remaining <= 0 or time.monotonic() >= self._deadline_s:
+                return False
+            self._remaining -= 1
+            return True
+
+
+def run_loadtest(
+    url: str,
+    clients: int,
+    duration_s: float,
+    payloads: list[tuple[str, str, bytes, np.ndarray]],
+    token: str | None,
+    *,
+    max_requests: int = 100_000,
+    timeout_s: float = 30.0,
+) -> LoadTestReport:
+    """Run ``clients`` closed-loop clients against ``url`` for ``duration_s`` and check each response.
+
+    ``payloads`` contains (pipeline, variant, payload bytes, expected embedding) tuples.
+    """
+    if not 1 <= clients <= MAX_CLIENTS:
+        raise ScenarioError(f"clients must be in 1..{MAX_CLIENTS}, got {clients}")
+    if not 0 < duration_s <= MAX_DURATION_S:
+        raise ScenarioError(f"duration_s must be in (0, {MAX_DURATION_S:g}], got {duration_s}")
+    if not payloads:
+        raise ScenarioError("the load test needs at least one payload")
+    items = [LoadPayload(p, v, data, np.asarray(e, dtype=np.float32)) for p, v, data, e in payloads]
+
+    # One preflight request fails fast on a wrong URL or token and fixes the content types.
+    with HttpCloud(url, token=token, timeout_s=timeout_s, max_connections=1) as probe:
+        content_types = [probe.content_type_for(item.pipeline, item.variant, item.payload) for item in items]
+
+    started_s = time.monotonic()
+    budget = _RequestBudget(started_s + duration_s, max_requests)
+    results: list[list[_Outcome]] = [[] for _ in range(clients)]
+    threads = [
+        threading.Thread(
+            target=_client_loop, args=(url, token, timeout_s, index, clients, items, content_types, budget, results[index]),
+            name=f"vqbench-load-{index}", daemon=True,
+        )
+        for index in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed_s = time.monotonic() - started_s
+    return _summarise(url, clients, elapsed_s, [outcome for outcomes in results for outcome in outcomes])
+
+
+def _client_loop(
+    url: str, token: str | None, timeout_s: float, index: int, clients: int, items: list[LoadPayload],
+    content_types: list[str], budget: _RequestBudget, outcomes: list[_Outcome],
+) -> None:
+    # Clients start at evenly spread offsets so that concurrent requests mix variants.
+    position = index * len(items) // clients
+    with HttpCloud(url, token=token, timeout_s=timeout_s, max_connections=1) as cloud:
+        while budget.take():
+            item = items[position % len(items)]
+            outcomes.append(_one_request(cloud, item, content_types[position % len(items)], f"load-{index}-{uuid.uuid4().hex}"))
+            position += 1
+
+
+def _one_request(cloud: HttpCloud, item: LoadPayload, content_type: str, request_id: str) -> _Outcome:
+    label = f"{item.pipeline}/{item.variant}"
+    started_ns = time.perf_counter_ns()
+    try:
+        embedding, stats = cloud.embed(item.pipeline, item.variant, item.payload, content_type, request_id)
+    except HttpTransportError as error:
+        logger.debug("request %s failed: %s", request_id, error)
+        return _Outcome(label, (time.perf_counter_ns() - started_ns) / 1e6, error.kind, None)
+    if stats.request_id != request_id:
+        return _Outcome(label, stats.total_ms, "wrong_request_id", stats)
+    if embedding.shape != item.expected_embedding.shape or not np.allclose(
+        embedding, item.expected_embedding, rtol=0.0, atol=EMBEDDING_ATOL
+    ):
+        return _Outcome(label, stats.total_ms, "wrong_embedding", stats)
+    return _Outcome(label, stats.total_ms, None, stats)
+
+
+def _summarise(url: str, clients: int, elapsed_s: float, outcomes: list[_Outcome]) -> LoadTestReport:
+    correct = [outcome for outcome in outcomes if outcome.error_kind is None]
+    errors = Counter(outcome.error_kind for outcome in outcomes if outcome.error_kind is not None)
+    latencies = [outcome.latency_ms for outcome in correct]
+    per_variant: dict[str, VariantLoad] = {}
+    for label in sorted({outcome.label for outcome in outcomes}):
+        mine = [outcome for outcome in outcomes if outcome.label == label]
+        ok = [outcome for outcome in mine if outcome.error_kind is None and outcome.stats is not None]
+        per_variant[label] = VariantLoad(
+            requests=len(mine),
+            correct=len(ok),
+            latency_p50_ms=percentile_ms([o.latency_ms for o in ok], 50),
+            latency_p95_ms=percentile_ms([o.latency_ms for o in ok], 95),
+            wire_bytes_up_mean=float(np.mean([o.stats.wire_bytes_up for o in ok])) if ok else None,
+            wire_bytes_down_mean=float(np.mean([o.stats.wire_bytes_down for o in ok])) if ok else None,
+            compute_p50_ms=percentile_ms([o.stats.compute_ms for o in ok], 50),
+        )
+    return LoadTestReport(
+        url=url,
+        clients=clients,
+        duration_s=elapsed_s,
+        requests=len(outcomes),
+        correct=len(correct),
+        throughput_rps=len(correct) / elapsed_s if elapsed_s > 0 else 0.0,
+        latency_p50_ms=percentile_ms(latencies, 50),
+        latency_p95_ms=percentile_ms(latencies, 95),
+        latency_p99_ms=percentile_ms(latencies, 99),
+        latency_mean_ms=float(np.mean(latencies)) if latencies else None,
+        errors_by_kind=dict(errors),
+        wrong_embeddings=errors.get("wrong_embedding", 0),
+        wrong_request_ids=errors.get("wrong_request_id", 0),
+        per_variant=per_variant,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Building payloads from the LFW sample.
+
+
+def sample_image_files(n_images: int, images_dir: Path = SAMPLE_IMAGES_DIR) -> list[Path]:
+    """Return the first ``n_images`` JPEG files of the LFW sample, in sorted order."""
+    if not images_dir.is_dir():
+        raise DataError(f"LFW sample not found at {images_dir}; run from a checkout of the vqbench repository")
+    files = sorted(images_dir.rglob("*.jpg"))[:n_images]
+    if not files:
+        raise DataError(f"no .jpg files under {images_dir}; restore data/lfw-sample from the repository")
+    return files
+
+
+def build_payloads(pipelines: list[Any], image_files: list[Path]) -> list[tuple[str, str, bytes, np.ndarray]]:
+    """Run both halves of every pipeline in this process on each image.
+
+    Returns (pipeline, variant, payload, expected embedding) tuples for ``run_loadtest``.
+    """
+    payloads: list[tuple[str, str, bytes, np.ndarray]] = []
+    for pipeline in pipelines:
+        edge_payloads = [pipeline.edge(path.read_bytes()).payload for path in image_files]
+        expected = pipeline.cloud(edge_payloads)
+        for payload, embedding in zip(edge_payloads, expected):
+            payloads.append((pipeline.kind, pipeline.variant, payload, embedding))
+    return payloads
+
+
+def loadtest_command(
+    url: str,
+    clients: int,
+    duration_s: float,
+    scenario: Path | None,
+    token_file: Path | None,
+    n_images: int,
+) -> LoadTestReport:
+    """Entry point for ``vqbench loadtest``: build payloads from the LFW sample, then load ``url``.
+
+    The payloads come from the scenario's pipelines (the service's defaults without one),
+    restricted to the variants the service at ``url`` serves.
+    """
+    from vqbench.network.service import build_served_pipelines
+    from vqbench.scenario import load_scenario
+
+    token = read_token_file(token_file) if token_file is not None else None
+    with HttpCloud(url, token=token, max_connections=1) as cloud:
+        served = {(entry["pipeline"], entry["variant"]) for entry in cloud.pipelines()}
+    pipelines = build_served_pipelines(load_scenario(scenario) if scenario is not None else None)
+    usable = [pipeline for pipeline in pipelines if (pipeline.kind, pipeline.variant) in served]
+    for pipeline in pipelines:
+        if pipeline not in usable:
+            logger.warning("%s/%s is not served at %s; left out of the load test", pipeline.kind, pipeline.variant, url)
+    if not usable:
+        raise RunError(f"the service at {url} serves none of the pipelines to test ({sorted(served)}); "
+                       "pass the scenario the service was started with")
+    image_files = sample_image_files(n_images)
+    logger.info("building payloads: %d images x %d variants", len(image_files), len(usable))
+    payloads = build_payloads(usable, image_files)
+    return run_loadtest(url, clients, duration_s, payloads, token)

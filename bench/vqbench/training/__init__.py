@@ -1,0 +1,69 @@
+"""Training of VQ-VAE operating points: ``train_command(config_path)`` is ``vqbench train CONFIG``.
+
+Modules: ``config`` (the YAML schema), ``data`` (training people, prepared chips and teacher
+targets), ``losses``, ``loop`` (the two stages, checkpoints) and ``export`` (ONNX, card).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def train_command(config_path: Path) -> Path:
+    """Train the model described by ``config_path`` and write its folder; return the folder.
+
+    The model folder is ``output_dir`` from the config, else the config file's own folder when
+    it is named after the model id, else ``models/<model_id>``. Checkpoints go to
+    ``<cache>/checkpoints/<model_id>/last.pt``; running the command again with the same config
+    resumes from there (and only re-exports when training had finished).
+    """
+    import numpy as np
+    import torch
+
+    from vqbench.data.cache import default_cache_dir
+    from vqbench.models.teacher_torch import load_torch_teacher
+    from vqbench.models.vq_card import default_models_dir
+    from vqbench.scenario import default_data_dir, expand_path
+    from vqbench.training.config import load_train_config
+    from vqbench.training.data import prepare_training_set, select_training_people, training_image_paths
+    from vqbench.training.export import CALIBRATION_CHIPS, export_embed_model, export_model
+    from vqbench.training.loop import EmbedTrainer, Trainer, build_embed_models, build_models
+
+    config_path = Path(config_path).resolve()
+    config = load_train_config(config_path)
+    base = config_path.parent
+    root = expand_path(config.data.root, base) if config.data.root else default_data_dir() / "lfw"
+    cache_dir = expand_path(config.data.cache_dir, base) if config.data.cache_dir else default_cache_dir()
+    if config.output_dir:
+        output_dir = expand_path(config.output_dir, base)
+    elif base.name == config.model_id:
+        output_dir = base
+    else:
+        output_dir = default_models_dir() / config.model_id
+
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+
+    people = select_training_people(root, config.data.train_folds, config.data.include_unpaired_people)
+    paths = training_image_paths(root, people.people)
+    if config.data.max_images:
+        paths = paths[: config.data.max_images]
+    logger.info("training %s on %d images of %d people (folds %s)", config.model_id, len(paths), len(people.people), people.train_folds)
+    data = prepare_training_set(paths, cache_dir / "training")
+
+    checkpoint = cache_dir / "checkpoints" / config.model_id / "last.pt"
+    calibration = data.chips[np.random.default_rng(config.seed).permutation(len(data))[:CALIBRATION_CHIPS]]
+    if config.kind == "edge-embed":
+        embed_models = build_embed_models(config, load_torch_teacher())
+        progress = EmbedTrainer(config, data, embed_models, checkpoint).run()  # type: ignore[arg-type]
+        export_embed_model(config, embed_models, output_dir, progress, people, len(data), calibration)
+    else:
+        models = build_models(config, load_torch_teacher())
+        progress = Trainer(config, data, models, checkpoint).run()
+        export_model(config, models, output_dir, progress, people, len(data), calibration)
+    logger.info("trained %s in %.0f s and wrote %s", config.model_id, progress.elapsed_s, output_dir)
+    return output_dir

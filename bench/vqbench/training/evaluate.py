@@ -1,0 +1,154 @@
+"""Offline accuracy check of a trained model folder on LFW View 2 (without the runner).
+
+``evaluate_model`` aligns every image of the selected folds once (cached as one ``.npz``),
+runs the exported ONNX graphs exactly as the pipelines do, and scores the pairs with the
+standard cross-fold protocol of ``vqbench.metrics.verification``. It reports the student, the
+reconstruction + teacher path (the PyTorch teacher port, batched), the fp32 and int8 edge
+encoders, the teacher on the unmodified chips as the reference, payload bytes and the edge
+half's latency per face (alignment + encoder + packing, one thread). It rejects folds that hold
+any of the model's training people. The figures are written into the card's ``metrics``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vqbench.data.pairs import Pair, read_lfw_pairs
+from vqbench.errors import ScenarioError
+from vqbench.metrics.verification import cosine_similarity, evaluate_verification
+from vqbench.models.vq_card import CARD_FILE, VQModelCard, allowed_folds, load_vq_card
+from vqbench.pipelines.edge_vq import chips_to_input
+from vqbench.pipelines.payload import PayloadFormat
+
+logger = logging.getLogger(__name__)
+
+LATENCY_SAMPLES = 50
+
+
+def _aligned_chips(paths: list[Path], cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    from vqbench.data.align import DlibAligner
+
+    aligner = DlibAligner(chip_size_px=150, padding=0.25, upsample=0)
+    digest = hashlib.sha256(aligner.fingerprint.encode())
+    for path in paths:
+        digest.update(f"{path}\n".encode())
+    cache_file = cache_dir / f"eval-{digest.hexdigest()[:20]}.npz"
+    if cache_file.is_file():
+        with np.load(cache_file) as data:
+            return data["chips"], data["detected"]
+    chips = np.empty((len(paths), 150, 150, 3), dtype=np.uint8)
+    detected = np.empty(len(paths), dtype=bool)
+    for index, path in enumerate(paths):
+        aligned = aligner.align_bytes(path.read_bytes(), str(path))
+        chips[index], detected[index] = aligned.chip, aligned.detected
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache_file, chips=chips, detected=detected)
+    return chips, detected
+
+
+def _session(path: Path) -> object:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run_batched(session: object, name: str, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    outputs = [session.run(None, {name: inputs[i : i + batch_size]})[0] for i in range(0, len(inputs), batch_size)]  # type: ignore[attr-defined]
+    return np.concatenate(outputs)
+
+
+def _teacher_embed(chips: np.ndarray) -> np.ndarray:
+    import torch
+
+    from vqbench.models.teacher_torch import load_torch_teacher
+
+    teacher = load_torch_teacher()
+    with torch.no_grad():
+        return np.concatenate(
+            [teacher(torch.from_numpy(chips_to_input(chips[i : i + 64]))).numpy() for i in range(0, len(chips), 64)]
+        )
+
+
+def _score(pairs: list[Pair], index: dict[Path, int], embeddings: np.ndarray) -> dict[str, float]:
+    a = embeddings[[index[pair.path_a] for pair in pairs]]
+    b = embeddings[[index[pair.path_b] for pair in pairs]]
+    result = evaluate_verification(
+        cosine_similarity(a, b), np.array([pair.same for pair in pairs]), np.array([pair.fold for pair in pairs])
+    )
+    return {
+        "accuracy_mean": round(result.accuracy_mean, 4),
+        "accuracy_std": round(result.accuracy_std, 4),
+        "tar_at_far_1e_3": round(result.tar_at_far_1e_3, 4),
+        "roc_auc": round(result.roc_auc, 4),
+        "eer": round(result.eer, 4),
+    }
+
+
+def _edge_latency_ms(card: VQModelCard, paths: list[Path], role: str) -> float:
+    from vqbench.data.align import DlibAligner
+
+    aligner = DlibAligner(chip_size_px=150, padding=0.25, upsample=0)
+    session = _session(card.file(role))
+    fmt = PayloadFormat(card.model_id, card.grid, card.codebook_size)
+    times_ms = []
+    for path in paths[:LATENCY_SAMPLES]:
+        data = path.read_bytes()
+        start = time.perf_counter_ns()
+        chip = aligner.align_bytes(data).chip
+        indices = session.run(None, {"chips": chips_to_input(chip[None])})[0]  # type: ignore[attr-defined]
+        fmt.encode(indices[0])
+        times_ms.append((time.perf_counter_ns() - start) / 1e6)
+    return round(float(np.median(times_ms)), 2)
+
+
+def evaluate_model(model_dir: Path, data_root: Path, folds: list[int], cache_dir: Path) -> dict:
+    """Score a VQ model folder on the given View 2 folds and record the figures in its card."""
+    card = load_vq_card(model_dir)
+    pairs_all = read_lfw_pairs(data_root / "pairs.txt", data_root / "lfw-deepfunneled")
+    permitted = allowed_folds(card, pairs_all)
+    if not set(folds) <= set(permitted):
+        raise ScenarioError(f"model {card.model_id} was trained on people in folds {sorted(set(folds) - set(permitted))}; allowed folds: {permitted}")
+    pairs = [pair for pair in pairs_all if pair.fold in set(folds)]
+    paths = list(dict.fromkeys(path for pair in pairs for path in (pair.path_a, pair.path_b)))
+    index = {path: i for i, path in enumerate(paths)}
+    chips, detected = _aligned_chips(paths, cache_dir)
+    inputs = chips_to_input(chips)
+    fmt = PayloadFormat(card.model_id, card.grid, card.codebook_size)
+
+    metrics: dict = {"folds": folds, "pairs": len(pairs), "images": len(paths), "detection_fallbacks": int((~detected).sum())}
+    metrics["teacher_on_chips"] = _score(pairs, index, _teacher_embed(chips))
+    student = _session(card.file("student"))
+    decoder = _session(card.file("decoder"))
+    for role in ("edge_encoder", "edge_encoder_int8"):
+        if role not in card.data["onnx"]:
+            continue
+        indices = _run_batched(_session(card.file(role)), "chips", inputs)
+        sizes = [len(fmt.encode(grid)) for grid in indices]
+        decoded = np.stack([fmt.decode(fmt.encode(grid)) for grid in indices])
+        recon = np.clip(np.rint(_run_batched(decoder, "indices", decoded)), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        metrics[role] = {
+            "payload_bytes_mean": round(float(np.mean(sizes)), 1),
+            "payload_bytes_max": int(np.max(sizes)),
+            "student": _score(pairs, index, _run_batched(student, "indices", decoded)),
+            "recon_teacher": _score(pairs, index, _teacher_embed(recon)),
+            "edge_latency_ms_p50": _edge_latency_ms(card, paths, role),
+        }
+        logger.info("%s %s: %s", card.model_id, role, metrics[role])
+    _record_metrics(model_dir, metrics)
+    return metrics
+
+
+def _record_metrics(model_dir: Path, metrics: dict) -> None:
+    from vqbench.training.export import write_card
+
+    card = json.loads((model_dir / CARD_FILE).read_text(encoding="utf-8"))
+    card["metrics"] = {"lfw_view2": metrics, "note": "measured by vqbench.training.evaluate with the PyTorch teacher port"}
+    write_card(model_dir, card)

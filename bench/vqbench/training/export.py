@@ -1,0 +1,235 @@
+"""Export a trained model folder: weights, ONNX graphs, an int8 edge encoder and the model card.
+
+Files written into ``models/<model-id>/``:
+
+    weights.pt               VQ-VAE and student state dicts, stored as float16 to keep the file small
+    edge_encoder.onnx        chips (N,3,150,150) float32 on 0..255 -> indices (N,H',W') int64
+    edge_encoder.int8.onnx   the same with int8 convolutions (static QDQ quantisation, optional)
+    decoder.onnx             indices -> reconstructed chips (N,3,150,150) float32 on 0..255
+    student.onnx             indices -> embeddings (N,128) float32 in the teacher's space
+    training_people.txt      the people trained on, one per line, sorted
+    model.json               the card: architecture, footprint, training data, metrics, SHA-256s
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vqbench.models.graph_stats import count_macs, count_params
+from vqbench.models.vq_card import CARD_FILE, CARD_FORMAT, PEOPLE_FILE, sha256_of
+from vqbench.models.vqvae import CloudDecoder, EdgeEncoder
+from vqbench.pipelines.payload import HEADER_BYTES, PayloadFormat
+from vqbench.training.config import TrainConfig
+from vqbench.training.data import TrainingPeople
+from vqbench.training.loop import EmbedModels, Models, Progress
+
+logger = logging.getLogger(__name__)
+
+ONNX_OPSET = 17
+WEIGHTS_FILE = "weights.pt"
+CALIBRATION_CHIPS = 128
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> None:
+    """Export ``module`` in eval mode with a dynamic batch axis."""
+    module.eval()
+    torch.onnx.export(
+        module,
+        (example,),
+        str(path),
+        input_names=[input_name],
+        output_names=[output_name],
+        dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+        opset_version=ONNX_OPSET,
+        dynamo=False,
+    )
+    # torch.onnx.export restores the wrapper's own mode, which switches shared submodules to train.
+    module.eval()
+
+
+def quantize_edge_encoder(source: Path, target: Path, calibration_chips: np.ndarray) -> None:
+    """Quantise the encoder's convolutions to int8 (static, QDQ, per channel) on calibration chips."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            batches = np.array_split(calibration_chips.astype(np.float32), max(1, len(calibration_chips) // 16))
+            self._batches = iter(batches)
+
+        def get_next(self) -> dict | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {"chips": batch}
+
+    quantize_static(
+        str(source),
+        str(target),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+
+
+def footprint(models: Models, config: TrainConfig) -> dict[str, dict[str, int]]:
+    """Parameters and MACs per face of each exported graph, counted by graph_stats."""
+    grid = config.vq.grid
+    edge = EdgeEncoder(models.vqvae).eval()
+    decoder = CloudDecoder(models.vqvae).eval()
+    return {
+        "edge_encoder": {"params": count_params(edge), "macs": count_macs(edge, (1, 3, 150, 150))},
+        "decoder": {"params": count_params(decoder), "macs": count_macs(decoder, (1, grid, grid), dtype=torch.long)},
+        "student": {"params": count_params(models.student), "macs": count_macs(models.student.eval(), (1, grid, grid), dtype=torch.long)},
+        "teacher": {"params": count_params(models.teacher), "macs": count_macs(models.teacher, (1, 3, 150, 150))},
+    }
+
+
+def export_model(
+    config: TrainConfig,
+    models: Models,
+    output_dir: Path,
+    progress: Progress,
+    people: TrainingPeople,
+    image_count: int,
+    calibration_chips: np.ndarray,
+) -> Path:
+    """Write every file of the model folder and its card; return the card's path."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    models.vqvae.eval()
+    models.student.eval()
+    models.student.set_codebook(models.vqvae.quantizer.codebook)
+
+    _save_weights(models, output_dir / WEIGHTS_FILE)
+    grid = config.vq.grid
+    chips = torch.from_numpy(calibration_chips[:2]).permute(0, 3, 1, 2).float()
+    indices = torch.zeros(2, grid, grid, dtype=torch.long)
+    onnx_files = {"edge_encoder": "edge_encoder.onnx", "decoder": "decoder.onnx", "student": "student.onnx"}
+    export_onnx(EdgeEncoder(models.vqvae), chips, output_dir / onnx_files["edge_encoder"], "chips", "indices")
+    export_onnx(CloudDecoder(models.vqvae), indices, output_dir / onnx_files["decoder"], "indices", "chips")
+    export_onnx(models.student, indices, output_dir / onnx_files["student"], "indices", "embeddings")
+    if config.quantize_int8:
+        onnx_files["edge_encoder_int8"] = "edge_encoder.int8.onnx"
+        calibration = np.ascontiguousarray(calibration_chips.transpose(0, 3, 1, 2))
+        quantize_edge_encoder(output_dir / onnx_files["edge_encoder"], output_dir / onnx_files["edge_encoder_int8"], calibration)
+
+    (output_dir / PEOPLE_FILE).write_text("".join(f"{name}\n" for name in sorted(people.people)), encoding="utf-8")
+    _finish_card(output_dir, _card(config, models, progress, people, image_count, onnx_files), onnx_files)
+    return output_dir / CARD_FILE
+
+
+def _save_weights(models: Models, path: Path) -> None:
+    def half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
+
+    torch.save({"vqvae": half(models.vqvae.state_dict()), "student": half(models.student.state_dict())}, path)
+
+
+def _card(config: TrainConfig, models: Models, progress: Progress, people: TrainingPeople, image_count: int, onnx_files: dict[str, str]) -> dict:
+    payload = PayloadFormat(config.model_id, (config.vq.grid, config.vq.grid), config.vq.codebook_size)
+    card = _card_common(config, progress, people, image_count, onnx_files)
+    card["payload"] = {
+        "grid": [config.vq.grid, config.vq.grid],
+        "codebook_size": config.vq.codebook_size,
+        "bits_per_index": payload.bits_per_index,
+        "header_bytes": HEADER_BYTES,
+        "max_payload_bytes": payload.max_bytes,
+    }
+    card["architecture"] = {"vq": config.vq.model_dump(), "student": config.student.model_dump(), "teacher_tail": "last residual block + fc of dlib-resnet-v1"}
+    card["footprint"] = footprint(models, config)
+    return card
+
+
+def _card_common(config: TrainConfig, progress: Progress, people: TrainingPeople, image_count: int, onnx_files: dict[str, str]) -> dict:
+    return {
+        "card_format": CARD_FORMAT,
+        "model_id": config.model_id,
+        "kind": config.kind,
+        "onnx": onnx_files,
+        "training": {
+            "dataset": "LFW deep-funneled",
+            "train_folds": list(people.train_folds),
+            "include_unpaired_people": config.data.include_unpaired_people,
+            "people": len(people.people),
+            "people_sha256": people.sha256,
+            "people_file": PEOPLE_FILE,
+            "images": image_count,
+            "seed": config.seed,
+            "joint_epochs": config.stages.joint_epochs,
+            "identity_epochs": config.stages.identity_epochs if config.kind == "vq" else 0,
+            "training_time_s": round(progress.elapsed_s, 1),
+            "threads": config.threads,
+            "machine": platform.processor() or platform.machine(),
+            "torch_version": torch.__version__,
+            "history": progress.history,
+        },
+        "metrics": {},
+    }
+
+
+def _finish_card(output_dir: Path, card: dict, onnx_files: dict[str, str]) -> None:
+    """Add the SHA-256 of every model file to the card and write it."""
+    files = [WEIGHTS_FILE, PEOPLE_FILE, *onnx_files.values()]
+    if (output_dir / "train.yaml").is_file():
+        files.append("train.yaml")
+    card["files_sha256"] = {name: sha256_of(output_dir / name) for name in files}
+    write_card(output_dir, card)
+
+
+def write_card(folder: Path, card: dict) -> None:
+    """Write ``model.json`` atomically."""
+    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(card, stream, indent=2)
+            stream.write("\n")
+        os.replace(temporary, folder / CARD_FILE)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    logger.info("wrote %s", folder / CARD_FILE)
+
+
+def export_embed_model(
+    config: TrainConfig,
+    models: EmbedModels,
+    output_dir: Path,
+    progress: Progress,
+    people: TrainingPeople,
+    image_count: int,
+    calibration_chips: np.ndarray,
+) -> Path:
+    """Write the edge-embed model folder (weights, ONNX, int8 ONNX, card); return the card's path."""
+    from vqbench.pipelines.edge_vq import EMBEDDING_DIM
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    embedder = models.embedder.eval()
+    torch.save({"embedder": {k: v.half() if v.is_floating_point() else v for k, v in embedder.state_dict().items()}}, output_dir / WEIGHTS_FILE)
+    chips = torch.from_numpy(calibration_chips[:2]).permute(0, 3, 1, 2).float()
+    onnx_files = {"embedder": "embedder.onnx"}
+    export_onnx(embedder, chips, output_dir / onnx_files["embedder"], "chips", "embeddings")
+    if config.quantize_int8:
+        onnx_files["embedder_int8"] = "embedder.int8.onnx"
+        calibration = np.ascontiguousarray(calibration_chips.transpose(0, 3, 1, 2))
+        quantize_edge_encoder(output_dir / onnx_files["embedder"], output_dir / onnx_files["embedder_int8"], calibration)
+
+    (output_dir / PEOPLE_FILE).write_text("".join(f"{name}\n" for name in sorted(people.people)), encoding="utf-8")
+    card = _card_common(config, progress, people, image_count, onnx_files)
+    card["kind"] = "edge-embed"
+    card["payload"] = {"embedding_dim": EMBEDDING_DIM, "bytes": {"fp16": 1 + 2 * EMBEDDING_DIM, "int8": 1 + EMBEDDING_DIM}}
+    card["architecture"] = {"encoder": config.vq.model_dump(include={"input_size_px", "widths", "extra_blocks", "grid", "code_dim"}), "head": config.student.model_dump()}
+    card["footprint"] = {
+        "embedder": {"params": count_params(embedder), "macs": count_macs(embedder, (1, 3, 150, 150))},
+        "teacher": {"params": count_params(models.teacher), "macs": count_macs(models.teacher, (1, 3, 150, 150))},
+    }
+    _finish_card(output_dir, card, onnx_files)
+    return output_dir / CARD_FILE

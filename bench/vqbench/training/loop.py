@@ -1,0 +1,410 @@
+"""The training loop: stage ``joint``, then stage ``identity``, with resumable checkpoints.
+
+Per step of stage ``joint``: draw a batch of prepared chips, pick the chip or its flip per
+sample (each labelled by the teacher), jitter brightness and contrast of the encoder input,
+encode and quantise, then add up
+
+    reconstruction (decoder output vs input)   + commitment (encoder output vs its code)
+    + student cosine to the teacher embedding  + student feature MSE to the teacher's 4x4x256 map
+    + relational term between the batch's similarity matrices.
+
+The student reads the straight-through quantised vectors, so its gradient also trains the
+encoder to keep identity in the codes. Every ``RESTART_EVERY_STEPS`` steps, codes with low EMA
+usage are restarted. Stage ``identity`` freezes encoder and codebook and trains the decoder on
+reconstruction + (1 - cos(teacher(reconstruction), teacher embedding of the original)), with
+the gradient passing through the frozen PyTorch teacher.
+
+A checkpoint (models, optimiser, schedule, stage, epoch, step and RNG state) is written every
+``checkpoint_every_steps`` steps and at the end of every epoch; a new run with the same config
+continues from it. The batch order of each epoch depends only on (seed, stage, epoch), so a
+resumed epoch skips exactly the batches already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vqbench.models.edge_embed import EdgeEmbedder
+from vqbench.models.student import Student
+from vqbench.models.teacher_torch import DlibResNet
+from vqbench.models.vqvae import VQVAE, VQVAEShape, codebook_usage
+from vqbench.training.config import TrainConfig
+from vqbench.training.data import PreparedSet
+from vqbench.training.losses import cosine_loss, feature_loss, reconstruction_loss, relational_loss
+from vqbench.training.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+RESTART_EVERY_STEPS = 25
+STAGES = ("joint", "identity")
+
+
+def vq_shape(config: TrainConfig) -> VQVAEShape:
+    """Build the VQ-VAE shape from a training config."""
+    vq = config.vq
+    return VQVAEShape(
+        input_size_px=vq.input_size_px,
+        widths=tuple(vq.widths),
+        extra_blocks=vq.extra_blocks,
+        grid=vq.grid,
+        codebook_size=vq.codebook_size,
+        code_dim=vq.code_dim,
+        decoder_widths=tuple(vq.decoder_widths),
+    )
+
+
+@dataclass
+class Models:
+    """Everything that training updates, plus the frozen teacher."""
+
+    vqvae: VQVAE
+    student: Student
+    teacher: DlibResNet
+
+
+def build_models(config: TrainConfig, teacher: DlibResNet) -> Models:
+    """Create freshly initialised models (seeded by the caller)."""
+    vqvae = VQVAE(vq_shape(config), ema_decay=config.vq.ema_decay)
+    student = Student(
+        vqvae.quantizer.codebook, teacher, width=config.student.width, blocks=config.student.blocks, tune_tail=config.student.tune_tail
+    )
+    teacher.requires_grad_(False)
+    return Models(vqvae, student, teacher.eval())
+
+
+@dataclass
+class Progress:
+    """Where training stands: the stage, epoch and step within the epoch."""
+
+    stage: str = "joint"
+    epoch: int = 0
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+class Trainer:
+    """Run both stages over a prepared training set, checkpointing into ``checkpoint_path``."""
+
+    def __init__(self, config: TrainConfig, data: PreparedSet, models: Models, checkpoint_path: Path) -> None:
+        self.config = config
+        self.data = data
+        self.models = models
+        self.checkpoint_path = checkpoint_path
+        self.progress = Progress()
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.optimizer = self._make_optimizer("joint")
+        self.scheduler = self._make_scheduler("joint")
+
+    # ----- setup -------------------------------------------------------------------------
+
+    def _trainable(self, stage: str) -> list[torch.nn.Parameter]:
+        if stage == "identity":
+            return list(self.models.vqvae.decoder.parameters())
+        params = list(self.models.vqvae.encoder.parameters()) + list(self.models.vqvae.decoder.parameters())
+        return params + [p for p in self.models.student.parameters() if p.requires_grad]
+
+    def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
+        stages = self.config.stages
+        rate = stages.learning_rate if stage == "joint" else stages.identity_learning_rate
+        return torch.optim.AdamW(self._trainable(stage), lr=rate, weight_decay=stages.weight_decay)
+
+    def _make_scheduler(self, stage: str) -> torch.optim.lr_scheduler.LambdaLR:
+        total = max(1, self.steps_per_epoch * math.ceil(self._stage_epochs(stage)))
+        warmup = min(100, total // 10 + 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        steps = math.ceil(len(self.data) / self.config.stages.batch_size)
+        cap = self.config.stages.max_steps_per_epoch
+        return min(steps, cap) if cap else steps
+
+    def _stage_epochs(self, stage: str) -> float:
+        stages = self.config.stages
+        return float(stages.joint_epochs) if stage == "joint" else stages.identity_epochs
+
+    def _stage_steps(self, stage: str, epoch: int) -> int:
+        """Steps in ``epoch`` of ``stage``; the last epoch of a fractional count is cut short."""
+        remaining = self._stage_epochs(stage) - epoch
+        return max(0, min(self.steps_per_epoch, math.ceil(remaining * self.steps_per_epoch)))
+
+    # ----- running -----------------------------------------------------------------------
+
+    def run(self) -> Progress:
+        """Train from the checkpoint (if any) to the end of stage ``identity``."""
+        self._resume()
+        started = time.perf_counter() - self.progress.elapsed_s
+        for stage in STAGES[STAGES.index(self.progress.stage) :]:
+            if stage != self.progress.stage:
+                self._enter_stage(stage)
+            while self._stage_steps(stage, self.progress.epoch) > 0:
+                self._run_epoch(stage, started)
+                self.progress.epoch += 1
+                self.progress.step = 0
+                self.progress.elapsed_s = time.perf_counter() - started
+                self._save_checkpoint()
+        self.progress.elapsed_s = time.perf_counter() - started
+        self._finish()
+        return self.progress
+
+    def _finish(self) -> None:
+        self.models.student.set_codebook(self.models.vqvae.quantizer.codebook)
+
+    def _module_states(self) -> dict:
+        return {"vqvae": self.models.vqvae.state_dict(), "student": self.models.student.state_dict()}
+
+    def _load_module_states(self, state: dict) -> None:
+        self.models.vqvae.load_state_dict(state["vqvae"])
+        self.models.student.load_state_dict(state["student"])
+
+    def _enter_stage(self, stage: str) -> None:
+        self.progress.stage, self.progress.epoch, self.progress.step = stage, 0, 0
+        self.optimizer = self._make_optimizer(stage)
+        self.scheduler = self._make_scheduler(stage)
+
+    def _batches(self, stage: str, epoch: int) -> list[np.ndarray]:
+        order = np.random.default_rng([self.config.seed, STAGES.index(stage), epoch]).permutation(len(self.data))
+        batch = self.config.stages.batch_size
+        return [order[i * batch : (i + 1) * batch] for i in range(self._stage_steps(stage, epoch))]
+
+    def _run_epoch(self, stage: str, started: float) -> None:
+        batches = self._batches(stage, self.progress.epoch)
+        sums: dict[str, float] = {}
+        epoch_indices: list[torch.Tensor] = []
+        self._set_modes(stage)
+        with progress_bar() as bar:
+            task = bar.add_task(f"{stage} epoch {self.progress.epoch + 1}", total=len(batches), completed=self.progress.step, status="")
+            for step in range(self.progress.step, len(batches)):
+                losses, indices = self._train_step(stage, batches[step])
+                epoch_indices.append(indices)
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                self.progress.step = step + 1
+                status = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+                bar.update(task, advance=1, status=status)
+                if self.progress.step % 20 == 0:
+                    logger.debug("%s epoch %d step %d/%d: %s", stage, self.progress.epoch + 1, self.progress.step, len(batches), status)
+                if self.progress.step % self.config.stages.checkpoint_every_steps == 0:
+                    self.progress.elapsed_s = time.perf_counter() - started
+                    self._save_checkpoint()
+        self._log_epoch(stage, sums, epoch_indices, started)
+
+    def _set_modes(self, stage: str) -> None:
+        vqvae = self.models.vqvae
+        vqvae.train(stage == "joint")
+        self.models.student.train(stage == "joint")
+        self.models.student.tail.train(False)
+        vqvae.decoder.train(True)
+
+    def _log_epoch(self, stage: str, sums: dict[str, float], indices: list[torch.Tensor], started: float) -> None:
+        steps = max(1, len(indices))
+        means = {name: total / steps for name, total in sums.items()}
+        usage = self._usage(indices)
+        elapsed_s = time.perf_counter() - started
+        record = {"stage": stage, "epoch": self.progress.epoch + 1, **means, **usage, "elapsed_s": round(elapsed_s, 1)}
+        self.progress.history.append(record)
+        logger.info(
+            "%s epoch %d: %s elapsed=%.0fs",
+            stage, self.progress.epoch + 1, " ".join(f"{k}={v:.4f}" for k, v in {**means, **usage}.items()), elapsed_s,
+        )
+
+    def _usage(self, indices: list[torch.Tensor]) -> dict[str, float]:
+        """Codebook perplexity and the number of codes unused during the epoch."""
+        if not indices:
+            return {}
+        perplexity, unused = codebook_usage(torch.cat(indices), self.config.vq.codebook_size)
+        return {"perplexity": perplexity, "unused_codes": unused}
+
+    # ----- one step ----------------------------------------------------------------------
+
+    def _batch_tensors(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return encoder input, reconstruction target, teacher embeddings and teacher features."""
+        rows = np.sort(rows)
+        chips = torch.from_numpy(self.data.chips[rows]).permute(0, 3, 1, 2).float()
+        if self.config.flip_augment:
+            views = torch.randint(0, 2, (len(rows),), generator=self.generator)
+        else:
+            views = torch.zeros(len(rows), dtype=torch.long)
+        flipped = views.bool()
+        chips[flipped] = chips[flipped].flip(3)
+        embeddings = torch.from_numpy(self.data.embeddings[rows, views.numpy()])
+        features = torch.from_numpy(self.data.features[rows, views.numpy()].astype(np.float32))
+        return self._jitter(chips), chips, embeddings, features
+
+    def _jitter(self, chips: torch.Tensor) -> torch.Tensor:
+        strength = self.config.color_jitter
+        if strength == 0:
+            return chips
+        n = chips.shape[0]
+        brightness = 1.0 + (torch.rand(n, 1, 1, 1, generator=self.generator) * 2 - 1) * strength
+        contrast = 1.0 + (torch.rand(n, 1, 1, 1, generator=self.generator) * 2 - 1) * strength
+        mean = chips.mean(dim=(1, 2, 3), keepdim=True)
+        return ((chips - mean) * contrast + mean * brightness).clamp(0.0, 255.0)
+
+    def _train_step(self, stage: str, rows: np.ndarray) -> tuple[dict[str, float], torch.Tensor]:
+        inputs, originals, target_embeddings, target_features = self._batch_tensors(rows)
+        if stage == "joint":
+            losses, indices = self._joint_losses(inputs, target_embeddings, target_features)
+        else:
+            losses, indices = self._identity_losses(originals, target_embeddings)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self._trainable(stage), 5.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        return {name: float(value.detach()) for name, value in losses.items()}, indices
+
+    def _joint_losses(self, inputs: torch.Tensor, target_embeddings: torch.Tensor, target_features: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        weights = self.config.loss
+        vqvae, student = self.models.vqvae, self.models.student
+        z = vqvae.encoder(inputs)
+        quantized = vqvae.quantizer(z)
+        decoded = max(1, round(len(inputs) * weights.reconstruction_fraction))
+        reconstruction = vqvae.decoder(quantized.quantized[:decoded])
+        trunk = student.trunk_features(quantized.indices, code_vectors=quantized.quantized)
+        embeddings = student.tail(trunk)
+        losses = {
+            "recon": weights.reconstruction * reconstruction_loss(reconstruction, inputs[:decoded]),
+            "commit": self.config.vq.commitment_weight * quantized.commitment_loss,
+            "cos": weights.student_cosine * cosine_loss(embeddings, target_embeddings),
+            "feat": weights.student_feature * feature_loss(trunk, target_features),
+            "rel": weights.student_relational * relational_loss(embeddings, target_embeddings),
+        }
+        if (self.scheduler.last_epoch + 1) % RESTART_EVERY_STEPS == 0:
+            restarted = vqvae.quantizer.restart_dead_codes(z, self.config.vq.dead_code_threshold, self.generator)
+            if restarted:
+                logger.debug("restarted %d dead codes", restarted)
+        return losses, quantized.indices.detach()
+
+    def _identity_losses(self, originals: torch.Tensor, target_embeddings: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        weights = self.config.loss
+        vqvae = self.models.vqvae
+        with torch.no_grad():
+            quantized = vqvae.quantizer(vqvae.encoder(originals))
+        reconstruction = vqvae.decoder(quantized.quantized)
+        identity = cosine_loss(self.models.teacher(reconstruction), target_embeddings)
+        losses = {
+            "recon": weights.reconstruction * reconstruction_loss(reconstruction, originals),
+            "identity": weights.identity * identity,
+        }
+        return losses, quantized.indices
+
+    # ----- checkpoints -------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {
+            "config_sha256": config_fingerprint(self.config),
+            **self._module_states(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "progress": vars(self.progress),
+            "generator": self.generator.get_state(),
+        }
+
+    def _save_checkpoint(self) -> None:
+        path = self.checkpoint_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(handle)
+        try:
+            torch.save(self._state(), temporary)
+            os.replace(temporary, path)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+
+    def _resume(self) -> None:
+        if not self.checkpoint_path.is_file():
+            return
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        if state["config_sha256"] != config_fingerprint(self.config):
+            logger.warning("checkpoint %s was made with another config; starting afresh", self.checkpoint_path)
+            return
+        self._load_module_states(state)
+        self.progress = Progress(**state["progress"])
+        self.optimizer = self._make_optimizer(self.progress.stage)
+        self.scheduler = self._make_scheduler(self.progress.stage)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        logger.info("resumed from %s at stage %s, epoch %d, step %d", self.checkpoint_path, self.progress.stage, self.progress.epoch + 1, self.progress.step)
+
+
+@dataclass
+class EmbedModels:
+    """The edge-embed baseline and the frozen teacher."""
+
+    embedder: EdgeEmbedder
+    teacher: DlibResNet
+
+
+def build_embed_models(config: TrainConfig, teacher: DlibResNet) -> EmbedModels:
+    """Create a freshly initialised edge embedder (seeded by the caller)."""
+    student = config.student
+    embedder = EdgeEmbedder(vq_shape(config), teacher, width=student.width, blocks=student.blocks, tune_tail=student.tune_tail)
+    teacher.requires_grad_(False)
+    return EmbedModels(embedder, teacher.eval())
+
+
+class EmbedTrainer(Trainer):
+    """Stage ``joint`` only, with the distillation losses; there are no codes and no decoder."""
+
+    models: EmbedModels  # type: ignore[assignment]
+
+    def _trainable(self, stage: str) -> list[torch.nn.Parameter]:
+        return [p for p in self.models.embedder.parameters() if p.requires_grad]
+
+    def _stage_epochs(self, stage: str) -> float:
+        return float(self.config.stages.joint_epochs) if stage == "joint" else 0.0
+
+    def _set_modes(self, stage: str) -> None:
+        self.models.embedder.train(True)
+        self.models.embedder.head.tail.train(False)
+
+    def _joint_losses(self, inputs: torch.Tensor, target_embeddings: torch.Tensor, target_features: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        weights = self.config.loss
+        trunk = self.models.embedder.trunk_features(inputs)
+        embeddings = self.models.embedder.head.tail(trunk)
+        losses = {
+            "cos": weights.student_cosine * cosine_loss(embeddings, target_embeddings),
+            "feat": weights.student_feature * feature_loss(trunk, target_features),
+            "rel": weights.student_relational * relational_loss(embeddings, target_embeddings),
+        }
+        return losses, torch.zeros(1, dtype=torch.long)
+
+    def _finish(self) -> None:
+        pass
+
+    def _usage(self, indices: list[torch.Tensor]) -> dict[str, float]:
+        return {}
+
+    def _module_states(self) -> dict:
+        return {"embedder": self.models.embedder.state_dict()}
+
+    def _load_module_states(self, state: dict) -> None:
+        self.models.embedder.load_state_dict(state["embedder"])
+
+
+def config_fingerprint(config: TrainConfig) -> str:
+    """SHA-256 of the settings that shape training (paths and thread count excluded)."""
+    relevant = config.model_dump(exclude={"threads", "output_dir", "quantize_int8"})
+    relevant["data"].pop("cache_dir", None)
+    relevant["data"].pop("root", None)
+    return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()

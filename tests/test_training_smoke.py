@@ -1,0 +1,165 @@
+"""A tiny training run on real chips of the bundled LFW sample: export, card, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from vqbench.data.pairs import read_lfw_pairs
+from vqbench.errors import ModelError, ScenarioError
+from vqbench.models.teacher_torch import load_torch_teacher
+from vqbench.models.vq_card import allowed_folds, load_vq_card
+from vqbench.training import train_command
+from vqbench.training.config import TrainConfig, load_train_config
+from vqbench.training.data import prepare_training_set, select_training_people, training_image_paths
+from vqbench.training.loop import Trainer, build_models
+from vqbench.pipelines.base import Components
+from vqbench.pipelines.edge_vq import EdgeEmbedPipeline, EdgeVQReconPipeline, EdgeVQStudentPipeline
+from vqbench.scenario import AlignmentConfig, TeacherConfig
+
+SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "data" / "lfw-sample"
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config(tmp_path: Path) -> dict:
+    return {
+        "model_id": "smoke",
+        "threads": 1,
+        "output_dir": str(tmp_path / "model"),
+        "data": {"root": str(SAMPLE_ROOT), "train_folds": [9], "max_images": 8, "cache_dir": str(tmp_path / "cache")},
+        "vq": {"input_size_px": 32, "widths": [8, 16], "extra_blocks": 1, "grid": 8, "codebook_size": 16, "code_dim": 8, "decoder_widths": [16, 8]},
+        "student": {"width": 8, "blocks": 2},
+        "stages": {"joint_epochs": 1, "identity_epochs": 0.5, "batch_size": 4, "checkpoint_every_steps": 1},
+    }
+
+
+def prepare_chip(tmp_path: Path) -> np.ndarray:
+    people = select_training_people(SAMPLE_ROOT, [9])
+    return prepare_training_set(training_image_paths(SAMPLE_ROOT, people.people)[:8], tmp_path / "cache").chips[0]
+
+
+def write_config(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def test_train_command_writes_verified_model(tmp_path: Path) -> None:
+    folder = train_command(write_config(tmp_path, tiny_config(tmp_path)))
+
+    card = load_vq_card(folder)
+    assert card.model_id == "smoke"
+    assert card.grid == (8, 8)
+    assert card.train_folds == (9,)
+    pairs = read_lfw_pairs(SAMPLE_ROOT / "pairs.txt", SAMPLE_ROOT / "lfw-deepfunneled", fold_numbers=[9, 10])
+    assert allowed_folds(card, pairs) == [10]
+    data = json.loads((folder / "model.json").read_text())
+    assert data["payload"]["max_payload_bytes"] == 6 + 8 * 8 * 4 // 8
+    assert [record["stage"] for record in data["training"]["history"]] == ["joint", "identity"]
+    assert set(data["onnx"]) == {"edge_encoder", "edge_encoder_int8", "decoder", "student"}
+    assert data["footprint"]["edge_encoder"]["macs"] > 0
+
+    # The pipelines run the exported graphs on a real chip.
+    chip = prepare_chip(tmp_path)
+    components = Components(AlignmentConfig(), TeacherConfig())
+    student = EdgeVQStudentPipeline(components, str(folder))
+    payload = student.edge_from_chip(chip)
+    assert len(payload) <= 6 + 32
+    assert student.cloud([payload, payload]).shape == (2, 128)
+    assert student.training_people == card.training_people
+    assert student.info().extra_columns == {"codebook_size": 16, "code_grid": "8x8"}
+    recon = EdgeVQReconPipeline(components, str(folder))
+    assert recon.reconstruct([payload]).shape == (1, 150, 150, 3)
+    edge, cloud = recon.footprint()
+    assert edge.macs == data["footprint"]["edge_encoder"]["macs"]
+    assert cloud.macs == data["footprint"]["decoder"]["macs"] + data["footprint"]["teacher"]["macs"]
+
+    # A changed file no longer matches the card.
+    (folder / "student.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="student.onnx has SHA-256"):
+        load_vq_card(folder)
+
+
+class InterruptedTrainer(Trainer):
+    """A trainer that stops (as if killed) after a number of steps."""
+
+    def __init__(self, *args: object, stop_after_steps: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.steps_left = stop_after_steps
+
+    def _train_step(self, stage: str, rows: np.ndarray) -> tuple[dict[str, float], torch.Tensor]:
+        if self.steps_left == 0:
+            raise KeyboardInterrupt
+        self.steps_left -= 1
+        return super()._train_step(stage, rows)
+
+
+def _trainer(config: TrainConfig, data: object, checkpoint: Path, stop_after_steps: int | None = None) -> Trainer:
+    torch.manual_seed(config.seed)
+    models = build_models(config, load_torch_teacher())
+    if stop_after_steps is None:
+        return Trainer(config, data, models, checkpoint)
+    return InterruptedTrainer(config, data, models, checkpoint, stop_after_steps=stop_after_steps)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    raw = tiny_config(tmp_path)
+    raw["stages"]["identity_epochs"] = 0.0
+    config = TrainConfig.model_validate(raw)
+    people = select_training_people(SAMPLE_ROOT, [9])
+    data = prepare_training_set(training_image_paths(SAMPLE_ROOT, people.people)[:8], tmp_path / "cache")
+
+    straight = _trainer(config, data, tmp_path / "a.pt")
+    straight.run()
+
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(config, data, tmp_path / "b.pt", stop_after_steps=1).run()
+    resumed = _trainer(config, data, tmp_path / "b.pt")
+    resumed.run()
+
+    assert resumed.progress.history[-1]["epoch"] == 1
+    for name, value in straight.models.vqvae.state_dict().items():
+        assert torch.allclose(value.float(), resumed.models.vqvae.state_dict()[name].float(), atol=1e-5), name
+
+
+def test_config_rejects_unknown_key(tmp_path: Path) -> None:
+    raw = tiny_config(tmp_path)
+    raw["stages"]["epochs"] = 3
+    with pytest.raises(ScenarioError, match="stages.epochs"):
+        load_train_config(write_config(tmp_path, raw))
+
+
+def test_training_people_exclude_held_out_folds() -> None:
+    people = select_training_people(SAMPLE_ROOT, [9])
+    pairs = read_lfw_pairs(SAMPLE_ROOT / "pairs.txt", SAMPLE_ROOT / "lfw-deepfunneled", fold_numbers=[9, 10])
+    fold_10 = {name for pair in pairs if pair.fold == 10 for name in (pair.identity_a, pair.identity_b)}
+    assert people.people
+    assert not people.people & fold_10
+    assert people.excluded_people == frozenset(fold_10)
+
+
+def test_edge_embed_training_and_pipeline(tmp_path: Path) -> None:
+    raw = tiny_config(tmp_path)
+    raw["kind"] = "edge-embed"
+    raw["model_id"] = "smoke-embed"
+    folder = train_command(write_config(tmp_path, raw))
+
+    data = json.loads((folder / "model.json").read_text())
+    assert data["kind"] == "edge-embed"
+    assert set(data["onnx"]) == {"embedder", "embedder_int8"}
+    assert [record["stage"] for record in data["training"]["history"]] == ["joint"]
+
+    chip = prepare_chip(tmp_path)
+    components = Components(AlignmentConfig(), TeacherConfig())
+    for dtype, size in (("fp16", 257), ("int8", 129)):
+        pipeline = EdgeEmbedPipeline(components, str(folder), dtype=dtype)
+        payload = pipeline.edge_from_chip(chip)
+        assert len(payload) == size
+        assert pipeline.cloud([payload]).shape == (1, 128)
