@@ -12,6 +12,7 @@ import yaml
 
 from vqbench.data.pairs import read_lfw_pairs
 from vqbench.errors import ModelError, ScenarioError
+from vqbench.models.cards import verify_model_dir
 from vqbench.models.teacher_torch import load_torch_teacher
 from vqbench.models.vq_card import allowed_folds, load_vq_card
 from vqbench.training import train_command
@@ -59,7 +60,7 @@ def test_train_command_writes_verified_model(tmp_path: Path) -> None:
     assert card.train_folds == (9,)
     pairs = read_lfw_pairs(SAMPLE_ROOT / "pairs.txt", SAMPLE_ROOT / "lfw-deepfunneled", fold_numbers=[9, 10])
     assert allowed_folds(card, pairs) == [10]
-    data = json.loads((folder / "model.json").read_text())
+    data = json.loads((folder / "card.json").read_text())
     assert data["payload"]["max_payload_bytes"] == 6 + 8 * 8 * 4 // 8
     assert [record["stage"] for record in data["training"]["history"]] == ["joint", "identity"]
     assert set(data["onnx"]) == {"edge_encoder", "edge_encoder_int8", "decoder", "student"}
@@ -79,6 +80,8 @@ def test_train_command_writes_verified_model(tmp_path: Path) -> None:
     edge, cloud = recon.footprint()
     assert edge.macs == data["footprint"]["edge_encoder"]["macs"]
     assert cloud.macs == data["footprint"]["decoder"]["macs"] + data["footprint"]["teacher"]["macs"]
+
+    assert verify_model_dir(folder) == len(data["files"])
 
     # A changed file no longer matches the card.
     (folder / "student.onnx").write_bytes(b"not a model")
@@ -151,7 +154,7 @@ def test_edge_embed_training_and_pipeline(tmp_path: Path) -> None:
     raw["model_id"] = "smoke-embed"
     folder = train_command(write_config(tmp_path, raw))
 
-    data = json.loads((folder / "model.json").read_text())
+    data = json.loads((folder / "card.json").read_text())
     assert data["kind"] == "edge-embed"
     assert set(data["onnx"]) == {"embedder", "embedder_int8"}
     assert [record["stage"] for record in data["training"]["history"]] == ["joint"]

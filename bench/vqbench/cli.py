@@ -133,8 +133,7 @@ def _print_summary(run_dir: Path) -> None:
             value = row[name]
             cells.append("-" if pd.isna(value) else fmt.format(value))
         table.add_row(*cells)
-    # A pipe or CI log is not a terminal: rich would assume 80 columns and cut every cell.
-    console.print(table, width=None if console.is_terminal else 130)
+    console.print(table)
 
 
 @app.command()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True)
+# A pipe or CI log is not a terminal: rich would assume 80 columns and cut every table cell.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 class RichProgress:

@@ -179,6 +179,14 @@ def _network(
     return _Network(latency, energy_j, costs[0].method, True, None)
 
 
+def _wire_overhead_bytes(measured: VariantMeasurement) -> float | None:
+    """Mean of (bytes sent on the wire - payload bytes) over the requests that went over HTTP."""
+    if not measured.wire_bytes_up:
+        return None
+    pairs = zip(measured.wire_bytes_up, measured.sample_payload_bytes)
+    return float(np.mean([wire - payload for wire, payload in pairs]))
+
+
 def _row(
     measured: VariantMeasurement,
     device: str,
@@ -255,6 +263,7 @@ def _row(
         grid_intensity_cloud_gco2e_per_kwh=cloud_intensity,
         wire_bytes_up_mean=float(np.mean(measured.wire_bytes_up)) if measured.wire_bytes_up else None,
         wire_bytes_down_mean=float(np.mean(measured.wire_bytes_down)) if measured.wire_bytes_down else None,
+        wire_overhead_bytes_up_mean=_wire_overhead_bytes(measured),
         transport=measured.transport,
         link=link,
         link_feasible=network.feasible,

@@ -76,6 +76,7 @@ class ResultRow(BaseModel):
 
     wire_bytes_up_mean: Optional[float] = None
     wire_bytes_down_mean: Optional[float] = None
+    wire_overhead_bytes_up_mean: Optional[float] = None
     transport: str = "local"
 
     link: Optional[str] = None

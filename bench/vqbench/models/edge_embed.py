@@ -1,8 +1,8 @@
 """The edge-embed baseline: a small embedder that runs on the edge and sends the embedding.
 
-It is the VQ pipeline without the quantiser: the same depthwise-separable encoder produces a
-continuous (code_dim, H', W') map, and the student's head (separable blocks, then the teacher's
-last residual block and fc) turns it into a 128-d embedding in the teacher's space. It is
+It is the VQ pipeline without the quantiser. The same depthwise-separable encoder produces a
+continuous (code_dim, H', W') map. The student's head (separable blocks, then the teacher's
+last residual block and fc) turns that map into a 128-d embedding in the teacher's space. It is
 trained by the same distillation losses as the student.
 """
 

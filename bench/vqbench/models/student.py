@@ -1,8 +1,8 @@
 """The student: code indices -> code vectors -> small network -> the teacher's last block and fc.
 
-With about 7,000 training images a student learnt from scratch generalises poorly, so this one
-ends in the ported teacher's own last residual block, global pooling and fc layer, and learns
-only to predict the 4x4x256 feature map that enters that block. The teacher's layers before
+With about 7,000 training images a student learnt from scratch generalises poorly. This one
+therefore ends in the ported teacher's own last residual block, global pooling and fc layer,
+and learns only to predict the 4x4x256 feature map that enters that block. The teacher's layers before
 that point hold almost all of its 271 M multiply-accumulates and are the part replaced; the
 reused tail costs about 1.2 M. ``teacher_trunk`` computes the feature target.
 

@@ -1,10 +1,10 @@
-"""Model cards of trained VQ models (``models/<model-id>/model.json``) and the leakage check.
+"""Model cards of trained VQ models (``models/<model-id>/card.json``) and the leakage check.
 
-A card lists every file of the model with its SHA-256, the payload layout, the architecture,
-the footprint counted from the graph, and the training data: the View 2 folds and the people
-trained on (``training_people.txt``, one name per line, whose SHA-256 is also in the card).
-``load_vq_card`` verifies all of it, so a model folder whose files were changed or swapped is
-rejected instead of silently measured. ``allowed_folds`` names the folds a model may be scored on.
+A card lists every file of the model with its SHA-256, the payload layout, the architecture
+and the footprint counted from the graph. It also records the training data: the View 2 folds
+and the people trained on, listed one name per line in ``training_people.txt``, whose SHA-256
+is also in the card. ``load_vq_card`` verifies all of it, so a model folder whose files were
+changed or swapped is rejected instead of silently measured. ``allowed_folds`` names the folds a model may be scored on.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from vqbench.data.pairs import Pair, people_in_folds
 from vqbench.errors import ModelError
+from vqbench.models.cards import CARD_FILE, MODELS_DIR
 
-CARD_FILE = "model.json"
 PEOPLE_FILE = "training_people.txt"
 CARD_FORMAT = 1
 MODELS_DIR_ENV = "VQBENCH_MODELS_DIR"
@@ -30,7 +30,7 @@ def default_models_dir() -> Path:
     configured = os.environ.get(MODELS_DIR_ENV)
     if configured:
         return Path(configured).expanduser()
-    return Path(__file__).resolve().parents[3] / "models"
+    return MODELS_DIR
 
 
 def resolve_model_folder(model: str) -> Path:
@@ -76,7 +76,7 @@ class VQModelCard:
 
 
 def load_vq_card(folder: Path) -> VQModelCard:
-    """Read ``model.json`` in ``folder`` and verify every file's SHA-256 and the people list."""
+    """Read ``card.json`` in ``folder`` and verify every file's SHA-256 and the people list."""
     card_path = folder / CARD_FILE
     try:
         data = json.loads(card_path.read_text(encoding="utf-8"))
@@ -85,13 +85,14 @@ def load_vq_card(folder: Path) -> VQModelCard:
     if data.get("card_format") != CARD_FORMAT:
         raise ModelError(f"model card {card_path} has card_format {data.get('card_format')!r}, expected {CARD_FORMAT}; retrain or update vqbench")
 
-    for name, expected in data["files_sha256"].items():
+    for name, entry in data["files"].items():
+        expected = entry["sha256"]
         path = folder / name
         if not path.is_file():
             raise ModelError(f"model file {path} listed in {card_path} is missing; restore the model folder")
         found = sha256_of(path)
         if found != expected:
-            raise ModelError(f"model file {path} has SHA-256 {found[:12]}..., the card says {expected[:12]}...; restore it or retrain")
+            raise ModelError(f"model file {path} has SHA-256 {found[:12]}..., expected {expected[:12]}... from the card; restore it or retrain")
 
     people = frozenset(line for line in (folder / PEOPLE_FILE).read_text(encoding="utf-8").splitlines() if line)
     training = data["training"]

@@ -9,8 +9,8 @@ Data flow (sizes for the default 112 px input and three stride-2 stages):
       -> nearest code vector by squared distance: indices (N,14,14), K values each
     indices -> code vectors -> decoder (upsample x2 per stage) -> (N,3,150,150) on 0..255
 
-The codebook is learnt by exponential moving averages of the assigned encoder outputs (van den
-Oord et al., "Neural Discrete Representation Learning", 2017, appendix A.1), not by gradients.
+The codebook is learnt by exponential moving averages of the encoder outputs assigned to each
+code, not by gradients.
 Codes whose moving-average usage falls below a threshold are restarted on random encoder
 outputs of the current batch, so that all K codes stay in use.
 """

@@ -4,8 +4,8 @@
 the code indices in the payload format of ``vqbench.pipelines.payload``. In the cloud,
 ``edge-vq-recon`` decodes a face chip and runs the teacher on it, while ``edge-vq-student`` maps
 the indices straight to an embedding with the distilled student. ``edge-embed`` runs a small
-embedder on the edge and sends the embedding itself (fp16, or int8 after L2 normalisation);
-its cloud half only parses the bytes.
+embedder on the edge and sends the embedding itself, as fp16 or as int8 after L2
+normalisation. Its cloud half only parses the bytes.
 
 Each pipeline exposes ``training_people``, the people its model was trained on, so that the
 runner rejects scoring it on folds that contain them.
@@ -115,8 +115,8 @@ class EdgeVQReconPipeline(_EdgeVQPipeline):
 
     @property
     def cloud_fingerprint(self) -> str:
-        files = self.card.data["files_sha256"]
-        key = f"vq-recon|{files['decoder.onnx']}|{self.components.teacher.fingerprint}"
+        decoder_sha256 = self.card.data["files"]["decoder.onnx"]["sha256"]
+        key = f"vq-recon|{decoder_sha256}|{self.components.teacher.fingerprint}"
         return hashlib.sha256(key.encode()).hexdigest()
 
     def footprint(self) -> tuple[HalfFootprint, HalfFootprint]:
@@ -146,7 +146,8 @@ class EdgeVQStudentPipeline(_EdgeVQPipeline):
 
     @property
     def cloud_fingerprint(self) -> str:
-        return hashlib.sha256(f"vq-student|{self.card.data['files_sha256']['student.onnx']}".encode()).hexdigest()
+        student_sha256 = self.card.data["files"]["student.onnx"]["sha256"]
+        return hashlib.sha256(f"vq-student|{student_sha256}".encode()).hexdigest()
 
     def footprint(self) -> tuple[HalfFootprint, HalfFootprint]:
         return self._edge_footprint(), self._model_footprint("student", "student")

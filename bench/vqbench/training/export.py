@@ -8,7 +8,7 @@ Files written into ``models/<model-id>/``:
     decoder.onnx             indices -> reconstructed chips (N,3,150,150) float32 on 0..255
     student.onnx             indices -> embeddings (N,128) float32 in the teacher's space
     training_people.txt      the people trained on, one per line, sorted
-    model.json               the card: architecture, footprint, training data, metrics, SHA-256s
+    card.json                the card: architecture, footprint, training data, metrics, SHA-256s
 """
 
 from __future__ import annotations
@@ -181,12 +181,12 @@ def _finish_card(output_dir: Path, card: dict, onnx_files: dict[str, str]) -> No
     files = [WEIGHTS_FILE, PEOPLE_FILE, *onnx_files.values()]
     if (output_dir / "train.yaml").is_file():
         files.append("train.yaml")
-    card["files_sha256"] = {name: sha256_of(output_dir / name) for name in files}
+    card["files"] = {name: {"sha256": sha256_of(output_dir / name), "bytes": (output_dir / name).stat().st_size} for name in files}
     write_card(output_dir, card)
 
 
 def write_card(folder: Path, card: dict) -> None:
-    """Write ``model.json`` atomically."""
+    """Write the card atomically."""
     handle, temporary = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:

@@ -1,0 +1,159 @@
+"""Runner-level checks of measured figures: fake RAPL counters, HTTP transport, leakage, links."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vqbench.data.pairs import Pair
+from vqbench.errors import ScenarioError
+from vqbench.runner import check_identity_leakage, run_scenario
+from vqbench.scenario import Scenario
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_powercap import make_powercap_tree, start_advancer  # noqa: E402
+from test_service import running_server  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+ADVANCER_POWER_W = 25.0
+
+
+def _scenario(sample_lfw: Path, **sections: object) -> Scenario:
+    raw = {
+        "name": "measured",
+        "dataset": {"kind": "lfw", "root": str(sample_lfw), "folds": [9, 10], "max_pairs": 12},
+        "pipelines": [{"kind": "cloud-codec", "codec": "jpeg", "qualities": [30]}],
+        "measurement": {"latency_samples": 5, "warmup": 1, "repeats": 3, "min_window_s": 0.3, "idle_s": 0.3,
+                        "memory": False},
+        "outputs": {"html": False, "pdf": False},
+    }
+    raw.update(sections)
+    return Scenario.model_validate(raw)
+
+
+def test_rapl_run_matches_advanced_counters(sample_lfw, tmp_path, monkeypatch):
+    root = tmp_path / "powercap"
+    make_powercap_tree(root)
+    advancer = start_advancer(root, ADVANCER_POWER_W)
+    monkeypatch.setenv("VQBENCH_POWERCAP_ROOT", str(root))
+    try:
+        # Windows of 1.5 s keep the advancer's update lag (a few ms on a busy machine) under 1 %.
+        measurement = {"latency_samples": 5, "warmup": 1, "repeats": 2, "min_window_s": 1.5, "idle_s": 1.5,
+                       "memory": False}
+        scenario = _scenario(sample_lfw, meters={"host": ["rapl"]}, measurement=measurement)
+        outcome = run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+    finally:
+        advancer.terminate()
+        advancer.wait(5)
+
+    row = outcome.results.rows[0]
+    assert row.edge_energy_method == "measured-rapl"
+    assert row.cloud_energy_method == "measured-rapl"
+    energy = pd.read_parquet(tmp_path / "out" / "energy.parquet")
+    # The idle window reads the advancer's constant power.
+    assert energy["idle_power_w"].to_numpy() == pytest.approx(ADVANCER_POWER_W, rel=0.01)
+    # Under constant power every joule of a window is "idle" power: the dynamic share vanishes.
+    for half in ("edge", "cloud"):
+        gross = getattr(row, f"{half}_energy_j_per_inference")
+        dynamic = getattr(row, f"{half}_dynamic_energy_j_per_inference")
+        assert gross > 0
+        assert abs(dynamic) <= 0.01 * gross
+
+
+def test_http_transport_counts_wire_bytes(sample_lfw, tmp_path):
+    from vqbench.network.service import create_app
+    from vqbench.pipelines.base import Components
+    from vqbench.pipelines.registry import build_pipelines
+
+    scenario = _scenario(sample_lfw, meters={"host": []})
+    served = build_pipelines(scenario.pipelines, Components(scenario.alignment, scenario.teacher))
+    with running_server(create_app(served, token=None)) as (url, _server):
+        scenario = _scenario(sample_lfw, meters={"host": []}, transport={"mode": "http", "url": url})
+        outcome = run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+
+    row = outcome.results.rows[0]
+    assert row.transport == "http"
+    assert row.wire_bytes_up_mean is not None and row.wire_bytes_down_mean is not None
+    # Wire bytes are each payload plus the HTTP request line and headers: more, but not by kilobytes.
+    assert 50 < row.wire_overhead_bytes_up_mean < 1000
+    assert row.wire_bytes_up_mean > row.wire_overhead_bytes_up_mean
+    assert row.transfer_latency_ms_p50 is not None and row.transfer_latency_ms_p50 > 0
+    latency = pd.read_parquet(tmp_path / "out" / "latency.parquet")
+    assert "transfer" in set(latency["stage"])
+
+
+def test_links_and_devices_expand_rows(sample_lfw, tmp_path):
+    scenario = _scenario(
+        sample_lfw,
+        meters={"host": []},
+        deployment={"links": ["wifi", "lorawan-sf12"], "edge_devices": ["host", {"name": "raspberry-pi-4", "speed_ratio": 4.0}]},
+    )
+    outcome = run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+    rows = {(row.link, row.edge_device): row for row in outcome.results.rows}
+    assert set(rows) == {(link, device) for link in ("wifi", "lorawan-sf12") for device in ("host", "raspberry-pi-4")}
+
+    wifi_pi = rows[("wifi", "raspberry-pi-4")]
+    wifi_host = rows[("wifi", "host")]
+    assert wifi_pi.edge_energy_method == "modeled-device-profile"
+    assert wifi_pi.edge_latency_ms_p50 == pytest.approx(4.0 * wifi_host.edge_latency_ms_p50, rel=1e-6)
+    assert wifi_pi.network_energy_method == "modeled-link"
+    assert wifi_pi.link_feasible is True
+    assert wifi_pi.network_energy_j_per_inference > 0
+    assert wifi_pi.embodied_co2e_g_per_inference > 0
+    assert wifi_host.embodied_co2e_g_per_inference is None
+
+    # A 2 kB JPEG chip cannot go over LoRaWAN SF12 within its duty cycle: flagged, not computed.
+    lora = rows[("lorawan-sf12", "raspberry-pi-4")]
+    assert lora.link_feasible is False
+    assert lora.link_infeasible_reason
+    assert lora.network_energy_j_per_inference is None
+    assert lora.total_energy_j_per_inference is None
+
+
+def test_unknown_link_rejected_before_measuring(sample_lfw, tmp_path):
+    scenario = _scenario(sample_lfw, deployment={"links": ["carrier-pigeon"]})
+    with pytest.raises(ScenarioError, match="carrier-pigeon"):
+        run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+
+
+def test_device_without_macs_needs_speed_ratio(sample_lfw, tmp_path):
+    scenario = _scenario(sample_lfw, meters={"host": []}, deployment={"edge_devices": ["raspberry-pi-4"]})
+    with pytest.raises(Exception, match="speed_ratio"):
+        run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+
+
+@dataclass
+class _TrainedPipeline:
+    kind: str = "edge-vq-student"
+    variant: str = "test"
+    training_people: frozenset[str] = frozenset({"Alice"})
+
+
+@dataclass
+class _Evaluation:
+    pairs: list[Pair]
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted({pair.fold for pair in self.pairs})
+
+
+def _pair(fold: int, a: str, b: str) -> Pair:
+    return Pair(fold=fold, index=fold, path_a=Path(f"{a}.jpg"), path_b=Path(f"{b}.jpg"), same=a == b,
+                identity_a=a, identity_b=b)
+
+
+def test_leakage_refused_with_allowed_folds():
+    evaluation = _Evaluation([_pair(1, "Alice", "Alice"), _pair(2, "Bob", "Carol")])
+    with pytest.raises(ScenarioError, match=r"folds \[1\].*allowed: \[2\]"):
+        check_identity_leakage([_TrainedPipeline()], evaluation)  # type: ignore[list-item]
+
+
+def test_no_leakage_passes():
+    evaluation = _Evaluation([_pair(2, "Bob", "Carol"), _pair(3, "Dan", "Dan")])
+    check_identity_leakage([_TrainedPipeline()], evaluation)  # type: ignore[list-item]
