@@ -68,7 +68,8 @@ def main(
     """vqbench: edge versus cloud face recognition, measured."""
     from rich.logging import RichHandler
 
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    levels = {0: logging.WARNING, 1: logging.INFO}
+    level = levels.get(verbose, logging.DEBUG)
     logging.basicConfig(
         level=level, format="%(name)s: %(message)s", handlers=[RichHandler(console=console, show_path=False)]
     )
@@ -346,7 +347,7 @@ def loadtest(
     images: Annotated[int, typer.Option("--images", min=1, help="LFW sample images to build payloads from.")] = 16,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
-    """Send real payloads from N concurrent clients and check every answer."""
+    """Send real payloads from N concurrent clients and check every response."""
     from vqbench.network.loadtest import loadtest_command
 
     report = loadtest_command(url, clients, duration_s, scenario, token_file, images)

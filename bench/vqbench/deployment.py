@@ -8,9 +8,9 @@ gives its transfer time, the radio energy on the device and the network's transi
 (``modeled-link``). A payload the link cannot carry marks the row infeasible and leaves its
 network figures empty.
 
-CO2e per inference is edge energy at the edge's grid intensity, cloud energy at the cloud's,
-and network energy (radio and transit) at the edge's; embodied CO2e of the device is its own
-column.
+CO2e per inference counts edge energy at the edge's grid intensity, cloud energy at the
+cloud's, and network energy (radio and transit) at the edge's. The device's embodied CO2e is a
+separate column.
 """
 
 from __future__ import annotations

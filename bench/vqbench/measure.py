@@ -7,7 +7,7 @@ Nothing here reads a cache. For each variant:
    ``time.perf_counter_ns``.
 2. Energy: each half runs in measurement windows on the host meter (see
    ``vqbench.meters.protocol`` for warm-up, idle window, windows and repeats).
-3. Memory: each half runs alone in a fresh child process on a few images; the child's peak
+3. Memory: each half runs alone in a fresh child process on a few images. The child's peak
    RSS is the half's footprint, including the Python interpreter and the libraries it loads.
 """
 

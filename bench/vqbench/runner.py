@@ -43,10 +43,12 @@ from vqbench.scenario import Scenario, expand_path
 logger = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+#: Chips per variant saved beside their reconstructions for the report.
+RECONSTRUCTION_SAMPLES = 4
 
 
 class ProgressReporter(Protocol):
-    """What the runner needs from a progress display (the CLI passes a rich one)."""
+    """Progress display interface used by the runner (the CLI passes a rich one)."""
 
     def phase(self, description: str, total: int | None) -> Any: ...
 
@@ -70,7 +72,7 @@ class SilentProgress:
 
 @dataclass
 class RunOutcome:
-    """Where a run wrote its files and what went wrong, if anything."""
+    """Outcome of a run: its folder, results, failed variants and duration."""
 
     out_dir: Path
     results: RunResults
@@ -381,6 +383,8 @@ def _run_variant(
                 pipeline, pipeline_config, scenario.alignment, scenario.teacher, sample_images, latency.payloads
             )
 
+    if pipeline.edge_aligns:
+        _write_reconstructions(pipeline, aligned.chips[:RECONSTRUCTION_SAMPLES], context.out_dir / "samples")
     tables.latency.append(_latency_table(pipeline, latency))
     tables.energy.append(_energy_table(pipeline, edge_energy, cloud_energy))
     for half, energy in (("edge", edge_energy), ("cloud", cloud_energy)):
@@ -411,6 +415,19 @@ def _run_variant(
         transport=scenario.transport.mode,
         extra_columns=dict(pipeline.info().extra_columns),
     )
+
+
+def _write_reconstructions(pipeline: Pipeline, chips: np.ndarray, folder: Path) -> None:
+    """Save a few original chips beside what the cloud rebuilds from their payloads, as PNG."""
+    from PIL import Image
+
+    for index, chip in enumerate(chips):
+        rebuilt = pipeline.reconstruct(pipeline.edge_from_chip(chip))
+        if rebuilt is None:
+            return
+        for kind, image in (("original", chip), ("reconstruction", rebuilt)):
+            path = folder / f"{pipeline.variant}-{index}-{kind}.png"
+            write_atomic(path, lambda stream, image=image: Image.fromarray(image).save(stream, format="PNG"))
 
 
 def _latency_table(pipeline: Pipeline, latency: Any) -> pd.DataFrame:

@@ -29,7 +29,7 @@ class _Strict(BaseModel):
 
 
 class DatasetConfig(_Strict):
-    """Which faces and which pairs are evaluated."""
+    """Data set and pairs to evaluate."""
 
     kind: Literal["lfw", "folders"] = "lfw"
     root: Optional[str] = Field(
@@ -138,7 +138,7 @@ PipelineConfig = Annotated[
 
 
 class TransportConfig(_Strict):
-    """How payloads reach the cloud half: in process, or posted to `vqbench serve` over HTTP."""
+    """Transport of payloads to the cloud half: in process, or posted to `vqbench serve` over HTTP."""
 
     mode: Literal["local", "http"] = "local"
     url: Optional[str] = Field(None, description="Base URL of a running `vqbench serve`, for mode http.")
@@ -205,7 +205,7 @@ class MetersConfig(_Strict):
 
 
 class CarbonConfig(_Strict):
-    """Where the edge device and the cloud draw their electricity."""
+    """Grid locations of the edge device and the cloud."""
 
     edge_location: str = Field("world", description="ISO 3166 alpha-3 country, or 'world'.")
     cloud_location: str = Field(
@@ -214,7 +214,7 @@ class CarbonConfig(_Strict):
 
 
 class OutputsConfig(_Strict):
-    """What a run writes besides results.csv, results.json and environment.json."""
+    """Optional outputs besides results.csv, results.json and environment.json."""
 
     html: bool = True
     pdf: bool = True

@@ -49,30 +49,31 @@ worker in arrival order. Beyond ``max_pending_requests`` waiting, the service re
 ``Retry-After``. ``compute_ms`` is the time inside ``cloud()`` and ``queue_ms`` the wait for
 the worker. NOTE: one worker uses at most the cores that one ``cloud()`` call uses, so the
 throughput measured is that of a single model instance.
+
+Modules beside this one hold the parts that do not depend on the app: ``payload_kinds``
+(``PAYLOAD_KINDS``, the image header check, pair framing), ``galleries``, ``service_metrics``
+(request statistics and energy windows), ``served_pipelines`` (the default variants and the
+warm-up) and ``service_errors`` (``ServiceProblem``). This module re-exports their public names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import io
 import ipaddress
 import logging
 import math
 import platform
 import re
 import socket
-import struct
-import threading
 import time
 import uuid
-from collections import Counter, defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -84,445 +85,70 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vqbench import __version__
 from vqbench.data.align import CorruptImageError
 from vqbench.errors import PayloadError, RunError, ScenarioError, VqbenchError
-from vqbench.metrics.latency import percentile_ms
+from vqbench.network.galleries import GalleryStore, cosine_similarity
+from vqbench.network.payload_kinds import (
+    OPAQUE_TYPE,
+    PAIR_CONTENT_TYPE,
+    PAYLOAD_KINDS,
+    PAYLOAD_TYPE_HEADER,
+    RAW_IMAGE_TYPES,
+    VQ_CODES_TYPE,
+    PayloadKind,
+    check_image_header,
+    frame_pair,
+    media_type,
+    payload_kind_of,
+    split_pair,
+)
+from vqbench.network.served_pipelines import (
+    DEFAULT_PIPELINE_CONFIGS,
+    DEFAULT_VQ_PIPELINE_CONFIGS,
+    build_served_pipelines,
+    warm_up,
+)
+from vqbench.network.service_errors import ServiceProblem
+from vqbench.network.service_metrics import EnergyMonitor, EnergyWindow, ServiceMetrics, open_energy_monitor
 from vqbench.pipelines.base import Components, Pipeline
 
-if TYPE_CHECKING:
-    from vqbench.meters.base import EnergyMeter
-    from vqbench.scenario import Scenario
+# Public names, including those re-exported from the modules listed in the docstring.
+__all__ = [
+    "DEFAULT_PIPELINE_CONFIGS",
+    "DEFAULT_VQ_PIPELINE_CONFIGS",
+    "OPAQUE_TYPE",
+    "PAIR_CONTENT_TYPE",
+    "PAYLOAD_KINDS",
+    "PAYLOAD_TYPE_HEADER",
+    "RAW_IMAGE_TYPES",
+    "REQUEST_ID_HEADER",
+    "VQ_CODES_TYPE",
+    "EnergyMonitor",
+    "EnergyWindow",
+    "GalleryStore",
+    "PayloadKind",
+    "ServiceMetrics",
+    "ServiceProblem",
+    "build_served_pipelines",
+    "check_image_header",
+    "cosine_similarity",
+    "create_app",
+    "frame_pair",
+    "is_loopback_host",
+    "media_type",
+    "open_energy_monitor",
+    "payload_kind_of",
+    "serve",
+    "serve_command",
+    "split_pair",
+    "warm_up",
+]
 
 logger = logging.getLogger(__name__)
 
-RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
-VQ_CODES_TYPE = "application/vnd.vqbench.vq-codes"
-OPAQUE_TYPE = "application/octet-stream"
-PAIR_CONTENT_TYPE = "application/vnd.vqbench.pair"
-PAYLOAD_TYPE_HEADER = "x-payload-type"
 REQUEST_ID_HEADER = "x-request-id"
 
 _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_LABEL_CHARS = 128
-_PAIR_LENGTH = struct.Struct(">I")
-
-#: Default pipelines served without a scenario: cloud-raw, and cloud-codec at JPEG quality 50.
-DEFAULT_PIPELINE_CONFIGS: tuple[dict[str, Any], ...] = (
-    {"kind": "cloud-raw"},
-    {"kind": "cloud-codec", "codec": "jpeg", "qualities": [50]},
-)
-
-#: Hook for the VQ-VAE pipelines: served by default once the scenario schema accepts their
-#: kind and their default model files exist. Until then each entry is skipped with a log line.
-DEFAULT_VQ_PIPELINE_CONFIGS: tuple[dict[str, Any], ...] = (
-    {"kind": "edge-vq-recon"},
-    {"kind": "edge-vq-student"},
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# Payload kinds: which media types each pipeline kind accepts, and the image header check.
-
-
-@dataclass(frozen=True)
-class PayloadKind:
-    """Accepted media types and image limits for the payload of one pipeline kind.
-
-    ``content_types`` maps a pipeline variant to the media types its payload may be sent as.
-    ``max_image_pixels`` turns on the image header check (format and pixel count) before
-    ``cloud()`` decodes the payload; None means the payload is not an image file.
-    """
-
-    name: str
-    content_types: Callable[[Pipeline], tuple[str, ...]]
-    max_image_pixels: int | None = None
-
-
-def _codec_content_types(pipeline: Pipeline) -> tuple[str, ...]:
-    codec = getattr(pipeline, "codec", None)
-    return (f"image/{codec}",) if codec in ("jpeg", "webp", "png") else RAW_IMAGE_TYPES
-
-
-PAYLOAD_KINDS: dict[str, PayloadKind] = {
-    # The bound of 4096 x 4096 pixels covers a 16 MP camera sensor.
-    "cloud-raw": PayloadKind("image-file", lambda pipeline: RAW_IMAGE_TYPES, max_image_pixels=4096 * 4096),
-    # Chips are at most 150 x 150 pixels. The bound leaves room but stops decompression bombs.
-    "cloud-codec": PayloadKind("codec-chip", _codec_content_types, max_image_pixels=1024 * 1024),
-    "edge-vq-recon": PayloadKind("vq-codes", lambda pipeline: (VQ_CODES_TYPE, OPAQUE_TYPE)),
-    "edge-vq-student": PayloadKind("vq-codes", lambda pipeline: (VQ_CODES_TYPE, OPAQUE_TYPE)),
-}
-OPAQUE_PAYLOAD_KIND = PayloadKind("opaque", lambda pipeline: (OPAQUE_TYPE,))
-
-
-def payload_kind_of(pipeline: Pipeline) -> PayloadKind:
-    """Return the payload kind registered for a pipeline's kind (opaque bytes when none is)."""
-    return PAYLOAD_KINDS.get(pipeline.kind, OPAQUE_PAYLOAD_KIND)
-
-
-def check_image_header(payload: bytes, content_type: str, max_pixels: int) -> None:
-    """Check an image payload's format and size from its header, without decoding pixels.
-
-    Raises PayloadError when the header cannot be parsed, when the format differs from
-    ``content_type``, or when the image has more than ``max_pixels`` pixels.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(payload)) as image:
-            width, height = image.size
-            mime_type = image.get_format_mimetype()
-    except Image.DecompressionBombError as error:
-        raise PayloadError(f"image payload declares too many pixels: {error}") from error
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
-        raise PayloadError(f"image payload header is invalid: {error}") from error
-    if mime_type != content_type:
-        raise PayloadError(f"payload is {mime_type or 'an unknown format'} but Content-Type is {content_type}")
-    if width * height > max_pixels:
-        raise PayloadError(f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}")
-
-
-def media_type(content_type: str | None) -> str:
-    """Return the lower-case media type of a Content-Type value, without its parameters."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors as responses.
-
-
-class ServiceProblem(VqbenchError):
-    """A request the service rejects, with the HTTP status, an error code and the fix."""
-
-    def __init__(self, status: int, error: str, detail: str, fix: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.error = error
-        self.detail = detail
-        self.fix = fix
-        self.headers = headers or {}
-
-    def response(self) -> JSONResponse:
-        body = {"error": self.error, "detail": self.detail, "fix": self.fix}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics and energy windows.
-
-
-class ServiceMetrics:
-    """Request counts, status counts per endpoint, and recent compute times per variant.
-
-    Endpoints are route templates; ``unmatched`` counts requests that matched no route (404)
-    or were rejected before routing (413 from ``Content-Length``). Counters live for the life
-    of the process. Compute times keep the last ``max_samples`` per variant, so the
-    percentiles describe recent requests.
-    """
-
-    def __init__(self, max_samples: int = 10_000) -> None:
-        self._lock = threading.Lock()
-        self._max_samples = max_samples
-        self.started_unix_s = time.time()
-        self._requests: Counter[str] = Counter()
-        self._statuses: dict[str, Counter[int]] = defaultdict(Counter)
-        self._compute_ms: dict[str, deque[float]] = {}
-        self._queue_ms: dict[str, deque[float]] = {}
-        self._computations = 0
-
-    def record_request(self, endpoint: str, status: int) -> None:
-        with self._lock:
-            self._requests[endpoint] += 1
-            self._statuses[endpoint][status] += 1
-
-    def record_compute(self, label: str, compute_ms: float, queue_ms: float, n_payloads: int) -> None:
-        with self._lock:
-            self._compute_ms.setdefault(label, deque(maxlen=self._max_samples)).append(compute_ms)
-            self._queue_ms.setdefault(label, deque(maxlen=self._max_samples)).append(queue_ms)
-            self._computations += n_payloads
-
-    @property
-    def computations(self) -> int:
-        """Payloads run through ``cloud()`` so far."""
-        with self._lock:
-            return self._computations
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "uptime_s": time.time() - self.started_unix_s,
-                "requests": dict(self._requests),
-                "statuses": {endpoint: {str(status): n for status, n in counts.items()} for endpoint, counts in self._statuses.items()},
-                "errors": {
-                    endpoint: {str(status): n for status, n in counts.items() if status >= 400}
-                    for endpoint, counts in self._statuses.items()
-                    if any(status >= 400 for status in counts)
-                },
-                "payloads_computed": self._computations,
-                "compute": {label: _timing_summary(values, self._queue_ms[label]) for label, values in self._compute_ms.items()},
-            }
-
-
-def _timing_summary(compute_ms: deque[float], queue_ms: deque[float]) -> dict[str, Any]:
-    compute = list(compute_ms)
-    queue = list(queue_ms)
-    return {
-        "samples": len(compute),
-        "compute_p50_ms": percentile_ms(compute, 50),
-        "compute_p95_ms": percentile_ms(compute, 95),
-        "compute_p99_ms": percentile_ms(compute, 99),
-        "queue_p50_ms": percentile_ms(queue, 50),
-        "queue_p95_ms": percentile_ms(queue, 95),
-    }
-
-
-@dataclass(frozen=True)
-class EnergyWindow:
-    """Energy of the host over one window, and how many payloads the service computed in it."""
-
-    start_unix_s: float
-    duration_s: float
-    energy_j: float | None
-    method: str
-    payloads_computed: int
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        per_payload = self.energy_j / self.payloads_computed if self.energy_j is not None and self.payloads_computed else None
-        power_w = self.energy_j / self.duration_s if self.energy_j is not None and self.duration_s > 0 else None
-        return {
-            "start_unix_s": self.start_unix_s,
-            "duration_s": self.duration_s,
-            "energy_j": self.energy_j,
-            "mean_power_w": power_w,
-            "payloads_computed": self.payloads_computed,
-            "energy_per_payload_j": per_payload,
-            "method": self.method,
-            "error": self.error,
-        }
-
-
-class EnergyMonitor:
-    """Closes consecutive energy windows of ``window_s`` on a background thread.
-
-    Windows follow each other with only the meter's own ``end`` and ``begin`` time between
-    them, which is seconds for codecarbon and microseconds for RAPL.
-
-    The meter covers its whole device (a CPU package, a GPU), not this process alone, so a
-    window's energy includes every other load on that device. ``energy_per_payload_j`` is the
-    gross figure: window energy / payloads computed in it, with idle power not removed.
-    A window whose meter read fails keeps its error and no energy; it never becomes 0 J.
-    """
-
-    def __init__(
-        self, meter: "EnergyMeter | None", reason: str, window_s: float = 5.0, max_windows: int = 720
-    ) -> None:
-        self.meter = meter
-        self.reason = reason
-        self.window_s = window_s
-        self._windows: deque[EnergyWindow] = deque(maxlen=max_windows)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._count_payloads: Callable[[], int] = lambda: 0
-        self._failures = 0
-
-    @property
-    def available(self) -> bool:
-        return self.meter is not None
-
-    def start(self, count_payloads: Callable[[], int]) -> None:
-        """Start closing windows; ``count_payloads`` returns payloads computed so far."""
-        if self.meter is None or self._thread is not None:
-            return
-        self._count_payloads = count_payloads
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="vqbench-energy-windows", daemon=True)
-        self._thread.start()
-        logger.info("server-side energy windows of %.1f s with meter %s", self.window_s, self.meter.name)
-
-    def stop(self) -> None:
-        """Close the open window and stop the thread."""
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join(timeout=self.window_s + 10.0)
-        self._thread = None
-
-    def _run(self) -> None:
-        assert self.meter is not None
-        while not self._stop.is_set():
-            self._close_one_window(self.meter)
-
-    def _close_one_window(self, meter: "EnergyMeter") -> None:
-        start_unix_s = time.time()
-        start_s = time.perf_counter()
-        try:
-            token = meter.begin()
-            # Some meters take seconds to begin (codecarbon starts a tracker), so the window opens after.
-            start_unix_s = time.time()
-            start_count = self._count_payloads()
-            self._stop.wait(self.window_s)
-            reading = meter.end(token)
-        except VqbenchError as error:
-            self._record_failure(start_unix_s, time.perf_counter() - start_s, meter, error)
-            self._stop.wait(self.window_s)
-            return
-        window = EnergyWindow(
-            start_unix_s, reading.duration_s, reading.energy_j, reading.method, self._count_payloads() - start_count
-        )
-        with self._lock:
-            self._windows.append(window)
-
-    def _record_failure(self, start_unix_s: float, duration_s: float, meter: "EnergyMeter", error: VqbenchError) -> None:
-        self._failures += 1
-        # Log the first failure and then every 100th, so a broken counter does not flood the log.
-        if self._failures == 1 or self._failures % 100 == 0:
-            logger.warning("energy window failed (%d so far) with meter %s: %s", self._failures, meter.name, error)
-        with self._lock:
-            self._windows.append(EnergyWindow(start_unix_s, duration_s, None, meter.method, 0, error=str(error)))
-
-    def snapshot(self, last: int = 120) -> dict[str, Any]:
-        if self.meter is None:
-            return {"available": False, "reason": self.reason}
-        with self._lock:
-            windows = list(self._windows)
-        measured = [window for window in windows if window.energy_j is not None]
-        return {
-            "available": True,
-            "meter": self.meter.name,
-            "method": self.meter.method,
-            "reason": self.reason,
-            "scope": "the whole device the meter covers, not this process alone",
-            "window_s": self.window_s,
-            "failed_windows": self._failures,
-            "totals": {
-                "windows": len(measured),
-                "duration_s": sum(window.duration_s for window in measured),
-                "energy_j": sum(window.energy_j or 0.0 for window in measured),
-                "payloads_computed": sum(window.payloads_computed for window in measured),
-            },
-            "windows": [window.to_dict() for window in windows[-last:]],
-        }
-
-
-def open_energy_monitor(meter_names: Sequence[str], window_s: float = 5.0) -> EnergyMonitor:
-    """Return a monitor on the first available meter of ``meter_names``, or one saying why none is."""
-    try:
-        from vqbench.meters.registry import create_meter
-    except ImportError as error:
-        return EnergyMonitor(None, f"vqbench.meters.registry cannot be imported ({error}); no server-side energy")
-    reasons: list[str] = []
-    for name in meter_names:
-        try:
-            meter = create_meter(name)
-        except VqbenchError as error:
-            reasons.append(f"{name}: {error}")
-            continue
-        availability = meter.probe()
-        if availability.available:
-            return EnergyMonitor(meter, availability.reason, window_s=window_s)
-        reasons.append(f"{name}: {availability.reason}")
-    reason = "; ".join(reasons) if reasons else "no energy meter was requested"
-    return EnergyMonitor(None, f"no energy meter available ({reason})")
-
-
-# ---------------------------------------------------------------------------------------------
-# Galleries.
-
-
-@dataclass
-class _Gallery:
-    embedding_dim: int
-    labels: list[str] = field(default_factory=list)
-    embeddings: list[np.ndarray] = field(default_factory=list)
-
-
-class GalleryStore:
-    """Named in-memory galleries of labelled unit embeddings, bounded in count and size.
-
-    Every pipeline served today embeds into the teacher's space, so a gallery enrolled through
-    one pipeline can be searched through another. Only the embedding size is checked.
-    """
-
-    def __init__(self, max_galleries: int = 16, max_entries: int = 10_000) -> None:
-        self.max_galleries = max_galleries
-        self.max_entries = max_entries
-        self._galleries: dict[str, _Gallery] = {}
-        self._lock = threading.Lock()
-
-    def enrol(self, name: str, label: str, embedding: np.ndarray) -> int:
-        """Add one labelled embedding; return the gallery's new size."""
-        with self._lock:
-            gallery = self._galleries.get(name)
-            if gallery is None:
-                if len(self._galleries) >= self.max_galleries:
-                    raise ServiceProblem(
-                        409, "gallery_limit", f"{len(self._galleries)} galleries exist, the maximum",
-                        "delete a gallery with DELETE /v1/gallery/{name} first",
-                    )
-                gallery = self._galleries[name] = _Gallery(embedding_dim=len(embedding))
-            _check_dim(gallery, name, embedding)
-            if len(gallery.labels) >= self.max_entries:
-                raise ServiceProblem(
-                    409, "gallery_full", f"gallery {name!r} holds {len(gallery.labels)} entries, the maximum",
-                    f"delete the gallery with DELETE /v1/gallery/{name} or use another gallery name",
-                )
-            gallery.labels.append(label)
-            gallery.embeddings.append(_unit(embedding))
-            return len(gallery.labels)
-
-    def identify(self, name: str, embedding: np.ndarray, top_k: int = 5) -> dict[str, Any]:
-        """Return the best label and the ``top_k`` labels by their best cosine similarity."""
-        with self._lock:
-            gallery = self._galleries.get(name)
-            if gallery is None or not gallery.labels:
-                raise ServiceProblem(404, "gallery_not_found", f"gallery {name!r} does not exist or is empty",
-                                     f"enrol identities with POST /v1/gallery/{name}/enrol first")
-            _check_dim(gallery, name, embedding)
-            labels = list(gallery.labels)
-            matrix = np.stack(gallery.embeddings)
-        similarities = matrix @ _unit(embedding)
-        best_per_label: dict[str, float] = {}
-        for label, similarity in zip(labels, similarities.tolist()):
-            best_per_label[label] = max(similarity, best_per_label.get(label, -math.inf))
-        ranked = sorted(best_per_label.items(), key=lambda item: item[1], reverse=True)[:top_k]
-        return {
-            "label": ranked[0][0],
-            "cosine_similarity": ranked[0][1],
-            "top": [{"label": label, "cosine_similarity": score} for label, score in ranked],
-            "gallery_entries": len(labels),
-        }
-
-    def describe(self, name: str) -> dict[str, Any]:
-        with self._lock:
-            gallery = self._galleries.get(name)
-            if gallery is None:
-                raise ServiceProblem(404, "gallery_not_found", f"gallery {name!r} does not exist",
-                                     f"enrol identities with POST /v1/gallery/{name}/enrol first")
-            return {"name": name, "entries": len(gallery.labels), "labels": len(set(gallery.labels)),
-                    "embedding_dim": gallery.embedding_dim, "max_entries": self.max_entries}
-
-    def delete(self, name: str) -> bool:
-        with self._lock:
-            return self._galleries.pop(name, None) is not None
-
-
-def _check_dim(gallery: _Gallery, name: str, embedding: np.ndarray) -> None:
-    if len(embedding) != gallery.embedding_dim:
-        raise ServiceProblem(
-            422, "embedding_size_mismatch",
-            f"gallery {name!r} holds {gallery.embedding_dim}-d embeddings, this pipeline gives {len(embedding)}-d",
-            "use a pipeline that embeds into the same space, or another gallery name",
-        )
-
-
-def _unit(vector: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(vector))
-    return vector / norm if norm > 0 else vector
-
-
-def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Return the cosine similarity of two vectors (0.0 when either is all zeros)."""
-    return float(np.dot(_unit(a.astype(np.float64)), _unit(b.astype(np.float64))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -904,29 +530,6 @@ async def _read_pair(state: _ServiceState, pipeline: Pipeline, request: Request)
     return payloads
 
 
-def frame_pair(first: bytes, second: bytes) -> bytes:
-    """Frame two payloads for ``/v1/match``: each preceded by its uint32 big-endian length."""
-    return _PAIR_LENGTH.pack(len(first)) + first + _PAIR_LENGTH.pack(len(second)) + second
-
-
-def split_pair(body: bytes) -> list[bytes]:
-    """Split a framed payload pair, raising PayloadError when a length does not fit the body."""
-    payloads: list[bytes] = []
-    offset = 0
-    for which in ("first", "second"):
-        if len(body) - offset < _PAIR_LENGTH.size:
-            raise PayloadError(f"pair body of {len(body)} bytes ends before the length of the {which} payload")
-        (length,) = _PAIR_LENGTH.unpack_from(body, offset)
-        offset += _PAIR_LENGTH.size
-        if length > len(body) - offset:
-            raise PayloadError(f"the {which} payload declares {length} bytes but only {len(body) - offset} follow")
-        payloads.append(body[offset : offset + length])
-        offset += length
-    if offset != len(body):
-        raise PayloadError(f"pair body has {len(body) - offset} bytes after the second payload")
-    return payloads
-
-
 # ---------------------------------------------------------------------------------------------
 # Running the cloud half.
 
@@ -966,61 +569,7 @@ def _timed_cloud(pipeline: Pipeline, payloads: list[bytes], submitted_ns: int) -
 
 
 # ---------------------------------------------------------------------------------------------
-# Building the served pipelines and running uvicorn.
-
-
-def build_served_pipelines(scenario: "Scenario | None") -> list[Pipeline]:
-    """Build the scenario's pipeline variants, or the defaults when ``scenario`` is None.
-
-    The defaults are ``DEFAULT_PIPELINE_CONFIGS`` plus each ``DEFAULT_VQ_PIPELINE_CONFIGS``
-    entry that this build can construct (its kind is in the scenario schema, its models exist).
-    """
-    from pydantic import TypeAdapter, ValidationError
-
-    from vqbench.pipelines.registry import build_pipelines
-    from vqbench.scenario import AlignmentConfig, PipelineConfig, TeacherConfig
-
-    if scenario is not None:
-        components = Components(scenario.alignment, scenario.teacher)
-        return build_pipelines(list(scenario.pipelines), components)
-
-    components = Components(AlignmentConfig(), TeacherConfig())
-    adapter = TypeAdapter(PipelineConfig)
-    pipelines = build_pipelines([adapter.validate_python(raw) for raw in DEFAULT_PIPELINE_CONFIGS], components)
-    for raw in DEFAULT_VQ_PIPELINE_CONFIGS:
-        try:
-            config = adapter.validate_python(raw)
-            pipelines.extend(build_pipelines([config], components))
-        except ValidationError:
-            logger.info("pipeline kind %s is not in this build's scenario schema; not served", raw["kind"])
-        except VqbenchError as error:
-            logger.warning("default pipeline %s is not served: %s", raw["kind"], error)
-    return pipelines
-
-
-def warm_up(pipelines: list[Pipeline]) -> dict[str, str | None]:
-    """Load every pipeline's models by running one synthetic payload through both halves.
-
-    Returns ``kind/variant`` -> None on success or the error message; a VqbenchError is logged
-    and kept, any other exception propagates because it is a bug.
-    """
-    from PIL import Image
-
-    gray_chip = np.full((150, 150, 3), 128, dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((250, 250, 3), 128, dtype=np.uint8)).save(buffer, format="JPEG")
-    gray_image = buffer.getvalue()
-    errors: dict[str, str | None] = {}
-    for pipeline in pipelines:
-        label = f"{pipeline.kind}/{pipeline.variant}"
-        try:
-            payload = pipeline.edge_from_chip(gray_chip) if pipeline.edge_aligns else pipeline.edge(gray_image).payload
-            pipeline.cloud([payload])
-            errors[label] = None
-        except VqbenchError as error:
-            logger.warning("warm-up of %s failed: %s", label, error)
-            errors[label] = str(error)
-    return errors
+# Running uvicorn.
 
 
 def is_loopback_host(host: str) -> bool:

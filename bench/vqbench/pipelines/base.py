@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EdgeOutput:
-    """What the edge sends, and whether its detector found a face (None: no detector ran)."""
+    """Payload sent by the edge, and whether its detector found a face (None: no detector ran)."""
 
     payload: bytes
     detected: bool | None = None
@@ -105,3 +105,7 @@ class Pipeline(abc.ABC):
     def info(self) -> VariantInfo:
         """Return the variant's identity and extra result columns."""
         return VariantInfo(self.kind, self.variant)
+
+    def reconstruct(self, payload: bytes) -> np.ndarray | None:
+        """Return the chip the cloud rebuilds from a payload, or None if it rebuilds none."""
+        return None

@@ -1,8 +1,8 @@
 """Cloud-only pipelines: ``cloud-raw`` and ``cloud-codec``.
 
 ``cloud-raw`` sends the camera's image file unchanged; the cloud detects, aligns and embeds.
-``cloud-codec`` aligns on the edge, optionally downscales the chip, encodes it with an image
-codec; the cloud decodes, upscales back to the teacher's 150x150 input and embeds.
+``cloud-codec`` aligns on the edge, optionally downscales the chip and encodes it with an image
+codec. The cloud decodes it, upscales it back to the teacher's 150x150 input and embeds it.
 """
 
 from __future__ import annotations
@@ -81,6 +81,9 @@ class CloudCodecPipeline(Pipeline):
 
     def info(self) -> VariantInfo:
         return VariantInfo(self.kind, self.variant, {"codec": self.codec, "quality": self.quality})
+
+    def reconstruct(self, payload: bytes) -> np.ndarray:
+        return decode_chip(payload, CHIP_SIZE_PX)
 
 
 def _teacher_footprint(teacher: Teacher, model_bytes: int) -> HalfFootprint:
