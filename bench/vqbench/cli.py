@@ -277,6 +277,18 @@ def check(
     raise typer.Exit(code=report.exit_code)
 
 
+@app.command()
+@_user_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="Training config YAML (see models/*/train.yaml).")],
+) -> None:
+    """Train a VQ-VAE and its student, or the edge embedder, and write the model folder."""
+    from vqbench.training import train_command
+
+    folder = train_command(config)
+    console.print(f"Model written to [bold]{folder}[/]", highlight=False)
+
+
 models_app = typer.Typer(help="Check committed models and the teacher port.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 

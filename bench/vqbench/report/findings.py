@@ -231,9 +231,17 @@ def _method_warnings(rows: Sequence[ResultRow]) -> list[str]:
             if getattr(row, value_field) is not None and is_unmeasured(method):
                 grouped[(stage, method)].append(row_label(row, rows))
     return [
-        f"{stage.capitalize()} energy is {method.split('-')[0]}, not measured ({method}), for: {', '.join(labels)}."
+        f"{stage.capitalize()} energy is {method.split('-')[0]}, not measured ({method}), for "
+        f"{_label_list(labels, len(rows))}."
         for (stage, method), labels in grouped.items()
     ]
+
+
+def _label_list(labels: list[str], n_rows: int) -> str:
+    """Name the affected rows, or say "every row" when all of them are affected."""
+    if len(labels) == n_rows and n_rows > 1:
+        return f"every row ({n_rows})"
+    return ", ".join(labels)
 
 
 def _missing_figure_warnings(rows: Sequence[ResultRow]) -> list[str]:
@@ -241,7 +249,7 @@ def _missing_figure_warnings(rows: Sequence[ResultRow]) -> list[str]:
     for field_name, noun in _KEY_FIGURES.items():
         labels = [row_label(r, rows) for r in rows if getattr(r, field_name) is None]
         if labels:
-            warnings.append(f"No {noun} figure for: {', '.join(labels)}.")
+            warnings.append(f"No {noun} figure for {_label_list(labels, len(rows))}.")
     return warnings
 
 
