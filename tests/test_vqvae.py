@@ -142,3 +142,21 @@ def test_default_encoder_and_student_fit_mac_budgets(teacher: torch.nn.Module) -
     assert teacher_macs == pytest.approx(270.85e6, rel=0.01)
     assert edge_macs <= teacher_macs / 20
     assert student_macs <= teacher_macs / 10
+
+
+MODEL_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "models").glob("*/train.yaml"))
+
+
+@pytest.mark.parametrize("config_path", MODEL_CONFIGS, ids=[path.parent.name for path in MODEL_CONFIGS])
+def test_committed_configs_fit_mac_budgets(config_path: Path, teacher: torch.nn.Module) -> None:
+    from vqbench.training.config import load_train_config
+    from vqbench.training.loop import build_models
+
+    config = load_train_config(config_path)
+    if config.kind != "vq":
+        pytest.skip("the edge-embed baseline has no VQ budget")
+    models = build_models(config, teacher)
+    teacher_macs = count_macs(teacher, (1, 3, 150, 150))
+    grid = config.vq.grid
+    assert count_macs(EdgeEncoder(models.vqvae).eval(), (1, 3, 150, 150)) <= teacher_macs / 20
+    assert count_macs(models.student.eval(), (1, grid, grid), dtype=torch.long) <= teacher_macs / 10

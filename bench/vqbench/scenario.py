@@ -49,7 +49,14 @@ class DatasetConfig(_Strict):
 class AlignmentConfig(_Strict):
     """dlib detection and 5-point alignment to the teacher's 150x150 chip."""
 
-    upsample: int = Field(0, ge=0, le=2, description="dlib detector upsampling steps.")
+    upsample: int = Field(
+        1, ge=0, le=2, description="dlib detector upsampling steps; 1 finds faces down to about 40 px."
+    )
+    face_choice: Literal["center", "score"] = Field(
+        "center",
+        description="Face to align when several are found: the one nearest the image centre (images "
+        "framed on their subject, as in LFW) or the detector's most confident one.",
+    )
     chip_size_px: int = Field(150, ge=32, le=512)
     padding: float = Field(0.25, ge=0.0, le=1.0, description="dlib get_face_chip padding.")
 

@@ -64,13 +64,16 @@ def fallback_box(width: int, height: int) -> tuple[int, int, int, int]:
 class DlibAligner:
     """Detect, place 5 landmarks and cut the aligned chip."""
 
-    def __init__(self, chip_size_px: int = 150, padding: float = 0.25, upsample: int = 0) -> None:
+    def __init__(
+        self, chip_size_px: int = 150, padding: float = 0.25, upsample: int = 1, face_choice: str = "score"
+    ) -> None:
         import dlib
 
         self._dlib = dlib
         self.chip_size_px = chip_size_px
         self.padding = padding
         self.upsample = upsample
+        self.face_choice = face_choice
         self.predictor_path: Path = dlib_model_path(SHAPE_PREDICTOR_5)
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(self.predictor_path))
@@ -83,6 +86,7 @@ class DlibAligner:
             str(self.chip_size_px),
             repr(self.padding),
             str(self.upsample),
+            self.face_choice,
             self._dlib.__version__,
         ]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
@@ -97,7 +101,7 @@ class DlibAligner:
         dlib = self._dlib
         detections, scores, _ = self._detector.run(image_rgb, self.upsample)
         if len(detections):
-            box = detections[int(np.argmax(scores))]
+            box = detections[self._choose(detections, scores, image_rgb.shape)]
             detected = True
         else:
             height, width = image_rgb.shape[:2]
@@ -106,6 +110,14 @@ class DlibAligner:
         shape = self._predictor(image_rgb, box)
         chip = dlib.get_face_chip(image_rgb, shape, size=self.chip_size_px, padding=self.padding)
         return AlignedChip(chip=np.asarray(chip, dtype=np.uint8), detected=detected)
+
+    def _choose(self, detections: object, scores: list[float], shape: tuple[int, ...]) -> int:
+        """Index of the detection to align: nearest the image centre, or the highest score."""
+        if self.face_choice == "score":
+            return int(np.argmax(scores))
+        centre_y, centre_x = shape[0] / 2, shape[1] / 2
+        distances = [(box.center().x - centre_x) ** 2 + (box.center().y - centre_y) ** 2 for box in detections]
+        return int(np.argmin(distances))
 
     def align_bytes(self, data: bytes, source: str = "<bytes>") -> AlignedChip:
         """Decode image file bytes and align the face in them."""

@@ -62,7 +62,12 @@ class Components:
         from vqbench.data.align import DlibAligner
 
         config = self.alignment_config
-        return DlibAligner(chip_size_px=config.chip_size_px, padding=config.padding, upsample=config.upsample)
+        return DlibAligner(
+            chip_size_px=config.chip_size_px,
+            padding=config.padding,
+            upsample=config.upsample,
+            face_choice=config.face_choice,
+        )
 
     @cached_property
     def teacher(self) -> "Teacher":

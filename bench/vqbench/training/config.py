@@ -2,9 +2,9 @@
 
 One file describes one operating point: which people the model may see, the VQ-VAE and student
 architecture, and the two training stages. Stage ``joint`` trains encoder, codebook, decoder
-and student together; stage ``identity`` then freezes the encoder and codebook (so the codes and
-the student stay valid) and fine-tunes the decoder so that the teacher's embedding of the
-reconstruction stays close to its embedding of the original.
+and student together. Stage ``identity`` then freezes the encoder and codebook, so that the
+codes and the student stay valid, and fine-tunes the decoder. Its loss keeps the teacher's
+embedding of the reconstruction close to the teacher's embedding of the original.
 """
 
 from __future__ import annotations
@@ -77,6 +77,11 @@ class LossConfig(_Strict):
     student_feature: float = Field(1.0, ge=0.0, description="MSE to the teacher's 4x4x256 map before its last block.")
     student_relational: float = Field(1.0, ge=0.0, description="MSE between the batch's cosine-similarity matrices.")
     identity: float = Field(1.0, ge=0.0, description="1 - cos(teacher(recon), teacher(original)) in stage identity.")
+    center_embeddings: bool = Field(
+        True,
+        description="Subtract the mean teacher embedding and feature map of the training set before the "
+        "cosine, relational, identity and feature terms.",
+    )
 
 
 class StagesConfig(_Strict):

@@ -3,9 +3,9 @@
 The training set is every image of the people in the chosen View 2 folds plus every image of
 people who appear in no View 2 pair. View 2 folds share no people, so the people of the other
 folds are never read. ``prepare_training_set`` aligns each image once with ``DlibAligner``
-(upsample 0, 150x150, padding 0.25) and labels the chip and its horizontal flip with the
-PyTorch teacher: the 128-d embedding and the 4x4x256 feature map that enters the teacher's last
-residual block (the student's feature target). The result is cached as one ``.npz`` file keyed
+(upsample 0, 150x150, padding 0.25). The PyTorch teacher then labels the chip and its
+horizontal flip with two targets: the 128-d embedding, and the 4x4x256 feature map that enters
+the teacher's last residual block (the student's feature target). The result is cached as one ``.npz`` file keyed
 by the image list, the aligner and the teacher.
 """
 
@@ -56,7 +56,7 @@ def select_training_people(root: Path, train_folds: list[int], include_unpaired:
     folds = sorted({pair.fold for pair in pairs})
     unknown = sorted(set(train_folds) - set(folds))
     if unknown:
-        raise DataError(f"train_folds {unknown} are not in {root / 'pairs.txt'}, which holds folds {folds}")
+        raise DataError(f"train_folds {unknown} are not in {root / 'pairs.txt'}, which contains folds {folds}; choose from those")
 
     chosen = people_in_folds(pair for pair in pairs if pair.fold in set(train_folds))
     excluded = people_in_folds(pair for pair in pairs if pair.fold not in set(train_folds))

@@ -2,11 +2,12 @@
 
 ``evaluate_model`` aligns every image of the selected folds once (cached as one ``.npz``),
 runs the exported ONNX graphs exactly as the pipelines do, and scores the pairs with the
-standard cross-fold protocol of ``vqbench.metrics.verification``. It reports the student, the
-reconstruction + teacher path (the PyTorch teacher port, batched), the fp32 and int8 edge
-encoders, the teacher on the unmodified chips as the reference, payload bytes and the edge
-half's latency per face (alignment + encoder + packing, one thread). It rejects folds that hold
-any of the model's training people. The figures are written into the card's ``metrics``.
+standard cross-fold protocol of ``vqbench.metrics.verification``. For the fp32 and the int8
+edge encoder it reports the student, the reconstruction + teacher path (the PyTorch teacher
+port, batched), payload bytes and the edge half's latency per face. That latency covers
+alignment, encoder and packing on one thread. The teacher on the unmodified chips is the
+reference. Folds that contain any of the model's training people are rejected. The figures
+are written into the card's ``metrics``.
 """
 
 from __future__ import annotations
@@ -125,6 +126,10 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int], cache_dir
 
     metrics: dict = {"folds": folds, "pairs": len(pairs), "images": len(paths), "detection_fallbacks": int((~detected).sum())}
     metrics["teacher_on_chips"] = _score(pairs, index, _teacher_embed(chips))
+    if card.kind == "edge-embed":
+        metrics.update(_embedder_metrics(card, pairs, index, inputs, paths))
+        _record_metrics(model_dir, metrics)
+        return metrics
     student = _session(card.file("student"))
     decoder = _session(card.file("decoder"))
     for role in ("edge_encoder", "edge_encoder_int8"):
@@ -143,6 +148,33 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int], cache_dir
         }
         logger.info("%s %s: %s", card.model_id, role, metrics[role])
     _record_metrics(model_dir, metrics)
+    return metrics
+
+
+def _embedder_metrics(card: VQModelCard, pairs: list[Pair], index: dict[Path, int], inputs: np.ndarray, paths: list[Path]) -> dict:
+    """Score the edge-embed model's fp32 and int8 graphs, each sent as fp16 and as int8."""
+    from vqbench.data.align import DlibAligner
+    from vqbench.pipelines.edge_vq import decode_embedding, encode_embedding
+
+    metrics: dict = {}
+    aligner = DlibAligner(chip_size_px=150, padding=0.25, upsample=0)
+    for role in ("embedder", "embedder_int8"):
+        if role not in card.data["onnx"]:
+            continue
+        session = _session(card.file(role))
+        embeddings = _run_batched(session, "chips", inputs)
+        times_ms = []
+        for path in paths[:LATENCY_SAMPLES]:
+            data = path.read_bytes()
+            start = time.perf_counter_ns()
+            chip = aligner.align_bytes(data).chip
+            encode_embedding(session.run(None, {"chips": chips_to_input(chip[None])})[0][0], "fp16")  # type: ignore[attr-defined]
+            times_ms.append((time.perf_counter_ns() - start) / 1e6)
+        metrics[role] = {"edge_latency_ms_p50": round(float(np.median(times_ms)), 2)}
+        for dtype in ("fp16", "int8"):
+            sent = np.stack([decode_embedding(encode_embedding(row, dtype), dtype) for row in embeddings])
+            metrics[role][dtype] = {"payload_bytes": len(encode_embedding(embeddings[0], dtype)), **_score(pairs, index, sent)}
+        logger.info("%s %s: %s", card.model_id, role, metrics[role])
     return metrics
 
 

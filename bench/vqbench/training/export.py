@@ -192,6 +192,8 @@ def write_card(folder: Path, card: dict) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(card, stream, indent=2)
             stream.write("\n")
+        # mkstemp creates the file readable by its owner only; a card is meant to be shared.
+        os.chmod(temporary, 0o644)
         os.replace(temporary, folder / CARD_FILE)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

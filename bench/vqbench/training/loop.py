@@ -15,7 +15,7 @@ reconstruction + (1 - cos(teacher(reconstruction), teacher embedding of the orig
 the gradient passing through the frozen PyTorch teacher.
 
 A checkpoint (models, optimiser, schedule, stage, epoch, step and RNG state) is written every
-``checkpoint_every_steps`` steps and at the end of every epoch; a new run with the same config
+``checkpoint_every_steps`` steps and at the end of every epoch. A new run with the same config
 continues from it. The batch order of each epoch depends only on (seed, stage, epoch), so a
 resumed epoch skips exactly the batches already done.
 """
@@ -84,7 +84,7 @@ def build_models(config: TrainConfig, teacher: DlibResNet) -> Models:
 
 @dataclass
 class Progress:
-    """Where training stands: the stage, epoch and step within the epoch."""
+    """Training position: the stage, the epoch and the step within the epoch."""
 
     stage: str = "joint"
     epoch: int = 0
@@ -103,10 +103,30 @@ class Trainer:
         self.checkpoint_path = checkpoint_path
         self.progress = Progress()
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.embedding_mean, self.feature_mean = self._target_means()
         self.optimizer = self._make_optimizer("joint")
         self.scheduler = self._make_scheduler("joint")
 
     # ----- setup -------------------------------------------------------------------------
+
+    def _target_means(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean teacher embedding (128,) and feature map (256,4,4) over all views, or zeros."""
+        if not self.config.loss.center_embeddings:
+            return torch.zeros(self.data.embeddings.shape[-1]), None
+        embedding_mean = torch.from_numpy(self.data.embeddings.mean(axis=(0, 1)).astype(np.float32))
+        feature_mean = torch.from_numpy(self.data.features.astype(np.float32).mean(axis=(0, 1)))
+        return embedding_mean, feature_mean
+
+    def _distillation_losses(self, trunk: torch.Tensor, embeddings: torch.Tensor, target_embeddings: torch.Tensor, target_features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cosine, feature and relational terms of a student output against the teacher's."""
+        weights = self.config.loss
+        centered = embeddings - self.embedding_mean
+        target_centered = target_embeddings - self.embedding_mean
+        return {
+            "cos": weights.student_cosine * cosine_loss(centered, target_centered),
+            "feat": weights.student_feature * feature_loss(trunk, target_features, self.feature_mean),
+            "rel": weights.student_relational * relational_loss(centered, target_centered),
+        }
 
     def _trainable(self, stage: str) -> list[torch.nn.Parameter]:
         if stage == "identity":
@@ -284,9 +304,7 @@ class Trainer:
         losses = {
             "recon": weights.reconstruction * reconstruction_loss(reconstruction, inputs[:decoded]),
             "commit": self.config.vq.commitment_weight * quantized.commitment_loss,
-            "cos": weights.student_cosine * cosine_loss(embeddings, target_embeddings),
-            "feat": weights.student_feature * feature_loss(trunk, target_features),
-            "rel": weights.student_relational * relational_loss(embeddings, target_embeddings),
+            **self._distillation_losses(trunk, embeddings, target_embeddings, target_features),
         }
         if (self.scheduler.last_epoch + 1) % RESTART_EVERY_STEPS == 0:
             restarted = vqvae.quantizer.restart_dead_codes(z, self.config.vq.dead_code_threshold, self.generator)
@@ -300,7 +318,7 @@ class Trainer:
         with torch.no_grad():
             quantized = vqvae.quantizer(vqvae.encoder(originals))
         reconstruction = vqvae.decoder(quantized.quantized)
-        identity = cosine_loss(self.models.teacher(reconstruction), target_embeddings)
+        identity = cosine_loss(self.models.teacher(reconstruction) - self.embedding_mean, target_embeddings - self.embedding_mean)
         losses = {
             "recon": weights.reconstruction * reconstruction_loss(reconstruction, originals),
             "identity": weights.identity * identity,
@@ -379,15 +397,9 @@ class EmbedTrainer(Trainer):
         self.models.embedder.head.tail.train(False)
 
     def _joint_losses(self, inputs: torch.Tensor, target_embeddings: torch.Tensor, target_features: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        weights = self.config.loss
         trunk = self.models.embedder.trunk_features(inputs)
         embeddings = self.models.embedder.head.tail(trunk)
-        losses = {
-            "cos": weights.student_cosine * cosine_loss(embeddings, target_embeddings),
-            "feat": weights.student_feature * feature_loss(trunk, target_features),
-            "rel": weights.student_relational * relational_loss(embeddings, target_embeddings),
-        }
-        return losses, torch.zeros(1, dtype=torch.long)
+        return self._distillation_losses(trunk, embeddings, target_embeddings, target_features), torch.zeros(1, dtype=torch.long)
 
     def _finish(self) -> None:
         pass
