@@ -92,7 +92,8 @@ def test_decode_rejects_out_of_range_index() -> None:
 
 
 def test_decode_rejects_nonzero_padding() -> None:
-    fmt = PayloadFormat("vq-test", (3, 5), 8)  # 15 indices x 3 bits = 45 bits: 3 padding bits
+    # 15 indices of 3 bits fill 45 bits, so the last byte carries 3 padding bits.
+    fmt = PayloadFormat("vq-test", (3, 5), 8)
     good = fmt.encode(np.zeros((3, 5), dtype=np.int64), entropy_coding=False)
     with pytest.raises(PayloadError, match="padding bits"):
         fmt.decode(good[:-1] + bytes([good[-1] | 0x01]))

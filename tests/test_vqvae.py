@@ -35,8 +35,10 @@ def test_vqvae_shapes() -> None:
     assert quantized.indices.shape == (2, 14, 14)
     assert quantized.quantized.shape == (2, 8, 14, 14)
     assert quantized.indices.dtype == torch.int64
-    assert 0 <= int(quantized.indices.min()) and int(quantized.indices.max()) < 32
-    assert float(reconstruction.min()) >= 0.0 and float(reconstruction.max()) <= 255.0
+    assert int(quantized.indices.min()) >= 0
+    assert int(quantized.indices.max()) < 32
+    assert float(reconstruction.min()) >= 0.0
+    assert float(reconstruction.max()) <= 255.0
 
 
 def test_shape_rejects_mismatched_grid() -> None:
@@ -48,12 +50,12 @@ def test_ema_update_moves_codes_to_assigned_mean() -> None:
     quantizer = EMAQuantizer(codebook_size=2, code_dim=2, decay=0.5, epsilon=0.0)
     quantizer.codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0]]))
     quantizer.embed_sum.copy_(quantizer.codebook)
-    # Four vectors near code 0, all at (1, 1); none near code 1.
+    # Four vectors at (1, 1), all nearest to code 0, and none near code 1.
     z = torch.ones(1, 2, 2, 2)
     quantizer.train()
     output = quantizer(z)
     assert output.indices.flatten().tolist() == [0, 0, 0, 0]
-    # cluster_size: 0.5 * 1 + 0.5 * 4 = 2.5; embed_sum: 0.5 * 0 + 0.5 * 4 = 2 per axis.
+    # cluster_size = 0.5 * 1 + 0.5 * 4 = 2.5 and embed_sum = 0.5 * 0 + 0.5 * 4 = 2 per axis, so the code moves to 2 / 2.5.
     assert quantizer.cluster_size.tolist() == pytest.approx([2.5, 0.5])
     assert quantizer.codebook[0].tolist() == pytest.approx([0.8, 0.8], rel=1e-6)
     assert quantizer.codebook[1].tolist() == pytest.approx([10.0, 10.0], rel=1e-6)

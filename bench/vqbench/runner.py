@@ -421,11 +421,11 @@ def _write_reconstructions(pipeline: Pipeline, chips: np.ndarray, folder: Path) 
     """Save a few original chips beside what the cloud rebuilds from their payloads, as PNG."""
     from PIL import Image
 
-    for index, chip in enumerate(chips):
-        rebuilt = pipeline.reconstruct(pipeline.edge_from_chip(chip))
-        if rebuilt is None:
-            return
-        for kind, image in (("original", chip), ("reconstruction", rebuilt)):
+    rebuilt = pipeline.reconstruct([pipeline.edge_from_chip(chip) for chip in chips])
+    if rebuilt is None:
+        return
+    for index, (chip, reconstruction) in enumerate(zip(chips, rebuilt)):
+        for kind, image in (("original", chip), ("reconstruction", reconstruction)):
             path = folder / f"{pipeline.variant}-{index}-{kind}.png"
             write_atomic(path, lambda stream, image=image: Image.fromarray(image).save(stream, format="PNG"))
 

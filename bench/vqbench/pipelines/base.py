@@ -111,6 +111,6 @@ class Pipeline(abc.ABC):
         """Return the variant's identity and extra result columns."""
         return VariantInfo(self.kind, self.variant)
 
-    def reconstruct(self, payload: bytes) -> np.ndarray | None:
-        """Return the chip the cloud rebuilds from a payload, or None if it rebuilds none."""
+    def reconstruct(self, payloads: list[bytes]) -> np.ndarray | None:
+        """Return the uint8 chips (N, H, W, 3) the cloud rebuilds from payloads, or None if it rebuilds none."""
         return None

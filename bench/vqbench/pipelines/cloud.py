@@ -68,8 +68,7 @@ class CloudCodecPipeline(Pipeline):
         return encode_chip(chip, self.codec, self.quality, self.size_px)
 
     def cloud(self, payloads: list[bytes]) -> np.ndarray:
-        chips = np.stack([decode_chip(payload, CHIP_SIZE_PX) for payload in payloads])
-        return self.components.teacher.embed(chips)
+        return self.components.teacher.embed(self.reconstruct(payloads))
 
     @property
     def cloud_fingerprint(self) -> str:
@@ -82,8 +81,8 @@ class CloudCodecPipeline(Pipeline):
     def info(self) -> VariantInfo:
         return VariantInfo(self.kind, self.variant, {"codec": self.codec, "quality": self.quality})
 
-    def reconstruct(self, payload: bytes) -> np.ndarray:
-        return decode_chip(payload, CHIP_SIZE_PX)
+    def reconstruct(self, payloads: list[bytes]) -> np.ndarray:
+        return np.stack([decode_chip(payload, CHIP_SIZE_PX) for payload in payloads])
 
 
 def _teacher_footprint(teacher: Teacher, model_bytes: int) -> HalfFootprint:

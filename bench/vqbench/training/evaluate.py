@@ -122,7 +122,6 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int], cache_dir
     index = {path: i for i, path in enumerate(paths)}
     chips, detected = _aligned_chips(paths, cache_dir)
     inputs = chips_to_input(chips)
-    fmt = PayloadFormat(card.model_id, card.grid, card.codebook_size)
 
     metrics: dict = {"folds": folds, "pairs": len(pairs), "images": len(paths), "detection_fallbacks": int((~detected).sum())}
     metrics["teacher_on_chips"] = _score(pairs, index, _teacher_embed(chips))
@@ -130,6 +129,8 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int], cache_dir
         metrics.update(_embedder_metrics(card, pairs, index, inputs, paths))
         _record_metrics(model_dir, metrics)
         return metrics
+
+    fmt = PayloadFormat(card.model_id, card.grid, card.codebook_size)
     student = _session(card.file("student"))
     decoder = _session(card.file("decoder"))
     for role in ("edge_encoder", "edge_encoder_int8"):
