@@ -20,7 +20,7 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 
 from vqbench import __version__
-from vqbench.console import console
+from vqbench.console import console, output
 from vqbench.errors import VqbenchError
 
 app = typer.Typer(
@@ -101,7 +101,7 @@ def run(
     _print_summary(outcome.out_dir)
     for failure in outcome.failures:
         console.print(f"[red]failed:[/] {failure}", highlight=False)
-    console.print(f"Results written to [bold]{outcome.out_dir}[/] in {outcome.duration_s:.0f} s", highlight=False)
+    output.print(f"Results written to [bold]{outcome.out_dir}[/] in {outcome.duration_s:.0f} s", highlight=False)
     if outcome.failures:
         raise typer.Exit(code=1)
 
@@ -134,7 +134,7 @@ def _print_summary(run_dir: Path) -> None:
             value = row[name]
             cells.append("-" if pd.isna(value) else fmt.format(value))
         table.add_row(*cells)
-    console.print(table)
+    output.print(table)
 
 
 @app.command()
@@ -158,14 +158,14 @@ def env(
         table.add_row(key, str(environment[key]))
     for package, version in environment["packages"].items():
         table.add_row(package, str(version))
-    console.print(table)
+    output.print(table)
     meter_table = Table(title="energy meters")
     meter_table.add_column("meter")
     meter_table.add_column("available")
     meter_table.add_column("reason")
     for name, status in meters.items():
         meter_table.add_row(name, "yes" if status["available"] else "no", str(status["reason"]))
-    console.print(meter_table)
+    output.print(meter_table)
 
 
 @data_app.command("fetch")
@@ -186,7 +186,7 @@ def data_fetch(
     from vqbench.data.fetch import fetch_lfw
 
     root = fetch_lfw(dest or default_data_dir(), url=url)
-    console.print(f"LFW ready at [bold]{root}[/]", highlight=False)
+    output.print(f"LFW ready at [bold]{root}[/]", highlight=False)
 
 
 @app.command()
@@ -198,7 +198,7 @@ def report(
     from vqbench.report import render_reports
 
     html_path, pdf_path = render_reports(run_dir)
-    console.print(f"Wrote {html_path} and {pdf_path}", highlight=False)
+    output.print(f"Wrote {html_path} and {pdf_path}", highlight=False)
 
 
 @app.command("schema")
@@ -212,7 +212,7 @@ def schema(
     from vqbench.scenario import write_json_schema
 
     write_json_schema(out)
-    console.print(f"Wrote {out}", highlight=False)
+    output.print(f"Wrote {out}", highlight=False)
 
 
 @app.command()
@@ -227,7 +227,7 @@ def compare(
     from vqbench.compare import compare_runs, render_comparison_markdown, render_comparison_table
 
     comparison = compare_runs(run_a, run_b)
-    console.print(render_comparison_table(comparison, changed_only=not show_all, title=f"{run_a.name} vs {run_b.name}"))
+    output.print(render_comparison_table(comparison, changed_only=not show_all, title=f"{run_a.name} vs {run_b.name}"))
     if markdown:
         from vqbench.io import write_text_atomic
 
@@ -264,12 +264,12 @@ def check(
 
     if write_baseline_file is not None:
         path = write_baseline(results_dir, write_baseline_file)
-        console.print(f"Baseline written to {path}", highlight=False)
+        output.print(f"Baseline written to {path}", highlight=False)
         return
     if baseline is None:
         raise ScenarioError("pass --baseline FILE to check a run, or --write-baseline FILE to record one")
     report = run_check(results_dir, baseline, policy)
-    console.print(render_check_table(report))
+    output.print(render_check_table(report))
     for path, render in ((junit, render_check_junit), (markdown, render_check_markdown),
                          (benchmark_json, render_check_benchmark_json)):
         if path is not None:
@@ -286,7 +286,7 @@ def train(
     from vqbench.training import train_command
 
     folder = train_command(config)
-    console.print(f"Model written to [bold]{folder}[/]", highlight=False)
+    output.print(f"Model written to [bold]{folder}[/]", highlight=False)
 
 
 models_app = typer.Typer(help="Check committed models and the teacher port.", no_args_is_help=True)
@@ -309,13 +309,13 @@ def models_verify(
     from vqbench.scenario import default_data_dir
 
     checked = verify_model_cards(MODELS_DIR)
-    console.print(f"{checked} committed model file(s) match the SHA-256 in their cards", highlight=False)
+    output.print(f"{checked} committed model file(s) match the SHA-256 in their cards", highlight=False)
 
     root = lfw_root or default_data_dir() / "lfw"
     if not (root / "lfw-deepfunneled").is_dir():
         root = Path(__file__).resolve().parents[2] / "data" / "lfw-sample"
     fidelity = compare_port_with_dlib(images, root, runtime=runtime)
-    console.print(
+    output.print(
         f"{runtime} port vs dlib on {fidelity.n_images} chips from {root}: "
         f"min cosine {fidelity.min_cosine:.10f}, mean cosine {fidelity.mean_cosine:.10f}, "
         f"max abs difference {fidelity.max_abs_difference:.3g}",
@@ -364,7 +364,7 @@ def loadtest(
 
     report = loadtest_command(url, clients, duration_s, scenario, token_file, images)
     for line in report.summary_lines():
-        console.print(line, highlight=False)
+        output.print(line, highlight=False)
     if json_out:
         from vqbench.io import write_json_atomic
 

@@ -9,7 +9,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 # A pipe or CI log is not a terminal: rich would assume 80 columns and cut every table cell.
+#: Progress bars, logs and errors.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+#: Results: tables and paths a user may redirect to a file.
+output = Console(width=None if sys.stdout.isatty() else 140)
 
 
 class RichProgress:

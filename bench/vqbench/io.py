@@ -23,11 +23,19 @@ def write_atomic(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
             writer(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        # mkstemp creates files readable by the owner only; give results the usual permissions.
+        os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

@@ -281,18 +281,33 @@ def load_scenario(path: Path) -> Scenario:
     try:
         return Scenario.model_validate(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        problems = [_describe_problem(problem) for problem in error.errors()[:MAX_REPORTED_PROBLEMS]]
+        more = error.error_count() - len(problems)
+        suffix = f"; and {more} more" if more > 0 else ""
         raise ScenarioError(
-            f"scenario {path}: invalid value at '{location}': {first['msg']} "
-            f"({error.error_count()} error(s); see scenarios/scenario.schema.json)"
+            f"scenario {path} is invalid: {'; '.join(problems)}{suffix} (the schema is scenarios/scenario.schema.json "
+            "in the vqbench repository, or run `vqbench schema --out FILE`)"
         ) from error
+
+
+#: Validation problems listed in one error message.
+MAX_REPORTED_PROBLEMS = 5
+
+
+def _describe_problem(problem: dict) -> str:
+    """Render one pydantic problem as "'key.path': message (got value)"."""
+    location = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+    text = f"'{location}': {problem['msg']}"
+    if problem["type"] != "missing" and "input" in problem and not isinstance(problem["input"], dict):
+        text += f" (got {problem['input']!r})"
+    return text
 
 
 def write_json_schema(path: Path) -> None:
     """Write the scenario JSON Schema (used by editors and by scenarios/scenario.schema.json)."""
     import json
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     schema = Scenario.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "vqbench scenario"

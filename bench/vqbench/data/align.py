@@ -49,7 +49,9 @@ def decode_image(data: bytes, source: str = "<bytes>") -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
+    except UnidentifiedImageError as error:
+        raise CorruptImageError(f"cannot decode image {source}: not a known image format; replace or remove the file") from error
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
         raise CorruptImageError(f"cannot decode image {source}: {error}; replace or remove the file") from error
 
 

@@ -56,10 +56,15 @@ def resolve_dataset_root(config: DatasetConfig, scenario_dir: Path) -> Path:
 
 def missing_data_message(root: Path) -> str:
     """Explain where LFW was looked for and how to get it."""
+    # `vqbench data fetch lfw --dest D` writes D/lfw, so it fills ``root`` only when root is named lfw.
+    fetch_hint = (
+        f"run `vqbench data fetch lfw --dest {root.parent}`"
+        if root.name == "lfw"
+        else f"run `vqbench data fetch lfw --dest DIR` and set dataset.root to DIR/lfw"
+    )
     return (
         f"LFW not found at {root} (checked dataset.root, else ${{{DATA_DIR_ENV}}}/lfw, else ~/.cache/vqbench/data/lfw); "
-        f"run `vqbench data fetch lfw --dest {root.parent}`, set {DATA_DIR_ENV} to the folder that holds lfw/, "
-        "or set dataset.download: true"
+        f"{fetch_hint}, set {DATA_DIR_ENV} to the folder that holds lfw/, or set dataset.download: true"
     )
 
 

@@ -223,9 +223,13 @@ def download_file(
         try:
             complete = _download_round(client, url, part, offset_bytes, bar)
         except httpx.HTTPError as error:
+            kept = (
+                f" The partial file {part} is kept and the next run resumes it."
+                if part.is_file() and part.stat().st_size > 0
+                else ""
+            )
             raise DataError(
-                f"download of {url} failed: {error}; check the network or pass --url with a "
-                f"mirror. The partial file {part} is kept and the next run resumes it"
+                f"download of {url} failed: {error}; check the network or pass --url with a mirror.{kept}"
             ) from error
         except OSError as error:
             raise DataError(

@@ -183,11 +183,24 @@ def _best_sentences(rows: Sequence[ResultRow]) -> list[str]:
     with_co2e = [r for r in rows if r.co2e_g_per_inference is not None]
     if with_co2e:
         lowest = min(with_co2e, key=lambda r: r.co2e_g_per_inference)
-        sentences.append(
-            f"Lowest CO2e: {row_label(lowest, rows)} at {lowest.co2e_g_per_inference * 1e6:.3g} g "
-            "per million inferences."
-        )
+        sentences.append(_co2e_sentence(lowest, rows))
     return sentences
+
+
+def _co2e_sentence(row: ResultRow, rows: Sequence[ResultRow]) -> str:
+    """Name the lowest operational CO2e and, when the row has one, its embodied share too."""
+    operational = row.co2e_g_per_inference * 1e6
+    sentence = (
+        f"Lowest operational CO2e (energy times grid intensity): {row_label(row, rows)} at "
+        f"{format_number(operational)} g per million inferences"
+    )
+    if row.embodied_co2e_g_per_inference is None:
+        return sentence + "."
+    embodied = row.embodied_co2e_g_per_inference * 1e6
+    return (
+        f"{sentence}, plus {format_number(embodied)} g embodied in the edge device "
+        f"({format_number(operational + embodied)} g in all)."
+    )
 
 
 def key_findings(rows: Sequence[ResultRow]) -> list[str]:
@@ -268,17 +281,53 @@ def _data_warnings(rows: Sequence[ResultRow]) -> list[str]:
     return warnings
 
 
-def _grid_warnings(assumptions: dict[str, object]) -> list[str]:
+def _grid_warnings(assumptions: dict[str, object], run_warnings: Sequence[str]) -> list[str]:
+    """Warn about world-average grid intensities that the run's own warnings do not already name."""
     warnings = []
     for key, value in assumptions.items():
         if key.startswith("grid_intensity") and isinstance(value, dict) and value.get("is_world_average"):
             where = key.removeprefix("grid_intensity").strip("_") or "grid"
+            if any(where in text.lower() and "world average" in text.lower() for text in run_warnings):
+                continue
             warnings.append(
                 f"The {where} grid intensity is the world average "
                 f"({format_number(value.get('gco2e_per_kwh'))} gCO2e/kWh), "
                 "not a figure for a known location; CO2e figures inherit that uncertainty."
             )
     return warnings
+
+
+def _embodied_warnings(rows: Sequence[ResultRow]) -> list[str]:
+    with_embodied = [r for r in rows if r.embodied_co2e_g_per_inference is not None]
+    without = [r for r in rows if r.embodied_co2e_g_per_inference is None and r.co2e_g_per_inference is not None]
+    if not with_embodied or not without:
+        return []
+    devices = sorted({r.edge_device or "no device" for r in without})
+    return [
+        f"Embodied CO2e comes from modeled device profiles only; rows on {', '.join(devices)} carry no "
+        "embodied figure, so their CO2e is operational alone and not comparable with the modeled devices' total."
+    ]
+
+
+#: Below this many impostor pairs, TAR at FAR = 1e-3 rests on under one false accept per fold.
+MIN_IMPOSTOR_PAIRS = 1000
+
+
+def _impostor_warnings(run: RunData) -> list[str]:
+    scores = run.scores
+    if scores is None or scores.empty:
+        return []
+    first = scores[["pipeline", "variant"]].iloc[0]
+    one_variant = scores[(scores["pipeline"] == first["pipeline"]) & (scores["variant"] == first["variant"])]
+    impostors = int((~one_variant["same"].astype(bool)).sum())
+    if impostors >= MIN_IMPOSTOR_PAIRS:
+        return []
+    folds = max(int(one_variant["fold"].nunique()), 1)
+    return [
+        f"Only {impostors} impostor pairs ({impostors // folds} per fold over {folds} folds), so TAR at "
+        f"FAR = 1e-3 rests on fewer than one false accept per fold; read it as a rough figure and use "
+        f"at least {MIN_IMPOSTOR_PAIRS} impostor pairs for a firm one."
+    ]
 
 
 def collect_warnings(run: RunData) -> list[str]:
@@ -288,6 +337,8 @@ def collect_warnings(run: RunData) -> list[str]:
     warnings.extend(_method_warnings(rows))
     warnings.extend(_missing_figure_warnings(rows))
     warnings.extend(_data_warnings(rows))
-    warnings.extend(_grid_warnings(run.results.assumptions))
+    warnings.extend(_grid_warnings(run.results.assumptions, run.results.warnings))
+    warnings.extend(_embodied_warnings(rows))
+    warnings.extend(_impostor_warnings(run))
     warnings.extend(run.notes)
     return warnings

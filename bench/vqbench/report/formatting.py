@@ -11,14 +11,25 @@ def _is_missing(value: float | None) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+#: Integers below this print without thousands separators (4-digit numbers read fine as they are).
+_SEPARATOR_FROM = 10_000
+
+
+def format_integer(value: int | None) -> str:
+    """Print a year, a count of pairs or an id as plain digits, never with separators."""
+    if _is_missing(value):
+        return MISSING
+    return str(value)
+
+
 def format_number(value: float | None, digits: int = 3) -> str:
-    """Format with ``digits`` significant figures, integers with thousands separators."""
+    """Format a quantity with ``digits`` significant figures; integers of 5 digits or more get separators."""
     if _is_missing(value):
         return MISSING
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
-        return f"{value:,}"
+        return f"{value:,}" if abs(value) >= _SEPARATOR_FROM else str(value)
     if abs(value) >= 10**digits:
         # Round to ``digits`` significant figures but print every integer digit: 1,100 not 1.1e+03.
         magnitude = math.floor(math.log10(abs(value)))
@@ -54,11 +65,33 @@ def format_energy(joules: float | None) -> str:
     return f"{format_number(joules * 1e3)} mJ"
 
 
+def _decimals_for(value: float, digits: int) -> int:
+    """Decimals that give ``value`` ``digits`` significant figures in fixed notation."""
+    if value == 0:
+        return digits - 1
+    return max(0, digits - 1 - math.floor(math.log10(abs(value))))
+
+
 def format_with_interval(value: float | None, half_width: float | None, scale: float = 1.0) -> str:
-    """Format ``value ± half_width`` after multiplying both by ``scale``."""
+    """Format ``value ± half_width`` after multiplying both by ``scale``, in one notation.
+
+    The interval gets two significant figures and the value is rounded to the same last decimal,
+    so ``0.0261 ± 0.00032`` prints as ``0.02610 ± 0.00032`` and never mixes fixed and exponent forms.
+    """
     if _is_missing(value):
         return MISSING
-    text = format_number(value * scale)
-    if not _is_missing(half_width):
-        text += f" ± {format_number(half_width * scale, 2)}"
-    return text
+    scaled = value * scale
+    if _is_missing(half_width):
+        return format_number(scaled)
+    half = abs(half_width * scale)
+    if half == 0:
+        return f"{format_number(scaled)} ± 0"
+    decimals = min(_decimals_for(half, 2), 12)
+    if abs(scaled) < 1e-3 and half < 1e-3:
+        exponent = math.floor(math.log10(max(abs(scaled), half)))
+        factor = 10.0**exponent
+        inner = min(_decimals_for(half / factor, 2), 12)
+        return f"({scaled / factor:.{inner}f} ± {half / factor:.{inner}f})e{exponent:+03d}"
+    if decimals == 0:
+        return f"{scaled:,.0f} ± {half:,.0f}"
+    return f"{scaled:.{decimals}f} ± {half:.{decimals}f}"

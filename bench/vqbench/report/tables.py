@@ -13,6 +13,7 @@ from vqbench.report.findings import row_label, total_energy_methods, varying_dim
 from vqbench.report.formatting import (
     MISSING,
     format_bytes,
+    format_integer,
     format_number,
     format_percent,
     format_with_interval,
@@ -73,7 +74,7 @@ def _co2e_per_million(row: ResultRow) -> str:
 
 
 SUMMARY_COLUMNS: tuple[Column, ...] = (
-    Column("Accuracy (%)", _accuracy),
+    Column("Accuracy (%, 10-fold protocol)", _accuracy),
     Column("TAR @ FAR 1e-3 (%)", _number("tar_at_far_1e_3", 100)),
     Column("Payload mean", lambda r: format_bytes(r.payload_bytes_mean)),
     Column("Payload p95", lambda r: format_bytes(r.payload_bytes_p95)),
@@ -93,9 +94,9 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
 DETAIL_COLUMNS: tuple[Column, ...] = (
     Column("ROC AUC", _number("roc_auc")),
     Column("EER (%)", _number("eer", 100)),
-    Column("Pairs", lambda r: format_number(r.n_pairs)),
-    Column("Pairs skipped", lambda r: format_number(r.n_pairs_skipped)),
-    Column("Detection fallbacks", lambda r: format_number(r.detection_fallbacks)),
+    Column("Pairs", lambda r: format_integer(r.n_pairs)),
+    Column("Pairs skipped", lambda r: format_integer(r.n_pairs_skipped)),
+    Column("Detection fallbacks", lambda r: format_integer(r.detection_fallbacks)),
     Column("Edge p50 (ms)", _number("edge_latency_ms_p50")),
     Column("Transfer p50 (ms)", _number("transfer_latency_ms_p50")),
     Column("Cloud p50 (ms)", _number("cloud_latency_ms_p50")),
@@ -155,9 +156,35 @@ def labels(rows: Sequence[ResultRow]) -> list[str]:
 # Assumptions and environment: free-form dictionaries printed as tables
 
 
+#: Keys whose integer values are years, counts or ids, printed as plain digits.
+_PLAIN_INTEGER_KEYS = ("year", "_id", "index", "seed", "port", "pairs", "folds")
+#: Unit suffixes of assumption keys, turned into readable header units.
+_UNIT_SUFFIXES = (
+    ("_bit_per_s", "bit/s"), ("_gco2e_per_kwh", "gCO2e/kWh"), ("_kwh_per_gb", "kWh/GB"), ("_kgco2e", "kgCO2e"),
+    ("_macs_per_s", "MAC/s"), ("_bytes", "bytes"), ("_years", "years"), ("_ms", "ms"), ("_j", "J"),
+    ("_w", "W"), ("_s", "s"),
+)
+_HEADER_WORDS = {"rtt": "RTT", "lora": "LoRa", "macs": "MACs", "co2e": "CO2e", "gco2e": "gCO2e", "id": "id"}
+
+
+def readable_header(key: str) -> str:
+    """Turn ``uplink_bit_per_s`` into ``Uplink (bit/s)`` and ``transit_year`` into ``Transit year``."""
+    unit = ""
+    for suffix, printed in _UNIT_SUFFIXES:
+        if key.endswith(suffix) and len(key) > len(suffix):
+            key, unit = key[: -len(suffix)], printed
+            break
+    words = [_HEADER_WORDS.get(word, word) for word in key.split("_")]
+    text = " ".join(words)
+    text = text[:1].upper() + text[1:]
+    return f"{text} ({unit})" if unit else text
+
+
 def _cell_text(value: object, key: str = "") -> str:
     if key.endswith("_bytes") and isinstance(value, (int, float)) and not isinstance(value, bool):
         return format_bytes(value)
+    if isinstance(value, int) and not isinstance(value, bool) and any(part in key for part in _PLAIN_INTEGER_KEYS):
+        return format_integer(value)
     if isinstance(value, (bool, int, float)):
         return format_number(value)
     if isinstance(value, dict):
@@ -167,6 +194,18 @@ def _cell_text(value: object, key: str = "") -> str:
     return _text(value)
 
 
+def _sources_text(sources: dict[str, object]) -> str:
+    """Print ``{field: {source, year}}`` as ``field: source (year)``, one entry per line."""
+    lines = []
+    for name, entry in sources.items():
+        if isinstance(entry, dict):
+            year = entry.get("year")
+            lines.append(f"{name}: {entry.get('source', MISSING)}" + (f" ({format_integer(year)})" if year else ""))
+        else:
+            lines.append(f"{name}: {_cell_text(entry, name)}")
+    return "\n".join(lines)
+
+
 def key_value_table(title: str, mapping: dict[str, object], key_header: str = "Name") -> Table:
     """Build a two-column table of a mapping's keys and printed values."""
     rows = tuple((str(key), _cell_text(value, str(key))) for key, value in mapping.items())
@@ -174,18 +213,40 @@ def key_value_table(title: str, mapping: dict[str, object], key_header: str = "N
 
 
 def records_table(title: str, records: dict[str, object], key_header: str = "Name") -> Table:
-    """Build a table with one row per record (a mapping of mappings) and one column per field."""
+    """Build a table with one row per record (a mapping of mappings) and one column per field.
+
+    A record field that repeats the record's own name is dropped, headers are written out with
+    their units, and a ``sources`` field prints one ``field: source (year)`` line per entry.
+    """
     fields: list[str] = []
-    for record in records.values():
+    for name, record in records.items():
         if isinstance(record, dict):
             fields.extend(key for key in record if key not in fields)
+    fields = [f for f in fields if not (f == "name" and _names_repeat(records))]
     if not fields:
         return key_value_table(title, records, key_header)
     rows = tuple(
-        (str(name), *(_cell_text(record.get(f), f) if isinstance(record, dict) else _cell_text(record) for f in fields))
+        (str(name), *(_field_text(record, f) if isinstance(record, dict) else _cell_text(record) for f in fields))
         for name, record in records.items()
     )
-    return Table(title, (key_header, *fields), (False,) * (len(fields) + 1), rows)
+    numeric = tuple(_is_numeric_field(records, f) for f in fields)
+    return Table(title, (key_header, *(readable_header(f) for f in fields)), (False, *numeric), rows)
+
+
+def _names_repeat(records: dict[str, object]) -> bool:
+    return all(not isinstance(r, dict) or r.get("name") in (None, name) for name, r in records.items())
+
+
+def _field_text(record: dict, field_name: str) -> str:
+    value = record.get(field_name)
+    if field_name == "sources" and isinstance(value, dict):
+        return _sources_text(value)
+    return _cell_text(value, field_name)
+
+
+def _is_numeric_field(records: dict[str, object], field_name: str) -> bool:
+    values = [r.get(field_name) for r in records.values() if isinstance(r, dict) and r.get(field_name) is not None]
+    return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 _ASSUMPTION_TITLES = {"measurement": "Measurement settings", "links": "Links", "devices": "Devices"}
