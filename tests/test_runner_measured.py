@@ -157,3 +157,33 @@ def test_leakage_refused_with_allowed_folds():
 def test_no_leakage_passes():
     evaluation = _Evaluation([_pair(2, "Bob", "Carol"), _pair(3, "Dan", "Dan")])
     check_identity_leakage([_TrainedPipeline()], evaluation)  # type: ignore[list-item]
+
+
+def test_external_trace_and_hourly_intensity(sample_lfw, tmp_path):
+    import time
+    from datetime import datetime, timezone
+
+    # A wall-meter trace at a constant 30 W, covering the next five minutes.
+    now_s = time.time()
+    trace = tmp_path / "power.csv"
+    lines = ["timestamp_s,power_w"] + [f"{now_s + 0.1 * i:.3f},30.0" for i in range(-50, 3000)]
+    trace.write_text("\n".join(lines) + "\n")
+    hour = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:00:00Z")
+    hourly = tmp_path / "hourly.csv"
+    hourly.write_text(f"timestamp_utc,gco2e_per_kwh\n{hour},123.0\n")
+
+    scenario = _scenario(
+        sample_lfw,
+        meters={"host": ["external"], "options": {"external": {"trace_path": str(trace)}}},
+        carbon={"edge_hourly_csv": str(hourly), "cloud_location": "FRA"},
+    )
+    outcome = run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+
+    row = outcome.results.rows[0]
+    assert row.edge_energy_method == "measured-external"
+    assert row.grid_intensity_edge_gco2e_per_kwh == 123.0
+    energy = pd.read_parquet(tmp_path / "out" / "energy.parquet")
+    assert energy["idle_power_w"].to_numpy() == pytest.approx(30.0, rel=1e-6)
+    expected_g = (row.edge_energy_j_per_inference * 123.0 + row.cloud_energy_j_per_inference
+                  * row.grid_intensity_cloud_gco2e_per_kwh) / 3.6e6
+    assert row.co2e_g_per_inference == pytest.approx(expected_g, rel=1e-9)

@@ -155,7 +155,7 @@ def run_scenario(
         aligned = align_all(evaluation, components, chip_cache, lambda n: progress.advance(task, n))
     detection_fallbacks = _count_fallbacks(evaluation, aligned.detected)
 
-    context = _RunContext(scenario, scenario_path, out_dir, evaluation, _assumptions(scenario))
+    context = _RunContext(scenario, scenario_path, out_dir, evaluation, _assumptions(scenario, scenario_dir))
     context.warnings.extend(f"image skipped: {path}: {reason}" for path, reason in evaluation.skipped_images.items())
     meter = context.open_meter()
     context.open_transport(scenario_dir)
@@ -269,7 +269,7 @@ class _RunContext:
         from vqbench.meters.registry import create_meter
 
         for name in self.scenario.meters.host:
-            meter = create_meter(name)
+            meter = create_meter(name, **self.scenario.meters.options.get(name, {}))
             availability = meter.probe()
             self.meter_status[name] = {"available": availability.available, "reason": availability.reason}
             if availability.available:
@@ -292,9 +292,9 @@ class _RunContext:
         write_json_atomic(self.out_dir / "environment.json", environment)
 
 
-def _assumptions(scenario: Scenario) -> dict:
+def _assumptions(scenario: Scenario, scenario_dir: Path) -> dict:
     """Record grid intensities and measurement settings used by the run."""
-    from vqbench.carbon import grid_intensity
+    from vqbench.carbon import grid_intensity, read_hourly_intensity
 
     assumptions: dict[str, Any] = {
         "measurement": scenario.measurement.model_dump(),
@@ -306,7 +306,12 @@ def _assumptions(scenario: Scenario) -> dict:
     assumptions.update(_deployment_assumptions(scenario))
     for side in ("edge", "cloud"):
         location = getattr(scenario.carbon, f"{side}_location")
-        intensity = grid_intensity(location)
+        hourly_csv = getattr(scenario.carbon, f"{side}_hourly_csv")
+        if hourly_csv:
+            hourly = read_hourly_intensity(expand_path(hourly_csv, scenario_dir))
+            intensity = hourly.at(datetime.now(timezone.utc))
+        else:
+            intensity = grid_intensity(location)
         assumptions[f"grid_intensity_{side}"] = {
             "location": intensity.location,
             "gco2e_per_kwh": intensity.gco2e_per_kwh,

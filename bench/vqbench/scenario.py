@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -209,6 +209,10 @@ class MetersConfig(_Strict):
     """Energy meters, tried in order; the first available one measures the host."""
 
     host: list[str] = Field(default_factory=lambda: ["rapl", "codecarbon"])
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Constructor options per meter, e.g. {external: {trace_path: power.csv, clock_offset_s: 0.0}}.",
+    )
 
 
 class CarbonConfig(_Strict):
@@ -217,6 +221,12 @@ class CarbonConfig(_Strict):
     edge_location: str = Field("world", description="ISO 3166 alpha-3 country, or 'world'.")
     cloud_location: str = Field(
         "world", description="ISO alpha-3 country, a cloud region as 'provider:region', or 'world'."
+    )
+    edge_hourly_csv: Optional[str] = Field(
+        None, description="CSV (timestamp_utc, gco2e_per_kwh) whose value at the run's start replaces edge_location's."
+    )
+    cloud_hourly_csv: Optional[str] = Field(
+        None, description="CSV (timestamp_utc, gco2e_per_kwh) whose value at the run's start replaces cloud_location's."
     )
 
 

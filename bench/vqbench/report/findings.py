@@ -39,6 +39,20 @@ _KEY_FIGURES = {
 }
 
 
+def accuracy_noun(assumptions: dict[str, object]) -> str:
+    """Say "LFW accuracy" unless the run's assumptions name a data set other than LFW.
+
+    Looks for a ``dataset`` entry (a name, or a mapping with ``name``, ``kind`` or ``path``);
+    a run that records none is taken to be on LFW, the default data set.
+    """
+    dataset = assumptions.get("dataset")
+    if isinstance(dataset, dict):
+        dataset = " ".join(str(dataset.get(key, "")) for key in ("name", "kind", "path"))
+    if dataset is None or not str(dataset).strip():
+        return "LFW accuracy"
+    return "LFW accuracy" if "lfw" in str(dataset).lower() else "verification accuracy"
+
+
 def varying_dimensions(rows: Sequence[ResultRow]) -> tuple[bool, bool]:
     """Return whether the rows span several links and several edge devices."""
     links = {row.link for row in rows}

@@ -10,7 +10,7 @@ import jinja2
 from vqbench.report.findings import collect_warnings, key_findings
 from vqbench.report.loader import RunData
 from vqbench.report.plots import PlotItem, figure_to_svg
-from vqbench.report.tables import assumption_tables, environment_tables, report_tables
+from vqbench.report.tables import assumption_tables, environment_tables, key_column_count, report_tables
 
 _TEMPLATE = "report.html.j2"
 _STYLESHEET = "report.css"
@@ -48,6 +48,7 @@ def render_html(run: RunData, plots: list[PlotItem]) -> str:
     """Return the report page for a loaded run and its figures."""
     results = run.results
     template = _environment().get_template(_TEMPLATE)
+    tables = report_tables(run.rows)
     return template.render(
         css=_stylesheet(),
         scenario_name=results.scenario_name,
@@ -59,7 +60,8 @@ def render_html(run: RunData, plots: list[PlotItem]) -> str:
         run_dir_name=run.run_dir.name,
         findings=key_findings(run.rows),
         warnings=collect_warnings(run),
-        tables=report_tables(run.rows),
+        tables=tables,
+        key_count=key_column_count(tables[0]),
         plots=_plot_context(plots),
         assumption_tables=assumption_tables(results.assumptions),
         environment_tables=environment_tables(run.environment),

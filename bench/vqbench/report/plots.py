@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from vqbench.report.findings import is_unmeasured, pareto_front, row_label, varying_dimensions
-from vqbench.report.formatting import format_number
+from vqbench.report.findings import accuracy_noun, is_unmeasured, pareto_front, row_label, varying_dimensions
+from vqbench.report.formatting import format_bytes, format_number
 from vqbench.report.loader import RunData, SamplePair
 from vqbench.results import ResultRow
 
@@ -80,6 +80,22 @@ def pipeline_color(pipeline: str, all_pipelines: Sequence[str] = ()) -> str:
     return _PALETTE[index % len(_PALETTE)]
 
 
+def readable_log_axis(axis, label=format_number) -> None:
+    """Label a log axis with plain numbers: powers of ten, plus 2x and 5x when it spans under 3 decades.
+
+    Call it after plotting. Minor ticks stay unlabeled, which avoids matplotlib's crowded
+    ``2x10^3 3x10^3`` labels on axes that span under a decade.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    low, high = sorted(axis.get_view_interval())
+    decades = np.log10(high / low) if low > 0 else 10.0
+    subs = (1.0,) if decades > 3 else (1.0, 2.0, 5.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: label(value)))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _bar_height_in(count: int) -> float:
     return 1.4 + 0.32 * count
 
@@ -89,8 +105,14 @@ def _bar_height_in(count: int) -> float:
 
 
 def _accuracy_vs_cost(
-    rows: Sequence[ResultRow], costs: Sequence[float | None], methods: Sequence[str | None], x_label: str, title: str
+    rows: Sequence[ResultRow],
+    costs: Sequence[float | None],
+    methods: Sequence[str | None],
+    x_label: str,
+    y_label: str = "LFW accuracy (%)",
+    tick_label=format_number,
 ) -> Figure | None:
+    """Scatter accuracy against a cost on a log x axis; only Pareto-front points carry a label."""
     points = [
         (row, cost, method)
         for row, cost, method in zip(rows, costs, methods)
@@ -118,38 +140,53 @@ def _accuracy_vs_cost(
             if unmeasured:
                 ax.scatter(x[unmeasured], y[unmeasured], facecolors="white", edgecolors=color, s=36, zorder=3,
                            label=f"{pipeline} (estimated or modeled)")
-        for (row, _, _), xi, yi in zip(points, x, y):
-            ax.annotate(row.variant, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
 
         front = pareto_front(list(x), list(y))
         ax.plot(x[front], y[front], drawstyle="steps-post", color="#333333", linewidth=1, linestyle="--",
                 label="Pareto front", zorder=2)
-        if x.max() / x.min() > 20:
-            ax.set_xscale("log")
+        for number, index in enumerate(front):
+            row = points[index][0]
+            ax.annotate(_short_label(row, rows), (x[index], y[index]), textcoords="offset points",
+                        xytext=(6, -10 if number % 2 else 6), fontsize=7,
+                        bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+        ax.set_xscale("log")
+        readable_log_axis(ax.xaxis, tick_label)
         ax.set_xlabel(x_label)
-        ax.set_ylabel("LFW accuracy (%)")
+        ax.set_ylabel(y_label)
         ax.legend(fontsize=7, loc="best")
         if left_out:
             figure.text(0.01, 0.005, "Not shown (no figure): " + ", ".join(left_out), fontsize=6, color="#666666")
     return figure
 
 
-def plot_accuracy_vs_bytes(rows: Sequence[ResultRow]) -> Figure | None:
-    """Accuracy against mean payload bytes (log x), with the Pareto front dashed."""
+def _short_label(row: ResultRow, rows: Sequence[ResultRow]) -> str:
+    """The variant, plus link and device when the run varies them, for a point label."""
+    several_links, several_devices = varying_dimensions(rows)
+    parts = [row.variant]
+    if several_links and row.link:
+        parts.append(row.link)
+    if several_devices and row.edge_device:
+        parts.append(row.edge_device)
+    return ", ".join(parts)
+
+
+def plot_accuracy_vs_bytes(rows: Sequence[ResultRow], y_label: str = "LFW accuracy (%)") -> Figure | None:
+    """Accuracy against mean payload bytes on a log x axis, with the Pareto front dashed."""
     return _accuracy_vs_cost(
         rows, [r.payload_bytes_mean for r in rows], [None] * len(rows),
-        "Mean payload per face (bytes, log scale)", "Accuracy against payload size",
+        "Mean payload per face (log scale)", y_label, tick_label=format_bytes,
     )
 
 
-def plot_accuracy_vs_energy(rows: Sequence[ResultRow], stage: str = "edge") -> Figure | None:
+def plot_accuracy_vs_energy(
+    rows: Sequence[ResultRow], stage: str = "edge", y_label: str = "LFW accuracy (%)"
+) -> Figure | None:
     """Accuracy against one stage's energy per inference; hollow markers are not measured."""
     costs = [getattr(r, f"{stage}_energy_j_per_inference") for r in rows]
     costs_mj = [None if c is None else c * 1e3 for c in costs]
     methods = [getattr(r, f"{stage}_energy_method") for r in rows]
     return _accuracy_vs_cost(
-        rows, costs_mj, methods, f"{stage.capitalize()} energy per inference (mJ)",
-        f"Accuracy against {stage} energy",
+        rows, costs_mj, methods, f"{stage.capitalize()} energy per inference (mJ, log scale)", y_label,
     )
 
 
@@ -171,22 +208,32 @@ def plot_energy_per_stage(rows: Sequence[ResultRow]) -> Figure | None:
         for stage in stages:
             values = np.array([(getattr(r, f"{stage}_energy_j_per_inference") or 0.0) * 1e3 for r in rows])
             hatches = ["//" if is_unmeasured(getattr(r, f"{stage}_energy_method")) else "" for r in rows]
-            bars = ax.barh(labels, values, left=left, color=_STAGE_COLORS[stage], label=stage, edgecolor="white")
+            bars = ax.barh(labels, values, left=left, color=_STAGE_COLORS[stage], label=stage, edgecolor="white",
+                           linewidth=0.5)
             for bar, hatch in zip(bars, hatches):
                 bar.set_hatch(hatch)
             left += values
         for index, total in enumerate(left):
             ax.annotate(format_number(total), (total, index), textcoords="offset points", xytext=(3, 0),
                         va="center", fontsize=7)
+        from matplotlib.patches import Patch
+
+        handles, names = ax.get_legend_handles_labels()
+        handles.append(Patch(facecolor="white", edgecolor="#555555", hatch="//"))
+        names.append("estimated or modeled")
         ax.invert_yaxis()
-        ax.set_xlabel("Energy per inference (mJ); hatched: estimated or modeled")
-        ax.legend(fontsize=7, loc="lower right")
-        ax.margins(x=0.12)
+        ax.set_xlabel("Energy per inference (mJ)")
+        figure.legend(handles, names, fontsize=7, loc="outside upper center", ncol=4, frameon=False)
+        ax.margins(x=0.15)
     return figure
 
 
+_OPERATIONAL_COLOR = "#4c72b0"
+_EMBODIED_COLOR = "#b8b8b8"
+
+
 def plot_co2e_per_million(rows: Sequence[ResultRow]) -> Figure | None:
-    """Operational (and embodied, when present) CO2e per million inferences."""
+    """Operational CO2e per million inferences, with embodied CO2e stacked on when a row has it."""
     if not any(r.co2e_g_per_inference is not None for r in rows):
         return None
     labels = [row_label(r, rows) for r in rows]
@@ -196,17 +243,16 @@ def plot_co2e_per_million(rows: Sequence[ResultRow]) -> Figure | None:
     with plot_style():
         figure, axes = _new_figure(_bar_height_in(len(rows)))
         ax = axes[0][0]
-        colors = [pipeline_color(r.pipeline, [x.pipeline for x in rows]) for r in rows]
-        ax.barh(labels, operational, color=colors, label="operational")
+        ax.barh(labels, operational, color=_OPERATIONAL_COLOR, label="operational")
         if embodied.any():
-            ax.barh(labels, embodied, left=operational, color="#bbbbbb", label="embodied")
-            ax.legend(fontsize=7, loc="lower right")
-        for index, total in enumerate(operational + embodied):
-            ax.annotate(format_number(total), (total, index), textcoords="offset points", xytext=(3, 0),
-                        va="center", fontsize=7)
+            ax.barh(labels, embodied, left=operational, color=_EMBODIED_COLOR, label="embodied (modeled devices)")
+        for index, (op, em) in enumerate(zip(operational, embodied)):
+            text = format_number(op) if not em else f"{format_number(op)} + {format_number(em)}"
+            ax.annotate(text, (op + em, index), textcoords="offset points", xytext=(3, 0), va="center", fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("CO2e (g per million inferences)")
-        ax.margins(x=0.12)
+        figure.legend(fontsize=7, loc="outside upper center", ncol=2, frameon=False)
+        ax.margins(x=0.3)
     return figure
 
 
@@ -256,6 +302,7 @@ def plot_latency_distributions(latency: pd.DataFrame | None) -> Figure | None:
             high = max(float(np.max(d)) for d in data)
             if low > 0 and high / low > 50:
                 ax.set_xscale("log")
+                readable_log_axis(ax.xaxis)
             ax.set_xlabel(f"{stage.replace('_', '-')} latency (ms)")
     return figure
 
@@ -371,6 +418,7 @@ def plot_sensitivity(rows: Sequence[ResultRow], dimension: str) -> Figure | None
             positive = [c.get_offsets()[:, 0] for c in ax.collections if len(c.get_offsets())]
             if positive and np.concatenate(positive).min() > 0:
                 ax.set_xscale("log")
+                readable_log_axis(ax.xaxis)
             ax.set_xlabel(x_label)
         axes[0][0].invert_yaxis()
         axes[0][1].legend(fontsize=7, title=dimension.replace("_", " "), title_fontsize=7, loc="lower right")
@@ -417,19 +465,23 @@ def build_figures(run: RunData) -> list[PlotItem]:
     """Build every report figure for a run. An item without a figure stores the reason."""
     rows = run.rows
     several_links, several_devices = varying_dimensions(rows)
+    y_label = f"{accuracy_noun(run.results.assumptions)} (%)"
     specs = [
         ("accuracy-bytes", "Accuracy against payload size",
          "Each point is a pipeline variant; the dashed staircase is the Pareto front (no other variant "
-         "is both smaller and more accurate).",
-         lambda: plot_accuracy_vs_bytes(rows), "no row has both an accuracy and a payload figure"),
+         "is both smaller and more accurate), and only its points are labeled.",
+         lambda: plot_accuracy_vs_bytes(rows, y_label), "no row has both an accuracy and a payload figure"),
         ("accuracy-energy", "Accuracy against edge energy",
-         "Hollow markers are estimated or modeled energy figures; the dashed staircase is the Pareto front.",
-         lambda: plot_accuracy_vs_energy(rows, "edge"), "no row has both an accuracy and an edge energy figure"),
+         "Hollow markers are estimated or modeled energy figures; the dashed staircase is the Pareto front, "
+         "and only its points are labeled.",
+         lambda: plot_accuracy_vs_energy(rows, "edge", y_label), "no row has both an accuracy and an edge energy figure"),
         ("energy-stages", "Energy per inference by stage",
          "Edge, cloud and network energy stacked per variant; hatched segments are estimated or modeled.",
          lambda: plot_energy_per_stage(rows), "no row has an energy figure"),
         ("co2e", "CO2e per million inferences",
-         "Energy times the grid intensity of the edge's and the cloud's location (see Assumptions).",
+         "Operational CO2e is energy times the grid intensity of the edge's and the cloud's location (see "
+         "Assumptions). Embodied CO2e, stacked in grey, is the modeled device's manufacturing footprint spread "
+         "over its lifetime inferences; host rows carry no embodied figure.",
          lambda: plot_co2e_per_million(rows), "no row has a CO2e figure"),
         ("latency", "Latency distributions",
          "Per-sample latency of each stage and end to end; boxes span the quartiles, whiskers the 1st to "
@@ -439,7 +491,7 @@ def build_figures(run: RunData) -> list[PlotItem]:
          "True-accept rate against false-accept rate over all pairs of all folds pooled, from scores.parquet.",
          lambda: plot_roc_curves(run.scores), "scores.parquet is missing or empty"),
         ("samples", "Reconstructions",
-         "Aligned face chips beside what the cloud reconstructs from the codes.",
+         "Aligned face chips beside what the cloud rebuilds from the payload (decoded JPEG or VQ codes).",
          lambda: plot_reconstructions(run.samples), "the run saved no sample reconstructions"),
     ]
     if several_links:

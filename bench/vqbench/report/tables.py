@@ -118,13 +118,13 @@ DETAIL_COLUMNS: tuple[Column, ...] = (
 def _key_columns(rows: Sequence[ResultRow]) -> tuple[Column, ...]:
     several_links, several_devices = varying_dimensions(rows)
     columns = [
-        Column("Pipeline", lambda r: r.pipeline, numeric=False),
-        Column("Variant", lambda r: r.variant, numeric=False),
+        Column(KEY_HEADERS[0], lambda r: r.pipeline, numeric=False),
+        Column(KEY_HEADERS[1], lambda r: r.variant, numeric=False),
     ]
     if several_links or any(r.link for r in rows):
-        columns.append(Column("Link", lambda r: _text(r.link), numeric=False))
+        columns.append(Column(KEY_HEADERS[2], lambda r: _text(r.link), numeric=False))
     if several_devices or any(r.edge_device for r in rows):
-        columns.append(Column("Edge device", lambda r: _text(r.edge_device), numeric=False))
+        columns.append(Column(KEY_HEADERS[3], lambda r: _text(r.edge_device), numeric=False))
     return tuple(columns)
 
 
@@ -137,6 +137,19 @@ def build_table(title: str, rows: Sequence[ResultRow], columns: Sequence[Column]
         numeric=tuple(c.numeric for c in all_columns),
         rows=tuple(tuple(c.cell(row) for c in all_columns) for row in rows),
     )
+
+
+KEY_HEADERS = ("Pipeline", "Variant", "Link", "Edge device")
+
+
+def key_column_count(table: Table) -> int:
+    """Count the leading key columns (pipeline, variant, link, device) of a result table."""
+    count = 0
+    for header in table.headers:
+        if header not in KEY_HEADERS:
+            break
+        count += 1
+    return count
 
 
 def report_tables(rows: Sequence[ResultRow]) -> list[Table]:
@@ -167,8 +180,13 @@ _UNIT_SUFFIXES = (
 _HEADER_WORDS = {"rtt": "RTT", "lora": "LoRa", "macs": "MACs", "co2e": "CO2e", "gco2e": "gCO2e", "id": "id"}
 
 
+_WHOLE_HEADERS = {"gco2e_per_kwh": "Intensity (gCO2e/kWh)", "is_world_average": "World average"}
+
+
 def readable_header(key: str) -> str:
     """Turn ``uplink_bit_per_s`` into ``Uplink (bit/s)`` and ``transit_year`` into ``Transit year``."""
+    if key in _WHOLE_HEADERS:
+        return _WHOLE_HEADERS[key]
     unit = ""
     for suffix, printed in _UNIT_SUFFIXES:
         if key.endswith(suffix) and len(key) > len(suffix):
@@ -194,16 +212,19 @@ def _cell_text(value: object, key: str = "") -> str:
     return _text(value)
 
 
-def _sources_text(sources: dict[str, object]) -> str:
-    """Print ``{field: {source, year}}`` as ``field: source (year)``, one entry per line."""
-    lines = []
-    for name, entry in sources.items():
-        if isinstance(entry, dict):
-            year = entry.get("year")
-            lines.append(f"{name}: {entry.get('source', MISSING)}" + (f" ({format_integer(year)})" if year else ""))
-        else:
-            lines.append(f"{name}: {_cell_text(entry, name)}")
-    return "\n".join(lines)
+def sources_table(title: str, records: dict[str, object], key_header: str = "Name") -> Table | None:
+    """One row per (record, figure) from each record's ``sources`` mapping of ``{source, year}``."""
+    rows = []
+    for name, record in records.items():
+        sources = record.get("sources") if isinstance(record, dict) else None
+        if not isinstance(sources, dict):
+            continue
+        for figure, entry in sources.items():
+            entry = entry if isinstance(entry, dict) else {"source": entry}
+            rows.append((str(name), readable_header(figure), _text(entry.get("source")), format_integer(entry.get("year"))))
+    if not rows:
+        return None
+    return Table(title, (key_header, "Figure", "Source", "Year"), (False, False, False, True), tuple(rows))
 
 
 def key_value_table(title: str, mapping: dict[str, object], key_header: str = "Name") -> Table:
@@ -222,7 +243,7 @@ def records_table(title: str, records: dict[str, object], key_header: str = "Nam
     for name, record in records.items():
         if isinstance(record, dict):
             fields.extend(key for key in record if key not in fields)
-    fields = [f for f in fields if not (f == "name" and _names_repeat(records))]
+    fields = [f for f in fields if f != "sources" and not (f == "name" and _names_repeat(records))]
     if not fields:
         return key_value_table(title, records, key_header)
     rows = tuple(
@@ -238,10 +259,7 @@ def _names_repeat(records: dict[str, object]) -> bool:
 
 
 def _field_text(record: dict, field_name: str) -> str:
-    value = record.get(field_name)
-    if field_name == "sources" and isinstance(value, dict):
-        return _sources_text(value)
-    return _cell_text(value, field_name)
+    return _cell_text(record.get(field_name), field_name)
 
 
 def _is_numeric_field(records: dict[str, object], field_name: str) -> bool:
@@ -249,21 +267,33 @@ def _is_numeric_field(records: dict[str, object], field_name: str) -> bool:
     return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-_ASSUMPTION_TITLES = {"measurement": "Measurement settings", "links": "Links", "devices": "Devices"}
+#: Assumption key -> (table title, header of the name column).
+_ASSUMPTION_TITLES = {
+    "measurement": ("Measurement settings", "Setting"),
+    "links": ("Links", "Link"),
+    "devices": ("Devices", "Device"),
+}
 
 
 def assumption_tables(assumptions: dict[str, object]) -> list[Table]:
-    """Tables for grid intensities, measurement settings, links, devices and any other assumption."""
+    """Tables for grid intensities, measurement settings, links, devices and any other assumption.
+
+    Links and devices get a second table listing the source and year of each figure.
+    """
     tables = []
-    grids = {key: value for key, value in assumptions.items() if key.startswith("grid_intensity")}
+    grids = {key.removeprefix("grid_intensity_"): value for key, value in assumptions.items()
+             if key.startswith("grid_intensity")}
     if grids:
         tables.append(records_table("Grid carbon intensity", grids, "Grid"))
-    for key, title in _ASSUMPTION_TITLES.items():
+    for key, (title, key_header) in _ASSUMPTION_TITLES.items():
         value = assumptions.get(key)
         if isinstance(value, dict) and value:
             nested = all(isinstance(item, dict) for item in value.values())
-            tables.append(records_table(title, value) if nested else key_value_table(title, value, "Setting"))
-    others = {k: v for k, v in assumptions.items() if k not in grids and k not in _ASSUMPTION_TITLES}
+            tables.append(records_table(title, value, key_header) if nested else key_value_table(title, value, key_header))
+            sources = sources_table(f"{title}: sources", value, key_header) if nested else None
+            if sources is not None:
+                tables.append(sources)
+    others = {k: v for k, v in assumptions.items() if not k.startswith("grid_intensity") and k not in _ASSUMPTION_TITLES}
     if others:
         tables.append(key_value_table("Other assumptions", others, "Assumption"))
     return tables
