@@ -37,7 +37,7 @@ LINKS = {
     "lte": (0.9, 4e-7, 1.2e6, 45.0, None),
     "lorawan": (0.15, 6e-4, 680.0, 1500.0, 222),
 }
-DEVICES = {"raspberry-pi-4": 1.0, "jetson-nano": 0.6}
+DEVICES = {"raspberry-pi-4": 1.0, "jetson-nano": 0.6, "host": 1.0}
 
 
 @dataclass

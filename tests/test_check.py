@@ -13,9 +13,12 @@ import pytest
 
 from conftest_report import synthetic_run
 from vqbench.check import (
+    CheckPolicy,
+    check_summary,
     exact_u_counts,
     mann_whitney_greater,
     normal_p_value,
+    plural,
     render_check_benchmark_json,
     render_check_junit,
     render_check_markdown,
@@ -24,7 +27,7 @@ from vqbench.check import (
     smallest_p_value,
     write_baseline,
 )
-from vqbench.compare import compare_runs, render_comparison_markdown
+from vqbench.compare import compare_runs, render_comparison_markdown, render_comparison_table
 from vqbench.errors import DataError
 
 STUDENT = ("edge-vq-student", "k512-14x14")
@@ -254,7 +257,72 @@ def test_renderers(baseline_file, tmp_path):
     error_rates = [e for e in entries if e["name"].endswith("lfw_error_rate")]
     assert error_rates and all(0 <= e["value"] < 0.05 for e in error_rates)
 
-    assert render_check_table(report).row_count == len(report.results)
+    assert _table_rows(render_check_table(report, show_passing=True)) == len(report.results)
+    assert _table_rows(render_check_table(report)) == sum(r.status not in ("pass", "skipped") for r in report.results)
+
+
+def _table_rows(renderable) -> int:
+    from rich.table import Table
+
+    tables = [part for part in renderable.renderables if isinstance(part, Table)]
+    return tables[0].row_count if tables else 0
+
+
+def _console_text(renderable) -> str:
+    from rich.console import Console
+
+    console = Console(width=200, record=True, force_terminal=False)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_default_table_shows_failures_and_one_line_summary(baseline_file, tmp_path):
+    run = synthetic_run(1, with_samples=False)
+    run.row(*STUDENT).payload_bytes_mean = 300.0
+    report = run_check(run.write(tmp_path / "run"), baseline_file)
+    text = _console_text(render_check_table(report))
+    assert text.startswith("vqbench check FAILED: 1 regression, ")
+    assert " passed" in check_summary(report)
+    assert "payload_bytes_mean" in text
+    assert "lfw_accuracy_mean" not in text  # passing verdicts are hidden by default
+
+
+def test_plural():
+    assert plural(1, "row") == "1 row"
+    assert plural(4, "row") == "4 rows"
+    assert plural(4, "regression") == "4 regressions"
+
+
+def test_default_growth_limits():
+    limits = {gate.metric: gate.max_ratio_growth for gate in CheckPolicy().noisy}
+    assert limits["edge_latency_ms"] == limits["cloud_latency_ms"] == 1.5
+    assert limits["edge_energy_j_per_inference"] == limits["cloud_energy_j_per_inference"] == 1.2
+
+
+def test_host_figures_gated_once_per_variant(tmp_path):
+    links, devices = ("wifi", "lte"), ("host", "raspberry-pi-4")
+    base_dir = synthetic_run(0, links=links, devices=devices, with_samples=False).write(tmp_path / "base")
+    baseline = write_baseline(base_dir, tmp_path / "baseline.json")
+    run_dir = synthetic_run(1, links=links, devices=devices, with_samples=False).write(tmp_path / "run")
+    report = run_check(run_dir, baseline)
+    cloud_latency = [r.row for r in report.results if r.metric == "cloud_latency_ms"]
+    variants = {row.split(" ")[0] for row in cloud_latency}
+    assert len(cloud_latency) == len(variants) > 1  # one verdict per pipeline variant, not four
+    assert all(row.endswith("[wifi, host]") for row in cloud_latency)
+    student = [r for r in report.results if r.metric == "edge_energy_j_per_inference" and r.row.startswith(STUDENT[0])]
+    assert [r.row for r in student] == ["edge-vq-student/k512-14x14 [wifi, host]"]
+    assert report.exit_code == 0, render_check_markdown(report)
+
+
+def test_latency_growth_below_default_limit_passes(baseline_file, tmp_path):
+    run = synthetic_run(1, with_samples=False)
+    cloud = (run.latency["pipeline"] == STUDENT[0]) & (run.latency["stage"] == "cloud")
+    run.latency.loc[cloud, "latency_ms"] *= 1.35
+    report = run_check(run.write(tmp_path / "run"), baseline_file)
+    verdict = _verdict(report, "cloud_latency_ms", STUDENT[0])
+    assert verdict.status in ("pass", "warn")
+    assert verdict.change == pytest.approx(1.35, rel=0.1)
+    assert report.exit_code == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,3 +345,21 @@ def test_compare_runs_differences(tmp_path):
     markdown = render_comparison_markdown(comparison)
     assert "payload_bytes_mean" in markdown
     assert "cloud-raw/original [wifi, raspberry-pi-4] | payload_bytes_mean" not in markdown  # unchanged rows hidden
+
+
+def test_compare_same_run_says_no_differences(tmp_path):
+    run_dir = synthetic_run(0, with_samples=False).write(tmp_path / "a")
+    comparison = compare_runs(run_dir, run_dir)
+    assert "no differences" in _console_text(render_comparison_table(comparison, title="a vs a"))
+    assert render_comparison_markdown(comparison) == "No differences.\n"
+
+
+def test_compare_sign_change(tmp_path):
+    run_a = synthetic_run(0, with_samples=False)
+    run_a.row(*STUDENT).cloud_dynamic_energy_j_per_inference = -0.01
+    run_b = synthetic_run(0, with_samples=False)
+    run_b.row(*STUDENT).cloud_dynamic_energy_j_per_inference = 0.005
+    comparison = compare_runs(run_a.write(tmp_path / "a"), run_b.write(tmp_path / "b"))
+    markdown = render_comparison_markdown(comparison)
+    line = next(line for line in markdown.splitlines() if "cloud_dynamic_energy_j_per_inference" in line)
+    assert line.rstrip(" |").endswith("sign changed")

@@ -14,6 +14,12 @@ Two kinds of gates:
   at ``p_value_threshold``. With so few repeats that the test can never reach that level, the
   ratio threshold decides alone and the result says so.
 
+Host-measured figures repeat on every link and modeled-device row of a pipeline variant (the
+cloud stage and the host's edge stage run once per variant). They are gated once per (pipeline,
+variant), on its first row whose edge device is the host. A modeled device's edge energy on other
+rows is gated as a deterministic figure when it comes from the profile's MAC rate (basis ``macs``)
+and is not gated again when it is the host time scaled by a speed ratio.
+
 A figure or row that the baseline has and the current run lacks is a failure, never a pass.
 """
 
@@ -122,12 +128,24 @@ def _default_deterministic() -> list[DeterministicGate]:
     return gates
 
 
+#: Default growth limits: per-sample latency ratios move more under machine load than energy ratios.
+DEFAULT_ENERGY_RATIO_GROWTH = 1.2
+DEFAULT_LATENCY_RATIO_GROWTH = 1.5
+#: Edge devices whose figures are measured on the host running the benchmark.
+HOST_DEVICES = (None, "", "host")
+#: Relative tolerance for a modeled device's edge energy, which the profile fixes.
+MODELED_ENERGY_TOLERANCE = 0.01
+
+
 def _default_noisy() -> list[NoisyGate]:
+    energy, latency = DEFAULT_ENERGY_RATIO_GROWTH, DEFAULT_LATENCY_RATIO_GROWTH
     return [
-        NoisyGate(metric="edge_energy_j_per_inference", reference_metric="cloud_energy_j_per_inference"),
-        NoisyGate(metric="cloud_energy_j_per_inference", reference_metric="cloud_energy_j_per_inference"),
-        NoisyGate(metric="edge_latency_ms", reference_metric="cloud_latency_ms"),
-        NoisyGate(metric="cloud_latency_ms", reference_metric="cloud_latency_ms"),
+        NoisyGate(metric="edge_energy_j_per_inference", reference_metric="cloud_energy_j_per_inference",
+                  max_ratio_growth=energy),
+        NoisyGate(metric="cloud_energy_j_per_inference", reference_metric="cloud_energy_j_per_inference",
+                  max_ratio_growth=energy),
+        NoisyGate(metric="edge_latency_ms", reference_metric="cloud_latency_ms", max_ratio_growth=latency),
+        NoisyGate(metric="cloud_latency_ms", reference_metric="cloud_latency_ms", max_ratio_growth=latency),
     ]
 
 
@@ -569,6 +587,26 @@ def _method_note(entry: BaselineEntry, row: ResultRow, metric: str) -> str:
     return ""
 
 
+def primary_keys(keys: list[tuple[str, str, str | None, str | None]]) -> set[tuple]:
+    """Per (pipeline, variant), the key whose noisy figures are gated: its first host row, else its first row."""
+    chosen: dict[tuple[str, str], tuple] = {}
+    for key in keys:
+        current = chosen.get(key[:2])
+        if current is None or (current[3] not in HOST_DEVICES and key[3] in HOST_DEVICES):
+            chosen[key[:2]] = key
+    return set(chosen.values())
+
+
+def _modeled_edge_verdicts(label: str, entry: BaselineEntry, row: ResultRow) -> list[CheckResult]:
+    """Gate a modeled device's edge energy directly when the profile's MAC rate fixes it."""
+    metric = "edge_energy_j_per_inference"
+    base = entry.figures.get(metric)
+    if base is None or row.edge_device in HOST_DEVICES or row.edge_time_basis != "macs":
+        return []
+    gate = DeterministicGate(metric=metric, relative_tolerance=MODELED_ENERGY_TOLERANCE)
+    return [_check_deterministic(label, gate, base, getattr(row, metric))]
+
+
 def _check_row(entry: BaselineEntry, row: ResultRow, context: dict) -> list[CheckResult]:
     policy: CheckPolicy = context["policy"]
     label = _key_label(entry.key)
@@ -577,6 +615,10 @@ def _check_row(entry: BaselineEntry, row: ResultRow, context: dict) -> list[Chec
         base = entry.figures.get(gate.metric)
         if base is not None:
             verdicts.append(_check_deterministic(label, gate, base, getattr(row, gate.metric)))
+
+    if entry.key not in context["primary_keys"]:
+        verdicts.extend(_modeled_edge_verdicts(label, entry, row))
+        return verdicts
 
     base_reference = _find(context["baseline_entries"], entry.key, policy.reference)
     current_reference = _find(context["current_rows"], entry.key, policy.reference)
@@ -615,8 +657,11 @@ def run_check(results_dir: Path, baseline_file: Path, policy_file: Path | None =
 
     current_rows = {_row_key(row): row for row in results.rows}
     baseline_entries = {entry.key: entry for entry in baseline.entries}
-    context = {"policy": policy, "latency": latency, "current_rows": current_rows, "baseline_entries": baseline_entries}
+    context = {"policy": policy, "latency": latency, "current_rows": current_rows, "baseline_entries": baseline_entries,
+               "primary_keys": primary_keys(list(baseline_entries))}
     notes = []
+    if len(context["primary_keys"]) < len(baseline_entries):
+        notes.append("host-measured latency and energy are gated once per pipeline variant, on its first host row")
     if latency is None:
         notes.append(f"{LATENCY_FILE} is missing, so latency gates compare the p50 figures alone.")
     if _find(baseline_entries, ("", "", None, None), policy.reference) is None:
@@ -663,27 +708,63 @@ def _format_change(result: CheckResult) -> str:
     return f"{result.change * 100:+.2f} %"
 
 
+_STATUS_NOUNS = {
+    "regression": ("regression", "regressions"), "missing": ("missing figure", "missing figures"),
+    "warn": ("warning", "warnings"), "improved": ("improvement", "improvements"), "new": ("new row", "new rows"),
+    "skipped": ("skipped", "skipped"), "pass": ("passed", "passed"),
+}
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``1 row``, ``2 rows``: the count with the noun in the right number."""
+    return f"{count} {singular if count == 1 else (plural_form or singular + 's')}"
+
+
 def _counts(report: CheckReport) -> str:
     counts = {status: sum(r.status == status for r in report.results) for status in _STATUS_ORDER}
-    return ", ".join(f"{count} {status}" for status, count in counts.items() if count)
+    return ", ".join(plural(count, *_STATUS_NOUNS[status]) for status, count in counts.items() if count)
 
 
-def render_check_table(report: CheckReport):
-    """Return a rich Table of every verdict, failures first."""
+#: Statuses hidden from the console table unless ``show_passing`` is set.
+QUIET_STATUSES = frozenset({"pass", "skipped"})
+
+
+def check_summary(report: CheckReport) -> str:
+    """One line: the verdict and the count of each status, e.g. ``vqbench check FAILED: 1 regression, ...``."""
+    return f"vqbench check {'PASSED' if report.passed else 'FAILED'}: {_counts(report) or 'nothing gated'}"
+
+
+def render_check_table(report: CheckReport, show_passing: bool = False):
+    """Return a rich renderable: a one-line summary, then a table of the verdicts, failures first.
+
+    Passing and skipped verdicts are left out of the table unless ``show_passing`` is True; the
+    summary line still counts them.
+    """
+    from rich.console import Group
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    verdict = "PASSED" if report.passed else "FAILED"
-    table = Table(title=f"vqbench check {verdict}: {_counts(report)}", caption=escape("; ".join(report.notes)) or None)
-    for header in ("status", "row", "metric", "baseline", "current", "change", "p", "detail"):
-        table.add_column(header, overflow="fold")
-    for result in _sorted(report.results):
-        table.add_row(
-            f"[{_STATUS_STYLE[result.status]}]{result.status}[/]", escape(result.row), result.metric,
-            _format_value(result.baseline_value), _format_value(result.current_value), _format_change(result),
-            "–" if result.p_value is None else f"{result.p_value:.3g}", escape(result.message),
-        )
-    return table
+    shown = [r for r in _sorted(report.results) if show_passing or r.status not in QUIET_STATUSES]
+    hidden = len(report.results) - len(shown)
+    summary = check_summary(report)
+    if hidden:
+        summary += f" ({plural(hidden, 'passing or skipped verdict')} not shown; pass --verbose to list them)"
+    parts: list = [Text(summary, style="bold green" if report.passed else "bold red")]
+    if shown:
+        table = Table(caption=escape("; ".join(report.notes)) or None)
+        for header in ("status", "row", "metric", "baseline", "current", "change", "p", "detail"):
+            table.add_column(header, overflow="fold")
+        for result in shown:
+            table.add_row(
+                f"[{_STATUS_STYLE[result.status]}]{result.status}[/]", escape(result.row), result.metric,
+                _format_value(result.baseline_value), _format_value(result.current_value), _format_change(result),
+                "–" if result.p_value is None else f"{result.p_value:.3g}", escape(result.message),
+            )
+        parts.append(table)
+    elif report.notes:
+        parts.append(Text("Note: " + "; ".join(report.notes), style="dim"))
+    return Group(*parts)
 
 
 def _markdown_cell(text: str) -> str:

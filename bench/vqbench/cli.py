@@ -249,6 +249,7 @@ def check(
         Optional[Path],
         typer.Option("--benchmark-json", help="Write github-action-benchmark JSON (customSmallerIsBetter) here."),
     ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="List passing and skipped figures too.")] = False,
 ) -> None:
     """Gate a run against a baseline: exit 0 pass, 1 regression, 2 bad input."""
     from vqbench.check import (
@@ -269,7 +270,7 @@ def check(
     if baseline is None:
         raise ScenarioError("pass --baseline FILE to check a run, or --write-baseline FILE to record one")
     report = run_check(results_dir, baseline, policy)
-    output.print(render_check_table(report))
+    output.print(render_check_table(report, show_passing=verbose))
     for path, render in ((junit, render_check_junit), (markdown, render_check_markdown),
                          (benchmark_json, render_check_benchmark_json)):
         if path is not None:

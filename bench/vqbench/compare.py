@@ -79,12 +79,21 @@ def _printed(comparison: pd.DataFrame, changed_only: bool) -> list[tuple[str, ..
         chosen = comparison[(comparison["difference"] != 0) | comparison["difference"].isna()]
     rows = []
     for _, record in chosen.iterrows():
-        change = record["relative_change"]
         rows.append((
             _row_name(record), record["metric"], _number(record["value_a"]), _number(record["value_b"]),
-            _number(record["difference"]), "–" if math.isnan(change) else f"{change * 100:+.1f} %",
+            _number(record["difference"]), _change_text(record["value_a"], record["value_b"], record["relative_change"]),
         ))
     return rows
+
+
+def _change_text(a: float, b: float, change: float) -> str:
+    """Relative change as ``+12.3 %``; ``sign changed`` when A and B have opposite signs."""
+    if not math.isnan(a) and not math.isnan(b) and a * b < 0:
+        return "sign changed"
+    return "–" if math.isnan(change) else f"{change * 100:+.1f} %"
+
+
+NO_DIFFERENCES = "no differences"
 
 
 def _number(value: float) -> str:
@@ -95,20 +104,29 @@ _HEADERS = ("row", "metric", "A", "B", "B - A", "change")
 
 
 def render_comparison_table(comparison: pd.DataFrame, changed_only: bool = True, title: str = "A vs B"):
-    """Return a rich Table of the comparison (only changed figures unless ``changed_only`` is False)."""
+    """Return a rich Table of the comparison (only changed figures unless ``changed_only`` is False).
+
+    When nothing differs, return a line saying ``A vs B: no differences`` instead of an empty table.
+    """
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
+    rows = _printed(comparison, changed_only)
+    if not rows:
+        return Text(f"{title}: {NO_DIFFERENCES} in {len(comparison)} compared figures")
     table = Table(title=escape(title))
     for header in _HEADERS:
         table.add_column(header, justify="left" if header in ("row", "metric") else "right")
-    for row in _printed(comparison, changed_only):
+    for row in rows:
         table.add_row(*(escape(cell) for cell in row))
     return table
 
 
 def render_comparison_markdown(comparison: pd.DataFrame, changed_only: bool = True) -> str:
-    """Return the comparison as a Markdown table."""
+    """Return the comparison as a Markdown table, or a line saying there are no differences."""
+    if not _printed(comparison, changed_only):
+        return f"{NO_DIFFERENCES.capitalize()}.\n"
     lines = ["| " + " | ".join(_HEADERS) + " |", "|---|---|---:|---:|---:|---:|"]
     for row in _printed(comparison, changed_only):
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")

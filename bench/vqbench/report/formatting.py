@@ -69,7 +69,7 @@ def _decimals_for(value: float, digits: int) -> int:
     """Decimals that give ``value`` ``digits`` significant figures in fixed notation."""
     if value == 0:
         return digits - 1
-    return max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return digits - 1 - math.floor(math.log10(abs(value)))
 
 
 def format_with_interval(value: float | None, half_width: float | None, scale: float = 1.0) -> str:
@@ -90,8 +90,9 @@ def format_with_interval(value: float | None, half_width: float | None, scale: f
     if abs(scaled) < 1e-3 and half < 1e-3:
         exponent = math.floor(math.log10(max(abs(scaled), half)))
         factor = 10.0**exponent
-        inner = min(_decimals_for(half / factor, 2), 12)
+        inner = max(0, min(_decimals_for(half / factor, 2), 12))
         return f"({scaled / factor:.{inner}f} ± {half / factor:.{inner}f})e{exponent:+03d}"
-    if decimals == 0:
-        return f"{scaled:,.0f} ± {half:,.0f}"
+    if decimals <= 0:
+        # Round both to the interval's second significant figure: 2,165 ± 1,076 prints 2,200 ± 1,100.
+        return f"{round(scaled, decimals):,.0f} ± {round(half, decimals):,.0f}"
     return f"{scaled:.{decimals}f} ± {half:.{decimals}f}"

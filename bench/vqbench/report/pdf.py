@@ -117,8 +117,10 @@ def _table_blocks(table: Table) -> list[tuple[str, list[str], list[list[str]], i
     Returns (title, headers, rows, line count) per block.
     """
     data_columns = list(range(1, len(table.headers)))
-    groups = [data_columns[i : i + STACKED_COLUMNS_PER_BLOCK]
-              for i in range(0, len(data_columns), STACKED_COLUMNS_PER_BLOCK)] or [[]]
+    # Balanced groups: 15 columns split 5 + 5 + 5 rather than 7 + 7 + 1.
+    group_count = max(1, -(-len(data_columns) // STACKED_COLUMNS_PER_BLOCK))
+    size = max(1, -(-len(data_columns) // group_count))
+    groups = [data_columns[i : i + size] for i in range(0, len(data_columns), size)] or [[]]
     blocks = []
     for number, group in enumerate(groups, start=1):
         chosen = [0, *group]

@@ -90,7 +90,7 @@ def readable_log_axis(axis, label=format_number) -> None:
 
     low, high = sorted(axis.get_view_interval())
     decades = np.log10(high / low) if low > 0 else 10.0
-    subs = (1.0,) if decades > 3 else (1.0, 2.0, 5.0)
+    subs = (1.0,) if decades > 3 else (1.0, 2.0, 5.0) if decades > 1 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
     axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda value, _: label(value)))
     axis.set_minor_formatter(NullFormatter())
@@ -223,7 +223,7 @@ def plot_energy_per_stage(rows: Sequence[ResultRow]) -> Figure | None:
         names.append("estimated or modeled")
         ax.invert_yaxis()
         ax.set_xlabel("Energy per inference (mJ)")
-        figure.legend(handles, names, fontsize=7, loc="outside upper center", ncol=4, frameon=False)
+        figure.legend(handles, names, fontsize=7, loc="outside lower center", ncol=4, frameon=False)
         ax.margins(x=0.15)
     return figure
 
@@ -251,7 +251,7 @@ def plot_co2e_per_million(rows: Sequence[ResultRow]) -> Figure | None:
             ax.annotate(text, (op + em, index), textcoords="offset points", xytext=(3, 0), va="center", fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("CO2e (g per million inferences)")
-        figure.legend(fontsize=7, loc="outside upper center", ncol=2, frameon=False)
+        figure.legend(fontsize=7, loc="outside lower center", ncol=2, frameon=False)
         ax.margins(x=0.3)
     return figure
 

@@ -174,7 +174,7 @@ _PLAIN_INTEGER_KEYS = ("year", "_id", "index", "seed", "port", "pairs", "folds")
 #: Unit suffixes of assumption keys, turned into readable header units.
 _UNIT_SUFFIXES = (
     ("_bit_per_s", "bit/s"), ("_gco2e_per_kwh", "gCO2e/kWh"), ("_kwh_per_gb", "kWh/GB"), ("_kgco2e", "kgCO2e"),
-    ("_macs_per_s", "MAC/s"), ("_bytes", "bytes"), ("_years", "years"), ("_ms", "ms"), ("_j", "J"),
+    ("_macs_per_s", "MAC/s"), ("_bytes", ""), ("_years", "years"), ("_ms", "ms"), ("_j", "J"),
     ("_w", "W"), ("_s", "s"),
 )
 _HEADER_WORDS = {"rtt": "RTT", "lora": "LoRa", "macs": "MACs", "co2e": "CO2e", "gco2e": "gCO2e", "id": "id"}
