@@ -24,9 +24,11 @@ DEFAULT_PIPELINE_CONFIGS: tuple[dict[str, Any], ...] = (
 
 #: Hook for the VQ-VAE pipelines: served by default once the scenario schema accepts their
 #: kind and their default model files exist. Until then each entry is skipped with a log line.
+#: The committed ~200 B operating point, served by default.
+DEFAULT_VQ_MODEL = "vq-g14-k256"
 DEFAULT_VQ_PIPELINE_CONFIGS: tuple[dict[str, Any], ...] = (
-    {"kind": "edge-vq-recon"},
-    {"kind": "edge-vq-student"},
+    {"kind": "edge-vq-recon", "model": DEFAULT_VQ_MODEL},
+    {"kind": "edge-vq-student", "model": DEFAULT_VQ_MODEL},
 )
 
 

@@ -269,6 +269,8 @@ class Trainer:
         return self._jitter(chips), chips, embeddings, features
 
     def _jitter(self, chips: torch.Tensor) -> torch.Tensor:
+        # NOTE: only flips are labelled by the teacher. A jittered view keeps the label of the
+        # unjittered chip, which assumes the teacher is invariant to small brightness and contrast changes.
         strength = self.config.color_jitter
         if strength == 0:
             return chips
