@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -280,24 +280,39 @@ def default_data_dir() -> Path:
 
 def load_scenario(path: Path) -> Scenario:
     """Read and validate a scenario file, raising ScenarioError with the offending key."""
+    return load_yaml_model(
+        path,
+        Scenario,
+        noun="scenario",
+        missing_hint="pass the path of a .yaml file (see scenarios/)",
+        required_keys="'name' and 'pipelines'",
+        schema_hint="the schema is scenarios/scenario.schema.json in the vqbench repository, "
+        "or run `vqbench schema --out FILE`",
+    )
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def load_yaml_model(
+    path: Path, model: type[ModelT], noun: str, missing_hint: str, required_keys: str, schema_hint: str
+) -> ModelT:
+    """Read a YAML file into a pydantic model; every failure is a ScenarioError naming the key and value."""
     if not path.is_file():
-        raise ScenarioError(f"scenario file not found: {path}; pass the path of a .yaml file (see scenarios/)")
+        raise ScenarioError(f"{noun} file not found: {path}; {missing_hint}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise ScenarioError(f"scenario {path} is not valid YAML: {error}".replace("\n", " ")) from error
+        raise ScenarioError(f"{noun} {path} is not valid YAML: {error}".replace("\n", " ")) from error
     if not isinstance(raw, dict):
-        raise ScenarioError(f"scenario {path} must be a YAML mapping with at least 'name' and 'pipelines'")
+        raise ScenarioError(f"{noun} {path} must be a YAML mapping with at least {required_keys}")
     try:
-        return Scenario.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
         problems = [_describe_problem(problem) for problem in error.errors()[:MAX_REPORTED_PROBLEMS]]
         more = error.error_count() - len(problems)
         suffix = f"; and {more} more" if more > 0 else ""
-        raise ScenarioError(
-            f"scenario {path} is invalid: {'; '.join(problems)}{suffix} (the schema is scenarios/scenario.schema.json "
-            "in the vqbench repository, or run `vqbench schema --out FILE`)"
-        ) from error
+        raise ScenarioError(f"{noun} {path} is invalid: {'; '.join(problems)}{suffix} ({schema_hint})") from error
 
 
 #: Validation problems listed in one error message.

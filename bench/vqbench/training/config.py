@@ -12,10 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from vqbench.errors import ScenarioError
 
 TRAIN_CONFIG_VERSION = 1
 
@@ -120,17 +118,13 @@ class TrainConfig(_Strict):
 
 def load_train_config(path: Path) -> TrainConfig:
     """Read and validate a training config, raising ScenarioError naming the bad key."""
-    if not path.is_file():
-        raise ScenarioError(f"training config not found: {path}; pass a train.yaml (see models/*/train.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ScenarioError(f"training config {path} is not valid YAML: {error}".replace("\n", " ")) from error
-    if not isinstance(raw, dict):
-        raise ScenarioError(f"training config {path} must be a YAML mapping with at least 'model_id'")
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as error:
-        first = error.errors()[0]
-        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise ScenarioError(f"training config {path}: invalid value at '{location}': {first['msg']}") from error
+    from vqbench.scenario import load_yaml_model
+
+    return load_yaml_model(
+        path,
+        TrainConfig,
+        noun="training config",
+        missing_hint="pass a train.yaml (see models/*/train.yaml)",
+        required_keys="'model_id'",
+        schema_hint="see the TrainConfig fields in vqbench.training.config",
+    )
