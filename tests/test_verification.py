@@ -77,7 +77,7 @@ def test_eer_of_separable_scores_is_zero():
     assert equal_error_rate(scores, same) == pytest.approx(0.0)
 
 
-def test_threshold_at_far_allows_floor_of_far_times_impostors():
+def test_threshold_at_far_accept_count():
     impostors = np.linspace(0.0, 1.0, 2001)  # 2001 impostors: 2 may be accepted at FAR 1e-3
     threshold = threshold_at_far(impostors, 1e-3)
     accepted = int(np.sum(impostors >= threshold))

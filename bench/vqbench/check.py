@@ -40,7 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vqbench import __version__
 from vqbench.errors import DataError
-from vqbench.report import write_atomically
+from vqbench.io import write_text_atomic
+from vqbench.metrics.verification import average_ranks
 from vqbench.report.loader import LATENCY_FILE, load_results
 from vqbench.results import ResultRow, RunResults
 
@@ -198,20 +199,6 @@ class UTestResult:
     method: Literal["exact", "normal"]
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values))
-    sorted_values = values[order]
-    start = 0
-    while start < len(values):
-        end = start
-        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
-
-
 def exact_u_counts(n1: int, n2: int) -> np.ndarray:
     """Count the arrangements giving each U in 0..n1*n2 when there are no ties.
 
@@ -242,7 +229,7 @@ def mann_whitney_greater(sample: np.ndarray, other: np.ndarray) -> UTestResult:
     if n1 == 0 or n2 == 0:
         raise ValueError("the U test needs at least one value in each sample")
     combined = np.concatenate([x, y])
-    ranks = _average_ranks(combined)
+    ranks = average_ranks(combined)
     u = float(ranks[:n1].sum() - n1 * (n1 + 1) / 2)
     has_ties = len(np.unique(combined)) < len(combined)
 
@@ -387,7 +374,7 @@ def write_baseline(results_dir: Path, baseline_file: Path, max_samples: int = 25
     baseline_file = Path(baseline_file)
     baseline_file.parent.mkdir(parents=True, exist_ok=True)
     text = baseline.model_dump_json(indent=1)
-    write_atomically(baseline_file, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    write_text_atomic(baseline_file, text)
     logger.info("wrote baseline %s from %s (%d rows)", baseline_file, results_dir, len(entries))
     return baseline_file
 
@@ -730,7 +717,10 @@ QUIET_STATUSES = frozenset({"pass", "skipped"})
 
 
 def check_summary(report: CheckReport) -> str:
-    """One line: the verdict and the count of each status, e.g. ``vqbench check FAILED: 1 regression, ...``."""
+    """Return one line with the verdict and the count of each status.
+
+    For example ``vqbench check FAILED: 1 regression, ...``.
+    """
     return f"vqbench check {'PASSED' if report.passed else 'FAILED'}: {_counts(report) or 'nothing gated'}"
 
 

@@ -12,7 +12,7 @@ class VqbenchError(Exception):
 
 
 class ScenarioError(VqbenchError):
-    """A scenario file is missing, malformed or asks for something that does not exist."""
+    """A scenario file is missing, malformed or names something that does not exist."""
 
 
 class DataError(VqbenchError):

@@ -32,6 +32,24 @@ def write_atomic(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
+def write_path_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write`` with a temporary path beside ``path``, then rename that file onto ``path``.
+
+    For writers that take a file name rather than a stream (matplotlib's PdfPages, say).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    temporary = Path(temporary_name)
+    try:
+        write(temporary)
+        os.chmod(temporary, 0o666 & ~_current_umask())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -153,10 +153,10 @@ def _probe_half(
 
 
 def _own_peak_rss_bytes() -> int:
-    """Peak RSS of this process's current address space.
+    """Return the peak RSS of this process's current address space, in bytes.
 
     On Linux, ``ru_maxrss`` of a spawned child starts at the parent's peak, because the kernel
-    carries the pre-exec high-water mark over; ``VmHWM`` in /proc/self/status does not.
+    carries the pre-exec high-water mark over. ``VmHWM`` in /proc/self/status does not.
     """
     try:
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -1,7 +1,7 @@
 """Resolve a scenario's data set into pairs and the images they use.
 
-Images are read once; a file that is missing or cannot be decoded is reported by path and
-left out together with every pair that uses it, so one bad file never ends a run.
+Images are read once. A file that is missing or cannot be decoded is reported by path and
+left out together with every pair that uses it, so one bad file does not end a run.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Face verification metrics under the LFW View 2 protocol.
 
 Pairs are accepted as "same person" when their score (cosine similarity) is at least a
-threshold. For each held-out fold, the threshold that maximises accuracy on the other folds is
-applied to the held-out fold; accuracy is reported as the mean and the population standard
-deviation over folds. TAR at FAR = 1e-3 uses, per held-out fold, the lowest threshold whose
+threshold. Each held-out fold is scored with the threshold that maximises accuracy on the other
+folds. Accuracy is reported as the mean and the population standard deviation over folds. TAR at FAR = 1e-3 uses, per held-out fold, the lowest threshold whose
 false-accept rate on the other folds' impostor pairs is at most 1e-3. ROC AUC and EER are
 computed over all pairs pooled.
 """
@@ -73,14 +72,14 @@ def roc_auc(scores: np.ndarray, same: np.ndarray) -> float:
     impostor = scores[~same]
     if len(genuine) == 0 or len(impostor) == 0:
         raise DataError("ROC AUC needs both genuine and impostor pairs")
-    ranks = _average_ranks(np.concatenate([genuine, impostor]))
+    ranks = average_ranks(np.concatenate([genuine, impostor]))
     genuine_rank_sum = ranks[: len(genuine)].sum()
     u = genuine_rank_sum - len(genuine) * (len(genuine) + 1) / 2
     return float(u / (len(genuine) * len(impostor)))
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their average rank."""
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Return 1-based ranks, where tied values share their average rank."""
     order = np.argsort(values, kind="mergesort")
     sorted_values = values[order]
     ranks = np.empty(len(values), dtype=np.float64)

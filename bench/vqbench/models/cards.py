@@ -44,7 +44,7 @@ def verify_model_dir(model_dir: Path) -> int:
         actual = sha256_file(path)
         if actual != expected:
             raise ModelError(
-                f"{path} does not match its card: SHA-256 {actual[:16]}..., card says {expected[:16]}...; "
+                f"{path} does not match its card: SHA-256 {actual[:16]}..., expected {expected[:16]}...; "
                 "restore the file from git or retrain and rewrite the card"
             )
     return len(card["files"])

@@ -21,7 +21,7 @@ MODELS_DIR_ENV = "VQBENCH_DLIB_MODELS_DIR"
 
 
 def dlib_models_dir() -> Path:
-    """Return the folder that holds dlib's ``.dat`` model files."""
+    """Return the folder that contains dlib's ``.dat`` model files."""
     override = os.environ.get(MODELS_DIR_ENV)
     if override:
         return Path(override).expanduser()

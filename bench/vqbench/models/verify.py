@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from vqbench.data.dataset import LFW_IMAGE_FOLDER
 from vqbench.errors import DataError, ScenarioError
 
 logger = logging.getLogger(__name__)
 
-LFW_IMAGES_DIR = "lfw-deepfunneled"
 LFW_ROOT_ENV = "VQBENCH_LFW_ROOT"
 
 
@@ -43,12 +43,12 @@ class PortFidelity:
 def list_lfw_images(lfw_root: Path) -> list[Path]:
     """Return LFW's JPEG files in sorted order, from ``lfw_root/lfw-deepfunneled`` or ``lfw_root``."""
     lfw_root = Path(lfw_root)
-    folder = lfw_root / LFW_IMAGES_DIR if (lfw_root / LFW_IMAGES_DIR).is_dir() else lfw_root
+    folder = lfw_root / LFW_IMAGE_FOLDER if (lfw_root / LFW_IMAGE_FOLDER).is_dir() else lfw_root
     images = sorted(folder.glob("*/*.jpg"))
     if not images:
         raise DataError(
             f"no LFW images (<person>/<name>.jpg) found under {folder}; "
-            f"pass the folder that holds {LFW_IMAGES_DIR}, or set {LFW_ROOT_ENV}"
+            f"pass the folder that holds {LFW_IMAGE_FOLDER}, or set {LFW_ROOT_ENV}"
         )
     return images
 

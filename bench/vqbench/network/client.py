@@ -13,9 +13,9 @@ handshake and record overhead.
 
 ``transfer_ms`` is the client's whole request time minus the ``compute_ms`` and ``queue_ms``
 that the service reports, so it contains the network time, HTTP parsing on both sides and the
-service's validation of the payload. NOTE: on loopback it reads about 45 ms on a kept-alive
-connection (raw sockets show the same), while curl on fresh connections shows almost none; the
-cause is not yet found, so treat loopback transfer times as an upper bound.
+service's validation of the payload. NOTE: on loopback it reads about 45 ms per request on a
+kept-alive connection, and raw sockets show the same. curl on fresh connections shows almost
+none. The cause is not yet found, so treat loopback transfer times as an upper bound.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class _CountingBackend(httpcore.SyncBackend):
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                     socket_options: Any = None) -> httpcore.NetworkStream:
-        # Headers and body leave in separate writes; without TCP_NODELAY, Nagle's algorithm holds
+        # Headers and body leave in separate writes. Without TCP_NODELAY, Nagle's algorithm delays
         # the body until the server's delayed ACK (about 40 ms on Linux), which is not network time.
         options = list(socket_options or []) + [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
         stream = super().connect_tcp(host, port, timeout, local_address, options)

@@ -7,11 +7,9 @@ environment.json and samples/) and writes ``report.html`` and ``report.pdf`` bes
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
+from vqbench.io import write_path_atomic
 from vqbench.report.html import render_html
 from vqbench.report.loader import load_run
 from vqbench.report.pdf import write_pdf
@@ -23,19 +21,6 @@ HTML_FILE = "report.html"
 PDF_FILE = "report.pdf"
 
 __all__ = ["render_reports", "HTML_FILE", "PDF_FILE"]
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write`` on a temporary file in ``path``'s folder, then rename it onto ``path``."""
-    descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    temporary = Path(temporary_name)
-    try:
-        write(temporary)
-        temporary.chmod(0o644)  # mkstemp creates the file readable by its owner only
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def render_reports(run_dir: Path) -> tuple[Path, Path]:
@@ -51,9 +36,9 @@ def render_reports(run_dir: Path) -> tuple[Path, Path]:
 
     html_path = run_dir / HTML_FILE
     page = render_html(run, plots)
-    write_atomically(html_path, lambda temporary: temporary.write_text(page, encoding="utf-8"))
+    write_path_atomic(html_path, lambda temporary: temporary.write_text(page, encoding="utf-8"))
 
     pdf_path = run_dir / PDF_FILE
-    write_atomically(pdf_path, lambda temporary: write_pdf(run, plots, temporary))
+    write_path_atomic(pdf_path, lambda temporary: write_pdf(run, plots, temporary))
     logger.info("wrote %s and %s", html_path, pdf_path)
     return html_path, pdf_path

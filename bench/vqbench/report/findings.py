@@ -265,7 +265,7 @@ def _method_warnings(rows: Sequence[ResultRow]) -> list[str]:
 
 
 def _label_list(labels: list[str], n_rows: int) -> str:
-    """Name the affected rows, or say "every row" when all of them are affected."""
+    """Return the affected rows' labels, or "every row (N)" when all of them are affected."""
     if len(labels) == n_rows and n_rows > 1:
         return f"every row ({n_rows})"
     return ", ".join(labels)

@@ -160,7 +160,7 @@ def _accuracy_vs_cost(
 
 
 def _short_label(row: ResultRow, rows: Sequence[ResultRow]) -> str:
-    """The variant, plus link and device when the run varies them, for a point label."""
+    """Return a point label: the variant, plus link and device when the run varies them."""
     several_links, several_devices = varying_dimensions(rows)
     parts = [row.variant]
     if several_links and row.link:

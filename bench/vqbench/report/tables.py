@@ -213,7 +213,7 @@ def _cell_text(value: object, key: str = "") -> str:
 
 
 def sources_table(title: str, records: dict[str, object], key_header: str = "Name") -> Table | None:
-    """One row per (record, figure) from each record's ``sources`` mapping of ``{source, year}``."""
+    """Build one row per (record, figure) from each record's ``sources`` mapping of ``{source, year}``."""
     rows = []
     for name, record in records.items():
         sources = record.get("sources") if isinstance(record, dict) else None
