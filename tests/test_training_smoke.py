@@ -52,7 +52,9 @@ def write_config(tmp_path: Path, config: dict) -> Path:
 
 
 def test_train_command_writes_verified_model(tmp_path: Path) -> None:
-    folder = train_command(write_config(tmp_path, tiny_config(tmp_path)))
+    raw = tiny_config(tmp_path)
+    raw["augment"] = {"extra_views": 1}
+    folder = train_command(write_config(tmp_path, raw))
 
     card = load_vq_card(folder)
     assert card.model_id == "smoke"

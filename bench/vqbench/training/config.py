@@ -95,6 +95,19 @@ class StagesConfig(_Strict):
     checkpoint_every_steps: int = Field(200, ge=1)
 
 
+class AugmentConfig(_Strict):
+    """Random views drawn once per image and labelled by the teacher before training."""
+
+    extra_views: int = Field(
+        0, ge=0, le=32, description="Views per image beyond the chip and its flip; each one costs a teacher pass once, before training."
+    )
+    max_shift_px: float = Field(6.0, ge=0.0, le=30.0, description="Largest shift along x and y, in pixels of the 150x150 chip.")
+    max_scale: float = Field(0.08, ge=0.0, le=0.5, description="Largest relative change of scale.")
+    max_rotation_deg: float = Field(8.0, ge=0.0, le=45.0, description="Largest rotation about the chip centre.")
+    max_brightness: float = Field(0.1, ge=0.0, le=0.5, description="Largest relative change of brightness.")
+    max_contrast: float = Field(0.1, ge=0.0, le=0.5, description="Largest relative change of contrast.")
+
+
 class TrainConfig(_Strict):
     """A complete training config."""
 
@@ -112,7 +125,14 @@ class TrainConfig(_Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)
     flip_augment: bool = Field(True, description="Train on horizontal flips too, each labelled by the teacher.")
-    color_jitter: float = Field(0.1, ge=0.0, le=0.5, description="Max relative brightness and contrast change of the encoder input.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    color_jitter: float = Field(
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="Max relative brightness and contrast change of the encoder input, applied after labelling "
+        "(the label stays the unjittered view's); prefer augment.max_brightness and max_contrast.",
+    )
     quantize_int8: bool = Field(True, description="Also export an int8 (dynamic) edge encoder.")
 
 

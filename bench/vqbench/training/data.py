@@ -6,7 +6,9 @@ folds are never read. ``prepare_training_set`` aligns each image once with ``Dli
 (upsample 0, 150x150, padding 0.25). The PyTorch teacher then labels the chip and its
 horizontal flip with two targets: the 128-d embedding, and the 4x4x256 feature map that enters
 the teacher's last residual block (the student's feature target). The result is cached as one ``.npz`` file keyed
-by the image list, the aligner and the teacher.
+by the image list, the aligner and the teacher. ``add_teacher_views`` appends random augmented
+views (``vqbench.training.augment``) with the same two targets, cached in a second file keyed
+by the chips, the view parameters and the teacher.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vqbench.data.pairs import read_lfw_pairs, people_in_folds
 from vqbench.errors import DataError
+
+if TYPE_CHECKING:
+    from vqbench.training.config import AugmentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -96,16 +102,25 @@ def training_image_paths(root: Path, people: frozenset[str]) -> list[Path]:
 
 @dataclass(frozen=True)
 class PreparedSet:
-    """Aligned chips and teacher targets; index 0 of the view axis is the chip, 1 its flip."""
+    """Aligned chips and teacher targets per view: index 0 is the chip, 1 its flip, 2.. augmented views."""
 
     chips: np.ndarray  # (N, 150, 150, 3) uint8
     identities: np.ndarray  # (N,) str
     detected: np.ndarray  # (N,) bool
-    embeddings: np.ndarray  # (N, 2, 128) float32
-    features: np.ndarray  # (N, 2, 256, 4, 4) float16
+    embeddings: np.ndarray  # (N, V, 128) float32
+    features: np.ndarray  # (N, V, 256, 4, 4) float16
+    view_params: np.ndarray | None = None  # (N, V, 7), see vqbench.training.augment; None: chip and flip only
 
     def __len__(self) -> int:
         return len(self.chips)
+
+    @property
+    def n_views(self) -> int:
+        return int(self.embeddings.shape[1])
+
+
+#: The arrays of a prepared set's cache file (augmented views are cached separately).
+_STORED_ARRAYS = ("chips", "identities", "detected", "embeddings", "features")
 
 
 def prepared_key(paths: list[Path], aligner_fingerprint: str, teacher_tag: str) -> str:
@@ -159,53 +174,94 @@ def _align_all(aligner: object, paths: list[Path]) -> tuple[np.ndarray, np.ndarr
 
 def label_with_teacher(chips: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Return the teacher's embeddings (N, 2, 128) and last-block inputs (N, 2, 256, 4, 4) of chips and flips."""
+    from vqbench.training.augment import FLIP_VIEW, IDENTITY_VIEW
+
+    params = np.broadcast_to(np.array([IDENTITY_VIEW, FLIP_VIEW], dtype=np.float32), (len(chips), 2, 7))
+    return label_views(chips, params, batch_size)
+
+
+def label_views(chips: np.ndarray, params: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Return the teacher's embeddings (N, V, 128) and last-block inputs (N, V, 256, 4, 4) of the views ``params`` (N, V, 7)."""
     import torch
 
-    from vqbench.training.progress import progress_bar
-    from vqbench.models.student import teacher_trunk
+    from vqbench.models.student import TeacherTail, teacher_trunk
     from vqbench.models.teacher_torch import load_torch_teacher
+    from vqbench.training.augment import render_views
+    from vqbench.training.progress import progress_bar
 
     teacher = load_torch_teacher()
-    embeddings = np.empty((len(chips), 2, 128), dtype=np.float32)
-    features = np.empty((len(chips), 2, 256, 4, 4), dtype=np.float16)
+    tail = TeacherTail(teacher)
+    n_views = params.shape[1]
+    embeddings = np.empty((len(chips), n_views, 128), dtype=np.float32)
+    features = np.empty((len(chips), n_views, 256, 4, 4), dtype=np.float16)
     with progress_bar() as progress, torch.no_grad():
-        task = progress.add_task("labelling with the teacher", total=len(chips), status="")
+        task = progress.add_task(f"labelling {n_views} views per image with the teacher", total=len(chips), status="")
         for start in range(0, len(chips), batch_size):
-            batch = torch.from_numpy(chips[start : start + batch_size]).permute(0, 3, 1, 2).float()
-            for view, images in enumerate((batch, batch.flip(3))):
-                trunk = teacher_trunk(teacher, images)
-                features[start : start + len(batch), view] = trunk.numpy().astype(np.float16)
-                embeddings[start : start + len(batch), view] = teacher_tail_forward(teacher, trunk).numpy()
-            progress.advance(task, len(batch))
+            stop = min(start + batch_size, len(chips))
+            for view in range(n_views):
+                trunk = teacher_trunk(teacher, render_views(chips[start:stop], params[start:stop, view]))
+                features[start:stop, view] = trunk.numpy().astype(np.float16)
+                embeddings[start:stop, view] = tail(trunk).numpy()
+            progress.advance(task, stop - start)
     return embeddings, features
 
 
-def teacher_tail_forward(teacher: object, trunk: "object") -> "object":
-    """Run the teacher's last block, pooling and fc on a trunk feature map."""
-    from vqbench.models.student import TeacherTail
+def add_teacher_views(prepared: PreparedSet, augment: "AugmentConfig", seed: int, cache_dir: Path, batch_size: int = 32) -> PreparedSet:
+    """Append ``augment.extra_views`` random views per image, labelled by the teacher (cached)."""
+    from vqbench.models.teacher_torch import TEACHER_DAT_SHA256
+    from vqbench.training.augment import draw_view_params, view_params_sha256
 
-    return TeacherTail(teacher)(trunk)  # type: ignore[arg-type]
+    if augment.extra_views == 0:
+        return prepared
+    params = draw_view_params(len(prepared), augment, seed)
+    digest = hashlib.sha256(f"{_PREPARED_FORMAT}|{TEACHER_DAT_SHA256}|{view_params_sha256(params)}".encode())
+    digest.update(np.ascontiguousarray(prepared.chips).data)
+    cache_file = cache_dir / f"views-{digest.hexdigest()[:20]}.npz"
+    labels = _load_arrays(cache_file, ("embeddings", "features"))
+    if labels is None:
+        embeddings, features = label_views(prepared.chips, params[:, 2:], batch_size)
+        _save_arrays(cache_file, {"embeddings": embeddings, "features": features})
+    else:
+        embeddings, features = labels["embeddings"], labels["features"]
+        logger.info("loaded teacher labels of %d extra views per image from %s", augment.extra_views, cache_file)
+    return PreparedSet(
+        chips=prepared.chips,
+        identities=prepared.identities,
+        detected=prepared.detected,
+        embeddings=np.concatenate([prepared.embeddings, embeddings], axis=1),
+        features=np.concatenate([prepared.features, features], axis=1),
+        view_params=params,
+    )
 
 
 def _load_prepared(path: Path) -> PreparedSet | None:
+    arrays = _load_arrays(path, _STORED_ARRAYS)
+    return None if arrays is None else PreparedSet(**arrays)
+
+
+def _save_prepared(path: Path, prepared: PreparedSet) -> None:
+    _save_arrays(path, {name: getattr(prepared, name) for name in _STORED_ARRAYS})
+    logger.info("cached %d prepared training images in %s", len(prepared), path)
+
+
+def _load_arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            return PreparedSet(**{name: data[name] for name in PreparedSet.__dataclass_fields__})
+            return {name: data[name] for name in names}
     except (OSError, ValueError, KeyError, EOFError) as error:
-        logger.warning("prepared training set %s is damaged (%s); preparing it again", path, error)
+        logger.warning("cached training arrays %s are damaged (%s); computing them again", path, error)
         return None
 
 
-def _save_prepared(path: Path, prepared: PreparedSet) -> None:
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **{name: getattr(prepared, name) for name in PreparedSet.__dataclass_fields__})
+            np.savez(stream, **arrays)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    logger.info("cached %d prepared training images in %s", len(prepared), path)

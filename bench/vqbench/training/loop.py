@@ -1,8 +1,8 @@
 """The training loop: stage ``joint``, then stage ``identity``, with resumable checkpoints.
 
-Per step of stage ``joint``: draw a batch of prepared chips, pick the chip or its flip per
-sample (each labelled by the teacher), jitter brightness and contrast of the encoder input,
-encode and quantise, then add up
+Per step of stage ``joint``: draw a batch of prepared chips, pick one view per sample (the
+chip, its flip or an augmented view, each labelled by the teacher), apply the unlabelled
+``color_jitter`` if configured, encode and quantise, then add up
 
     reconstruction (decoder output vs input)   + commitment (encoder output vs its code)
     + student cosine to the teacher embedding  + student feature MSE to the teacher's 4x4x256 map
@@ -38,6 +38,7 @@ from vqbench.models.edge_embed import EdgeEmbedder
 from vqbench.models.student import Student
 from vqbench.models.teacher_torch import DlibResNet
 from vqbench.models.vqvae import VQVAE, VQVAEShape, codebook_usage
+from vqbench.training.augment import FLIP_VIEW, IDENTITY_VIEW, render_views
 from vqbench.training.config import TrainConfig
 from vqbench.training.data import PreparedSet
 from vqbench.training.losses import cosine_loss, feature_loss, reconstruction_loss, relational_loss
@@ -257,20 +258,24 @@ class Trainer:
     def _batch_tensors(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return encoder input, reconstruction target, teacher embeddings and teacher features."""
         rows = np.sort(rows)
-        chips = torch.from_numpy(self.data.chips[rows]).permute(0, 3, 1, 2).float()
-        if self.config.flip_augment:
-            views = torch.randint(0, 2, (len(rows),), generator=self.generator)
-        else:
-            views = torch.zeros(len(rows), dtype=torch.long)
-        flipped = views.bool()
-        chips[flipped] = chips[flipped].flip(3)
-        embeddings = torch.from_numpy(self.data.embeddings[rows, views.numpy()])
-        features = torch.from_numpy(self.data.features[rows, views.numpy()].astype(np.float32))
+        views = self._pick_views(len(rows)).numpy()
+        params = self.data.view_params
+        if params is None:
+            params = np.broadcast_to(np.array([IDENTITY_VIEW, FLIP_VIEW], dtype=np.float32), (len(self.data), 2, 7))
+        chips = render_views(self.data.chips[rows], params[rows, views])
+        embeddings = torch.from_numpy(self.data.embeddings[rows, views])
+        features = torch.from_numpy(self.data.features[rows, views].astype(np.float32))
         return self._jitter(chips), chips, embeddings, features
 
+    def _pick_views(self, n: int) -> torch.Tensor:
+        """Draw one labelled view per sample: the chip, its flip (``flip_augment``) or an augmented view."""
+        choices = [0] + ([1] if self.config.flip_augment else []) + list(range(2, self.data.n_views))
+        picks = torch.randint(0, len(choices), (n,), generator=self.generator)
+        return torch.tensor(choices)[picks]
+
     def _jitter(self, chips: torch.Tensor) -> torch.Tensor:
-        # NOTE: only flips are labelled by the teacher. A jittered view keeps the label of the
-        # unjittered chip, which assumes the teacher is invariant to small brightness and contrast changes.
+        # NOTE: this jitter is applied after labelling, so a jittered input keeps the label of the
+        # unjittered view. New configs set color_jitter to 0 and jitter through labelled views (augment).
         strength = self.config.color_jitter
         if strength == 0:
             return chips
