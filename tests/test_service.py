@@ -42,6 +42,7 @@ from vqbench.network.service import (
     GalleryStore,
     create_app,
     frame_pair,
+    listen_socket,
     split_pair,
 )
 from vqbench.pipelines.base import Components, EdgeOutput, HalfFootprint, Pipeline
@@ -541,9 +542,7 @@ def test_sniff_image_type() -> None:
 
 @contextmanager
 def running_server(app) -> Iterator[tuple[str, uvicorn.Server]]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
+    sock = listen_socket("127.0.0.1", 0)
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -557,6 +556,21 @@ def running_server(app) -> Iterator[tuple[str, uvicorn.Server]]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        sock.close()
+
+
+def test_listen_socket_disables_nagle_for_accepted_connections() -> None:
+    # asyncio sets TCP_NODELAY on an accepted connection only when the socket's proto is TCP.
+    sock = listen_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        client = socket.create_connection(sock.getsockname())
+        accepted, _ = sock.accept()
+        assert accepted.proto == socket.IPPROTO_TCP
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        accepted.close()
+        client.close()
+    finally:
         sock.close()
 
 

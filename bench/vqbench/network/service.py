@@ -582,10 +582,14 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _listen_socket(host: str, port: int) -> socket.socket:
+def listen_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so.
+    # Without it a response's headers and body leave in two segments and the second waits for
+    # the client's delayed ACK, adding about 40 ms to every request on a kept-alive connection.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as error:
@@ -629,7 +633,7 @@ def serve(
         logger.warning("server-side energy is unavailable: %s", energy.reason)
     app = create_app(pipelines, token, max_request_bytes, energy=energy, warm_up_errors=warm_up_errors)
 
-    sock = _listen_socket(host, port)
+    sock = listen_socket(host, port)
     config = uvicorn.Config(
         app, log_config=None, access_log=False, timeout_graceful_shutdown=int(math.ceil(graceful_shutdown_s)),
         timeout_keep_alive=5, limit_concurrency=1024,
