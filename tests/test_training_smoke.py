@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from typer.testing import CliRunner
 
+from vqbench.cli import app
 from vqbench.data.pairs import read_lfw_pairs
 from vqbench.errors import ModelError, ScenarioError
 from vqbench.models.cards import verify_model_dir
@@ -43,6 +45,20 @@ def tiny_config(tmp_path: Path) -> dict:
 def prepare_chip(tmp_path: Path) -> np.ndarray:
     people = select_training_people(SAMPLE_ROOT, [9])
     return prepare_training_set(training_image_paths(SAMPLE_ROOT, people.people)[:8], tmp_path / "cache").chips[0]
+
+
+def held_out_root(tmp_path: Path) -> Path:
+    """An LFW folder whose three folds hold the sample's fold-10 pairs (people unseen by fold-9 training)."""
+    lines = (SAMPLE_ROOT / "pairs.txt").read_text().splitlines()[1:]
+    fold_10 = lines[150:]
+    matched, mismatched = fold_10[:75], fold_10[75:]
+    root = tmp_path / "held-out"
+    root.mkdir()
+    (root / "lfw-deepfunneled").symlink_to(SAMPLE_ROOT / "lfw-deepfunneled")
+    body = [line for fold in range(3) for line in matched[25 * fold : 25 * fold + 25] + mismatched[25 * fold : 25 * fold + 25]]
+    (root / "pairs.txt").write_text("\n".join(["3\t25", *body]) + "\n")
+    (root / "vqbench-sample.json").write_text(json.dumps({"fold_numbers": [8, 9, 10]}))
+    return root
 
 
 def write_config(tmp_path: Path, config: dict) -> Path:
@@ -84,6 +100,21 @@ def test_train_command_writes_verified_model(tmp_path: Path) -> None:
     assert cloud.macs == data["footprint"]["decoder"]["macs"] + data["footprint"]["teacher"]["macs"]
 
     assert verify_model_dir(folder) == len(data["files"])
+
+    # `vqbench models evaluate` scores the allowed folds and records the figures in the card.
+    held_out = held_out_root(tmp_path)
+    result = CliRunner().invoke(app, ["models", "evaluate", str(folder), "--lfw-root", str(held_out)], env={"VQBENCH_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.exit_code == 0, result.output
+    assert "recon_teacher" in result.output
+    metrics = json.loads((folder / "card.json").read_text())["metrics"]["lfw_view2"]
+    assert metrics["folds"] == [8, 9, 10]
+    assert metrics["pairs"] == 150
+    assert 0.0 <= metrics["edge_encoder"]["student"]["accuracy_mean"] <= 1.0
+    assert metrics["edge_encoder"]["payload_bytes_max"] <= 6 + 32
+    assert verify_model_dir(folder) == len(data["files"])
+    refused = CliRunner().invoke(app, ["models", "evaluate", str(folder), "--lfw-root", str(SAMPLE_ROOT), "--fold", "9"])
+    assert refused.exit_code == 2, refused.output
+    assert "allowed folds: [10]" in refused.output
 
     # A changed file no longer matches the card.
     (folder / "student.onnx").write_bytes(b"not a model")

@@ -327,6 +327,28 @@ def models_verify(
         raise typer.Exit(code=1)
 
 
+@models_app.command("evaluate")
+@_user_errors
+def models_evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder containing card.json, such as models/vq-g14-k256.")],
+    folds: Annotated[
+        Optional[list[int]],
+        typer.Option("--fold", help="View 2 fold to score (repeat the option); default: every fold the model may be scored on."),
+    ] = None,
+    lfw_root: Annotated[
+        Optional[Path], typer.Option("--lfw-root", help="LFW folder; default ${VQBENCH_DATA_DIR}/lfw.")
+    ] = None,
+) -> None:
+    """Score a trained model on LFW View 2 pairs and write the figures into its card."""
+    from vqbench.data.cache import default_cache_dir
+    from vqbench.scenario import default_data_dir
+    from vqbench.training.evaluate import evaluate_model, render_metrics_table
+
+    root = lfw_root or default_data_dir() / "lfw"
+    metrics = evaluate_model(model_dir, root, folds, default_cache_dir() / "evaluation")
+    output.print(render_metrics_table(model_dir.name, metrics))
+
+
 #: Lowest acceptable cosine similarity between dlib's descriptor and the port's.
 PORT_MIN_COSINE = 0.9999
 

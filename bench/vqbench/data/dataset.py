@@ -82,7 +82,7 @@ def load_pairs(config: DatasetConfig, root: Path, scenario_dir: Path) -> list[Pa
         pairs_file = expand_path(config.pairs_file, scenario_dir) if config.pairs_file else root / "pairs.txt"
         if not pairs_file.is_file():
             raise DataError(missing_data_message(root) if not root.exists() else f"pairs file not found: {pairs_file}")
-        pairs = read_lfw_pairs(pairs_file, root / LFW_IMAGE_FOLDER, fold_numbers=_sample_fold_numbers(pairs_file))
+        pairs = read_lfw_pairs(pairs_file, root / LFW_IMAGE_FOLDER, fold_numbers=sample_fold_numbers(pairs_file))
 
     available = sorted({pair.fold for pair in pairs})
     if config.folds:
@@ -95,7 +95,8 @@ def load_pairs(config: DatasetConfig, root: Path, scenario_dir: Path) -> list[Pa
     return pairs
 
 
-def _sample_fold_numbers(pairs_file: Path) -> list[int] | None:
+def sample_fold_numbers(pairs_file: Path) -> list[int] | None:
+    """Return the View 2 fold numbers a sample's manifest gives for its pairs file, or None for full LFW."""
     manifest = pairs_file.parent / SAMPLE_MANIFEST
     if not manifest.is_file():
         return None

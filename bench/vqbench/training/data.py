@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vqbench.data.dataset import sample_fold_numbers
 from vqbench.data.pairs import read_lfw_pairs, people_in_folds
 from vqbench.errors import DataError
 
@@ -58,7 +59,7 @@ def select_training_people(root: Path, train_folds: list[int], include_unpaired:
     image_root = root / LFW_IMAGE_FOLDER
     if not image_root.is_dir():
         raise DataError(f"LFW images not found at {image_root}; run `vqbench data fetch lfw` or set data.root")
-    pairs = read_lfw_pairs(root / "pairs.txt", image_root, fold_numbers=_sample_fold_numbers(root))
+    pairs = read_lfw_pairs(root / "pairs.txt", image_root, fold_numbers=sample_fold_numbers(root / "pairs.txt"))
     folds = sorted({pair.fold for pair in pairs})
     unknown = sorted(set(train_folds) - set(folds))
     if unknown:
@@ -74,21 +75,6 @@ def select_training_people(root: Path, train_folds: list[int], include_unpaired:
     if include_unpaired:
         people |= everyone - chosen - excluded
     return TrainingPeople(tuple(sorted(train_folds)), frozenset(people), frozenset(excluded))
-
-
-def _sample_fold_numbers(root: Path) -> list[int] | None:
-    """Return the View 2 fold numbers of a sample's pairs file (see vqbench.data.dataset), if any."""
-    import json
-
-    from vqbench.data.dataset import SAMPLE_MANIFEST
-
-    manifest = root / SAMPLE_MANIFEST
-    if not manifest.is_file():
-        return None
-    try:
-        return [int(fold) for fold in json.loads(manifest.read_text(encoding="utf-8"))["fold_numbers"]]
-    except (ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{manifest} is invalid ({error}); it must hold {{\"fold_numbers\": [..]}}") from error
 
 
 def training_image_paths(root: Path, people: frozenset[str]) -> list[Path]:

@@ -1,6 +1,6 @@
 """Offline accuracy check of a trained model folder on LFW View 2 (without the runner).
 
-``evaluate_model`` aligns every image of the selected folds once (cached as one ``.npz``),
+``evaluate_model`` (``vqbench models evaluate``) aligns every image of the selected folds once (cached as one ``.npz``),
 runs the exported ONNX graphs exactly as the pipelines do, and scores the pairs with the
 standard cross-fold protocol of ``vqbench.metrics.verification``. For the fp32 and the int8
 edge encoder it reports the student, the reconstruction + teacher path (the PyTorch teacher
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vqbench.data.dataset import sample_fold_numbers
 from vqbench.data.pairs import Pair, read_lfw_pairs
 from vqbench.errors import ScenarioError
 from vqbench.metrics.verification import cosine_similarity, evaluate_verification
@@ -110,11 +111,14 @@ def _edge_latency_ms(card: VQModelCard, paths: list[Path], role: str) -> float:
     return round(float(np.median(times_ms)), 2)
 
 
-def evaluate_model(model_dir: Path, data_root: Path, folds: list[int], cache_dir: Path) -> dict:
-    """Score a VQ model folder on the given View 2 folds and record the figures in its card."""
+def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, cache_dir: Path) -> dict:
+    """Score a model folder on View 2 folds (default: every allowed fold) and record the figures in its card."""
     card = load_vq_card(model_dir)
-    pairs_all = read_lfw_pairs(data_root / "pairs.txt", data_root / "lfw-deepfunneled")
+    pairs_all = read_lfw_pairs(data_root / "pairs.txt", data_root / "lfw-deepfunneled", fold_numbers=sample_fold_numbers(data_root / "pairs.txt"))
     permitted = allowed_folds(card, pairs_all)
+    if not permitted:
+        raise ScenarioError(f"no fold of {data_root / 'pairs.txt'} is allowed: each contains people that {card.model_id} was trained on; use another LFW folder")
+    folds = sorted(folds) if folds else permitted
     if not set(folds) <= set(permitted):
         raise ScenarioError(f"model {card.model_id} was trained on people in folds {sorted(set(folds) - set(permitted))}; allowed folds: {permitted}")
     pairs = [pair for pair in pairs_all if pair.fold in set(folds)]
@@ -177,6 +181,32 @@ def _embedder_metrics(card: VQModelCard, pairs: list[Pair], index: dict[Path, in
             metrics[role][dtype] = {"payload_bytes": len(encode_embedding(embeddings[0], dtype)), **_score(pairs, index, sent)}
         logger.info("%s %s: %s", card.model_id, role, metrics[role])
     return metrics
+
+
+def render_metrics_table(model_id: str, metrics: dict) -> "object":
+    """Return a rich table of ``evaluate_model``'s figures: one row per graph and path."""
+    from rich.table import Table
+
+    table = Table(title=f"{model_id} on folds {metrics['folds']} ({metrics['pairs']} pairs)")
+    for column in ("graph", "path", "bytes", "accuracy", "std", "TAR@FAR1e-3", "edge ms p50"):
+        table.add_column(column, justify="left" if column in ("graph", "path") else "right")
+
+    def add(graph: str, path: str, payload_bytes: object, scores: dict, latency_ms: object) -> None:
+        table.add_row(graph, path, str(payload_bytes), f"{scores['accuracy_mean']:.4f}", f"{scores['accuracy_std']:.4f}",
+                      f"{scores['tar_at_far_1e_3']:.3f}", str(latency_ms))
+
+    add("teacher", "original chips", "-", metrics["teacher_on_chips"], "-")
+    for graph in ("edge_encoder", "edge_encoder_int8"):
+        if graph in metrics:
+            figures = metrics[graph]
+            for path in ("student", "recon_teacher"):
+                add(graph, path, figures["payload_bytes_mean"], figures[path], figures["edge_latency_ms_p50"])
+    for graph in ("embedder", "embedder_int8"):
+        if graph in metrics:
+            figures = metrics[graph]
+            for dtype in ("fp16", "int8"):
+                add(graph, dtype, figures[dtype]["payload_bytes"], figures[dtype], figures["edge_latency_ms_p50"])
+    return table
 
 
 def _record_metrics(model_dir: Path, metrics: dict) -> None:
