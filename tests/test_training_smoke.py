@@ -115,6 +115,9 @@ def test_train_command_writes_verified_model(tmp_path: Path) -> None:
     refused = CliRunner().invoke(app, ["models", "evaluate", str(folder), "--lfw-root", str(SAMPLE_ROOT), "--fold", "9"])
     assert refused.exit_code == 2, refused.output
     assert "allowed folds: [10]" in refused.output
+    unknown = CliRunner().invoke(app, ["models", "evaluate", str(folder), "--lfw-root", str(held_out), "--fold", "4"])
+    assert unknown.exit_code == 2, unknown.output
+    assert "folds [4] are not in" in unknown.output
 
     # A changed file no longer matches the card.
     (folder / "student.onnx").write_bytes(b"not a model")
@@ -163,6 +166,12 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert resumed.progress.history[-1]["epoch"] == 1
     for name, value in straight.models.vqvae.state_dict().items():
         assert torch.allclose(value.float(), resumed.models.vqvae.state_dict()[name].float(), atol=1e-5), name
+
+
+def test_evaluate_names_missing_model_card(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["models", "evaluate", str(tmp_path / "no-such-model"), "--lfw-root", str(SAMPLE_ROOT)])
+    assert result.exit_code == 2, result.output
+    assert "model card not found" in result.output
 
 
 def test_config_rejects_unknown_key(tmp_path: Path) -> None:

@@ -78,6 +78,11 @@ class VQModelCard:
 def load_vq_card(folder: Path) -> VQModelCard:
     """Read ``card.json`` in ``folder`` and verify every file's SHA-256 and the people list."""
     card_path = folder / CARD_FILE
+    if not card_path.is_file():
+        raise ModelError(
+            f"model card not found: {card_path}; pass a model folder such as models/vq-g14-k256-aug, "
+            "or train one with `vqbench train models/<id>/train.yaml`"
+        )
     try:
         data = json.loads(card_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:

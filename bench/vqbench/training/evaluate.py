@@ -119,6 +119,10 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, ca
     if not permitted:
         raise ScenarioError(f"no fold of {data_root / 'pairs.txt'} is allowed: each contains people that {card.model_id} was trained on; use another LFW folder")
     folds = sorted(folds) if folds else permitted
+    present = sorted({pair.fold for pair in pairs_all})
+    unknown = sorted(set(folds) - set(present))
+    if unknown:
+        raise ScenarioError(f"folds {unknown} are not in {data_root / 'pairs.txt'}, which contains folds {present}; allowed folds: {permitted}")
     if not set(folds) <= set(permitted):
         raise ScenarioError(f"model {card.model_id} was trained on people in folds {sorted(set(folds) - set(permitted))}; allowed folds: {permitted}")
     pairs = [pair for pair in pairs_all if pair.fold in set(folds)]
