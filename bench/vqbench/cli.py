@@ -330,7 +330,7 @@ def models_verify(
 @models_app.command("evaluate")
 @_user_errors
 def models_evaluate(
-    model_dir: Annotated[Path, typer.Argument(help="Model folder containing card.json, such as models/vq-g14-k256.")],
+    model_dir: Annotated[Path, typer.Argument(help="Model folder containing card.json, such as models/vq-g14-k256-aug.")],
     folds: Annotated[
         Optional[list[int]],
         typer.Option("--fold", help="View 2 fold to score (repeat the option); default: every fold the model may be scored on."),

@@ -22,10 +22,9 @@ DEFAULT_PIPELINE_CONFIGS: tuple[dict[str, Any], ...] = (
     {"kind": "cloud-codec", "codec": "jpeg", "qualities": [50]},
 )
 
-#: Hook for the VQ-VAE pipelines: served by default once the scenario schema accepts their
-#: kind and their default model files exist. Until then each entry is skipped with a log line.
-#: The committed ~200 B operating point, served by default.
-DEFAULT_VQ_MODEL = "vq-g14-k256"
+#: The committed ~200 B operating point, served by default. An entry whose model files are
+#: missing is skipped with a warning.
+DEFAULT_VQ_MODEL = "vq-g14-k256-aug"
 DEFAULT_VQ_PIPELINE_CONFIGS: tuple[dict[str, Any], ...] = (
     {"kind": "edge-vq-recon", "model": DEFAULT_VQ_MODEL},
     {"kind": "edge-vq-student", "model": DEFAULT_VQ_MODEL},
