@@ -112,3 +112,9 @@ def test_trainer_draws_from_every_labelled_view(flip_augment: bool, expected: se
     trainer.data = data
     trainer.generator = torch.Generator().manual_seed(0)
     assert set(trainer._pick_views(400).tolist()) == expected
+
+
+@pytest.mark.parametrize("bad", [{"extra_views": True}, {"max_shift_px": "3"}, {"extra_views": 33}, {"max_scale": -0.1}, {"views": 2}])
+def test_augment_config_rejects_loose_values(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        AugmentConfig.model_validate(bad)

@@ -109,12 +109,18 @@ def test_train_command_writes_verified_model(tmp_path: Path) -> None:
     metrics = json.loads((folder / "card.json").read_text())["metrics"]["lfw_view2"]
     assert metrics["folds"] == [8, 9, 10]
     assert metrics["pairs"] == 150
+    assert metrics["dataset"] == "LFW View 2 sample of folds [8, 9, 10]"
+    assert data["training"]["config"]["augment"]["extra_views"] == 1
+    assert "root" not in data["training"]["config"]["data"]
     assert 0.0 <= metrics["edge_encoder"]["student"]["accuracy_mean"] <= 1.0
     assert metrics["edge_encoder"]["payload_bytes_max"] <= 6 + 32
     assert verify_model_dir(folder) == len(data["files"])
     refused = CliRunner().invoke(app, ["models", "evaluate", str(folder), "--lfw-root", str(SAMPLE_ROOT), "--fold", "9"])
     assert refused.exit_code == 2, refused.output
     assert "allowed folds: [10]" in refused.output
+    single = CliRunner().invoke(app, ["models", "evaluate", str(folder), "--lfw-root", str(held_out), "--fold", "9", "--fold", "9"])
+    assert single.exit_code == 2, single.output
+    assert "pass two or more --fold options" in single.output
     unknown = CliRunner().invoke(app, ["models", "evaluate", str(folder), "--lfw-root", str(held_out), "--fold", "4"])
     assert unknown.exit_code == 2, unknown.output
     assert "folds [4] are not in" in unknown.output

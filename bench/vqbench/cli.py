@@ -286,7 +286,10 @@ def train(
     """Train a VQ-VAE and its student, or the edge embedder, and write the model folder."""
     from vqbench.training import train_command
 
-    folder = train_command(config)
+    try:
+        folder = train_command(config)
+    except KeyboardInterrupt:
+        raise typer.Exit(code=130) from None
     output.print(f"Model written to [bold]{folder}[/]", highlight=False)
 
 

@@ -87,9 +87,18 @@ def load_vq_card(folder: Path) -> VQModelCard:
         data = json.loads(card_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot read model card {card_path}: {error}; restore it from the repository") from error
+    if not isinstance(data, dict):
+        raise ModelError(f"model card {card_path} must contain a JSON object, found {type(data).__name__}; restore it from the repository")
     if data.get("card_format") != CARD_FORMAT:
         raise ModelError(f"model card {card_path} has card_format {data.get('card_format')!r}, expected {CARD_FORMAT}; retrain or update vqbench")
+    try:
+        return _card_from_data(folder, card_path, data)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise ModelError(f"model card {card_path} has a missing or invalid field ({error!r}); restore it from the repository or retrain") from error
 
+
+def _card_from_data(folder: Path, card_path: Path, data: dict) -> VQModelCard:
+    """Check every listed file's SHA-256, then build the card from the parsed fields."""
     for name, entry in data["files"].items():
         expected = entry["sha256"]
         path = folder / name

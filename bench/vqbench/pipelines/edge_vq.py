@@ -18,7 +18,7 @@ from functools import cached_property
 
 import numpy as np
 
-from vqbench.errors import PayloadError
+from vqbench.errors import ModelError, PayloadError
 from vqbench.models.vq_card import VQModelCard, load_vq_card, resolve_model_folder
 from vqbench.pipelines.base import Components, EdgeOutput, HalfFootprint, Pipeline, VariantInfo
 from vqbench.pipelines.payload import PayloadFormat
@@ -32,7 +32,18 @@ def _session(path: object, threads: int = 1) -> object:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return load_onnx_session(path, options)
+
+
+def load_onnx_session(path: object, options: object) -> object:
+    """Open an ONNX graph on the CPU, raising ModelError when the file cannot be parsed."""
+    import onnxruntime
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
+
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile) as error:
+        raise ModelError(f"cannot load ONNX model {path}: {error}; restore the model folder or retrain") from error
 
 
 def chips_to_input(chips: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ def train_command(config_path: Path) -> Path:
     import numpy as np
     import torch
 
+    from vqbench.console import console
     from vqbench.data.cache import default_cache_dir
     from vqbench.models.teacher_torch import load_torch_teacher
     from vqbench.models.vq_card import default_models_dir
@@ -58,13 +59,22 @@ def train_command(config_path: Path) -> Path:
 
     checkpoint = cache_dir / "checkpoints" / config.model_id / "last.pt"
     calibration = data.chips[np.random.default_rng(config.seed).permutation(len(data))[:CALIBRATION_CHIPS]]
-    if config.kind == "edge-embed":
-        embed_models = build_embed_models(config, load_torch_teacher())
-        progress = EmbedTrainer(config, data, embed_models, checkpoint).run()  # type: ignore[arg-type]
-        export_embed_model(config, embed_models, output_dir, progress, people, len(data), calibration)
-    else:
-        models = build_models(config, load_torch_teacher())
-        progress = Trainer(config, data, models, checkpoint).run()
-        export_model(config, models, output_dir, progress, people, len(data), calibration)
+    try:
+        if config.kind == "edge-embed":
+            embed_models = build_embed_models(config, load_torch_teacher())
+            progress = EmbedTrainer(config, data, embed_models, checkpoint).run()  # type: ignore[arg-type]
+            export_embed_model(config, embed_models, output_dir, progress, people, len(data), calibration)
+        else:
+            models = build_models(config, load_torch_teacher())
+            progress = Trainer(config, data, models, checkpoint).run()
+            export_model(config, models, output_dir, progress, people, len(data), calibration)
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted:[/] the last checkpoint ({checkpoint}, written every "
+            f"{config.stages.checkpoint_every_steps} steps and after every epoch) is kept; "
+            "run the same command again to resume",
+            highlight=False,
+        )
+        raise
     logger.info("trained %s in %.0f s and wrote %s", config.model_id, progress.elapsed_s, output_dir)
     return output_dir

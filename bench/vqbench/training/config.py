@@ -98,6 +98,9 @@ class StagesConfig(_Strict):
 class AugmentConfig(_Strict):
     """Random views drawn once per image and labelled by the teacher before training."""
 
+    # Strict types: a YAML `true` is not a view count, and a quoted "3" is not a shift.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     extra_views: int = Field(
         0, ge=0, le=32, description="Views per image beyond the chip and its flip; each one costs a teacher pass once, before training."
     )

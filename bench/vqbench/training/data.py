@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -203,10 +204,11 @@ def add_teacher_views(prepared: PreparedSet, augment: "AugmentConfig", seed: int
     digest = hashlib.sha256(f"{_PREPARED_FORMAT}|{TEACHER_DAT_SHA256}|{view_params_sha256(params)}".encode())
     digest.update(np.ascontiguousarray(prepared.chips).data)
     cache_file = cache_dir / f"views-{digest.hexdigest()[:20]}.npz"
-    labels = _load_arrays(cache_file, ("embeddings", "features"))
+    labels = load_cached_arrays(cache_file, ("embeddings", "features"))
     if labels is None:
         embeddings, features = label_views(prepared.chips, params[:, 2:], batch_size)
-        _save_arrays(cache_file, {"embeddings": embeddings, "features": features})
+        save_cached_arrays(cache_file, {"embeddings": embeddings, "features": features})
+        logger.info("labelled %d extra views per image and cached them in %s", augment.extra_views, cache_file)
     else:
         embeddings, features = labels["embeddings"], labels["features"]
         logger.info("loaded teacher labels of %d extra views per image from %s", augment.extra_views, cache_file)
@@ -221,27 +223,29 @@ def add_teacher_views(prepared: PreparedSet, augment: "AugmentConfig", seed: int
 
 
 def _load_prepared(path: Path) -> PreparedSet | None:
-    arrays = _load_arrays(path, _STORED_ARRAYS)
+    arrays = load_cached_arrays(path, _STORED_ARRAYS)
     return None if arrays is None else PreparedSet(**arrays)
 
 
 def _save_prepared(path: Path, prepared: PreparedSet) -> None:
-    _save_arrays(path, {name: getattr(prepared, name) for name in _STORED_ARRAYS})
+    save_cached_arrays(path, {name: getattr(prepared, name) for name in _STORED_ARRAYS})
     logger.info("cached %d prepared training images in %s", len(prepared), path)
 
 
-def _load_arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+def load_cached_arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """Return the named arrays of a cached ``.npz``, or None when it is missing or damaged."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             return {name: data[name] for name in names}
-    except (OSError, ValueError, KeyError, EOFError) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         logger.warning("cached training arrays %s are damaged (%s); computing them again", path, error)
         return None
 
 
-def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def save_cached_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays to an ``.npz`` atomically, so an interrupted write leaves no damaged file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:

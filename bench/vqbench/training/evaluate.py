@@ -25,8 +25,9 @@ from vqbench.data.pairs import Pair, read_lfw_pairs
 from vqbench.errors import ScenarioError
 from vqbench.metrics.verification import cosine_similarity, evaluate_verification
 from vqbench.models.vq_card import CARD_FILE, VQModelCard, allowed_folds, load_vq_card
-from vqbench.pipelines.edge_vq import chips_to_input
+from vqbench.pipelines.edge_vq import chips_to_input, load_onnx_session
 from vqbench.pipelines.payload import PayloadFormat
+from vqbench.training.data import load_cached_arrays, save_cached_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +42,15 @@ def _aligned_chips(paths: list[Path], cache_dir: Path) -> tuple[np.ndarray, np.n
     for path in paths:
         digest.update(f"{path}\n".encode())
     cache_file = cache_dir / f"eval-{digest.hexdigest()[:20]}.npz"
-    if cache_file.is_file():
-        with np.load(cache_file) as data:
-            return data["chips"], data["detected"]
+    cached = load_cached_arrays(cache_file, ("chips", "detected"))
+    if cached is not None:
+        return cached["chips"], cached["detected"]
     chips = np.empty((len(paths), 150, 150, 3), dtype=np.uint8)
     detected = np.empty(len(paths), dtype=bool)
     for index, path in enumerate(paths):
         aligned = aligner.align_bytes(path.read_bytes(), str(path))
         chips[index], detected[index] = aligned.chip, aligned.detected
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache_file, chips=chips, detected=detected)
+    save_cached_arrays(cache_file, {"chips": chips, "detected": detected})
     return chips, detected
 
 
@@ -59,7 +59,7 @@ def _session(path: Path) -> object:
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return load_onnx_session(path, options)
 
 
 def _run_batched(session: object, name: str, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -114,24 +114,34 @@ def _edge_latency_ms(card: VQModelCard, paths: list[Path], role: str) -> float:
 def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, cache_dir: Path) -> dict:
     """Score a model folder on View 2 folds (default: every allowed fold) and record the figures in its card."""
     card = load_vq_card(model_dir)
+    if not (data_root / "pairs.txt").is_file() or not (data_root / "lfw-deepfunneled").is_dir():
+        raise ScenarioError(
+            f"{data_root} does not contain pairs.txt and lfw-deepfunneled/; pass --lfw-root with the LFW folder "
+            "(or set VQBENCH_DATA_DIR to the folder above it), or run `vqbench data fetch lfw`"
+        )
     pairs_all = read_lfw_pairs(data_root / "pairs.txt", data_root / "lfw-deepfunneled", fold_numbers=sample_fold_numbers(data_root / "pairs.txt"))
     permitted = allowed_folds(card, pairs_all)
     if not permitted:
         raise ScenarioError(f"no fold of {data_root / 'pairs.txt'} is allowed: each contains people that {card.model_id} was trained on; use another LFW folder")
-    folds = sorted(folds) if folds else permitted
+    folds = sorted(set(folds)) if folds else permitted
     present = sorted({pair.fold for pair in pairs_all})
     unknown = sorted(set(folds) - set(present))
     if unknown:
         raise ScenarioError(f"folds {unknown} are not in {data_root / 'pairs.txt'}, which contains folds {present}; allowed folds: {permitted}")
     if not set(folds) <= set(permitted):
         raise ScenarioError(f"model {card.model_id} was trained on people in folds {sorted(set(folds) - set(permitted))}; allowed folds: {permitted}")
+    if len(folds) < 2:
+        raise ScenarioError(
+            f"folds {folds}: the verification protocol needs at least 2 folds to choose thresholds; "
+            f"pass two or more --fold options from the allowed folds {permitted}"
+        )
     pairs = [pair for pair in pairs_all if pair.fold in set(folds)]
     paths = list(dict.fromkeys(path for pair in pairs for path in (pair.path_a, pair.path_b)))
     index = {path: i for i, path in enumerate(paths)}
     chips, detected = _aligned_chips(paths, cache_dir)
     inputs = chips_to_input(chips)
 
-    metrics: dict = {"folds": folds, "pairs": len(pairs), "images": len(paths), "detection_fallbacks": int((~detected).sum())}
+    metrics: dict = {"dataset": _dataset_label(data_root), "folds": folds, "pairs": len(pairs), "images": len(paths), "detection_fallbacks": int((~detected).sum())}
     metrics["teacher_on_chips"] = _score(pairs, index, _teacher_embed(chips))
     if card.kind == "edge-embed":
         metrics.update(_embedder_metrics(card, pairs, index, inputs, paths))
@@ -211,6 +221,12 @@ def render_metrics_table(model_id: str, metrics: dict) -> "object":
             for dtype in ("fp16", "int8"):
                 add(graph, dtype, figures[dtype]["payload_bytes"], figures[dtype], figures["edge_latency_ms_p50"])
     return table
+
+
+def _dataset_label(data_root: Path) -> str:
+    """Name the LFW copy scored: the full View 2 set or a sample (its manifest lists the folds)."""
+    folds = sample_fold_numbers(data_root / "pairs.txt")
+    return "LFW View 2" if folds is None else f"LFW View 2 sample of folds {folds}"
 
 
 def _record_metrics(model_dir: Path, metrics: dict) -> None:

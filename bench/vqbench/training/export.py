@@ -149,6 +149,14 @@ def _card(config: TrainConfig, models: Models, progress: Progress, people: Train
     return card
 
 
+def _recipe(config: TrainConfig) -> dict:
+    """Return the training settings without machine-specific paths (data, cache and output folders)."""
+    recipe = config.model_dump(mode="json", exclude={"output_dir"})
+    recipe["data"].pop("root", None)
+    recipe["data"].pop("cache_dir", None)
+    return recipe
+
+
 def _card_common(config: TrainConfig, progress: Progress, people: TrainingPeople, image_count: int, onnx_files: dict[str, str]) -> dict:
     return {
         "card_format": CARD_FORMAT,
@@ -171,6 +179,7 @@ def _card_common(config: TrainConfig, progress: Progress, people: TrainingPeople
             "machine": platform.processor() or platform.machine(),
             "torch_version": torch.__version__,
             "history": progress.history,
+            "config": _recipe(config),
         },
         "metrics": {},
     }

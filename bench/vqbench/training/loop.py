@@ -26,6 +26,7 @@ import hashlib
 import logging
 import math
 import os
+import pickle
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -358,7 +359,14 @@ class Trainer:
     def _resume(self) -> None:
         if not self.checkpoint_path.is_file():
             return
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            logger.warning("checkpoint %s is damaged (%s); starting afresh", self.checkpoint_path, error)
+            return
+        if not isinstance(state, dict) or "config_sha256" not in state:
+            logger.warning("checkpoint %s is not a vqbench training checkpoint; starting afresh", self.checkpoint_path)
+            return
         if state["config_sha256"] != config_fingerprint(self.config):
             logger.warning("checkpoint %s was made with another config; starting afresh", self.checkpoint_path)
             return

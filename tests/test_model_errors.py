@@ -1,0 +1,88 @@
+"""Damaged model folders, caches and checkpoints: clear errors, or a rebuild where one is possible."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vqbench.errors import ModelError
+from vqbench.models.vq_card import load_vq_card
+from vqbench.pipelines.edge_vq import load_onnx_session
+from vqbench.training.config import TrainConfig
+from vqbench.training.data import load_cached_arrays, save_cached_arrays
+from vqbench.training.loop import Trainer
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "vq-g10-k256-aug"
+
+
+@pytest.fixture()
+def model_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / MODEL.name
+    shutil.copytree(MODEL, folder)
+    return folder
+
+
+def write_card(folder: Path, card: object) -> None:
+    (folder / "card.json").write_text(json.dumps(card), encoding="utf-8")
+
+
+def test_card_that_is_not_an_object_is_rejected(model_copy: Path) -> None:
+    write_card(model_copy, [])
+    with pytest.raises(ModelError, match="must contain a JSON object"):
+        load_vq_card(model_copy)
+
+
+def test_card_without_files_is_rejected(model_copy: Path) -> None:
+    card = json.loads((model_copy / "card.json").read_text())
+    del card["files"]
+    write_card(model_copy, card)
+    with pytest.raises(ModelError, match="missing or invalid field"):
+        load_vq_card(model_copy)
+
+
+def test_truncated_onnx_raises_model_error(model_copy: Path) -> None:
+    student = model_copy / "student.onnx"
+    student.write_bytes(student.read_bytes()[:1000])
+    card = json.loads((model_copy / "card.json").read_text())
+    card["files"]["student.onnx"]["sha256"] = hashlib.sha256(student.read_bytes()).hexdigest()
+    write_card(model_copy, card)
+    loaded = load_vq_card(model_copy)
+    with pytest.raises(ModelError, match="cannot load ONNX model"):
+        load_onnx_session(loaded.file("student"), None)
+
+
+def test_damaged_cache_file_reads_as_missing(tmp_path: Path) -> None:
+    path = tmp_path / "views.npz"
+    save_cached_arrays(path, {"embeddings": np.ones((2, 3), dtype=np.float32)})
+    assert load_cached_arrays(path, ("embeddings",)) is not None
+    path.write_bytes(path.read_bytes()[:40])
+    assert load_cached_arrays(path, ("embeddings",)) is None
+
+
+@pytest.mark.parametrize("content", [b"\x80\x04truncated", b"not a checkpoint at all"])
+def test_damaged_checkpoint_starts_afresh(tmp_path: Path, content: bytes) -> None:
+    checkpoint = tmp_path / "last.pt"
+    checkpoint.write_bytes(content)
+    trainer = Trainer.__new__(Trainer)
+    trainer.checkpoint_path = checkpoint
+    trainer.config = TrainConfig(model_id="damaged")
+    trainer.progress = None
+    trainer._resume()
+    assert trainer.progress is None
+
+
+def test_foreign_checkpoint_starts_afresh(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "last.pt"
+    torch.save([1, 2, 3], checkpoint)
+    trainer = Trainer.__new__(Trainer)
+    trainer.checkpoint_path = checkpoint
+    trainer.config = TrainConfig(model_id="foreign")
+    trainer.progress = None
+    trainer._resume()
+    assert trainer.progress is None
