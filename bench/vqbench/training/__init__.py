@@ -53,7 +53,7 @@ def train_command(config_path: Path) -> Path:
     paths = training_image_paths(root, people.people)
     if config.data.max_images:
         paths = paths[: config.data.max_images]
-    logger.info("training %s on %d images of %d people (folds %s)", config.model_id, len(paths), len(people.people), people.train_folds)
+    logger.info("training %s on %d images of %d eligible people (folds %s)", config.model_id, len(paths), len(people.people), people.train_folds)
     data = prepare_training_set(paths, cache_dir / "training")
     data = add_teacher_views(data, config.augment, config.seed, cache_dir / "training")
 
