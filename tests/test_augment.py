@@ -27,7 +27,7 @@ def view(**changes: float) -> np.ndarray:
     return np.array([list(columns.values())], dtype=np.float32)
 
 
-def test_identity_and_flip_views_are_exact_copies() -> None:
+def test_chip_and_flip_render_exactly() -> None:
     chips = random_chips(2)
     params = np.array([IDENTITY_VIEW, FLIP_VIEW], dtype=np.float32)
     images = render_views(chips, params).permute(0, 2, 3, 1).numpy()
@@ -35,13 +35,13 @@ def test_identity_and_flip_views_are_exact_copies() -> None:
     assert np.array_equal(images[1], chips[1, :, ::-1].astype(np.float32))
 
 
-def test_whole_pixel_shift_moves_content_right_and_down() -> None:
+def test_shift_moves_content_right_down() -> None:
     chips = random_chips(1)
     shifted = render_views(chips, view(shift_x_px=3.0, shift_y_px=2.0))[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(shifted[2:, 3:], chips[0, :-2, :-3].astype(np.float32), atol=0.01)
 
 
-def test_flip_with_warp_mirrors_after_shifting() -> None:
+def test_flip_mirrors_after_shift() -> None:
     chips = random_chips(1)
     mirrored = render_views(chips, view(flip=1.0, shift_x_px=2.0))[0].permute(1, 2, 0).numpy()
     shifted = np.zeros_like(chips[0], dtype=np.float32)
@@ -49,14 +49,15 @@ def test_flip_with_warp_mirrors_after_shifting() -> None:
     np.testing.assert_allclose(mirrored[:, :-2], shifted[:, ::-1][:, :-2], atol=0.01)
 
 
-def test_brightness_and_contrast_keep_the_pixel_range() -> None:
+def test_colour_change_keeps_pixel_range() -> None:
     chips = random_chips(1)
     brighter = render_views(chips, view(brightness=1.4, contrast=1.4))
-    assert brighter.min() >= 0.0 and brighter.max() <= 255.0
+    assert brighter.min() >= 0.0
+    assert brighter.max() <= 255.0
     assert brighter.mean() > chips.mean()
 
 
-def test_drawn_views_stay_within_the_configured_ranges() -> None:
+def test_drawn_views_stay_in_range() -> None:
     augment = AugmentConfig(extra_views=5, max_shift_px=4.0, max_scale=0.05, max_rotation_deg=6.0, max_brightness=0.2, max_contrast=0.1)
     params = draw_view_params(50, augment, seed=3)
     assert params.shape == (50, 7, 7)
@@ -74,7 +75,7 @@ def test_drawn_views_stay_within_the_configured_ranges() -> None:
 
 
 @pytest.mark.slow
-def test_teacher_labels_every_view_once_and_caches_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_view_labels_computed_once_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     people = select_training_people(SAMPLE_ROOT, [9])
     prepared = prepare_training_set(training_image_paths(SAMPLE_ROOT, people.people)[:3], tmp_path)
     augment = AugmentConfig(extra_views=2)
@@ -98,7 +99,7 @@ def test_teacher_labels_every_view_once_and_caches_them(tmp_path: Path, monkeypa
 
 
 @pytest.mark.parametrize(("flip_augment", "expected"), [(True, {0, 1, 2, 3}), (False, {0, 2, 3})])
-def test_trainer_draws_from_every_labelled_view(flip_augment: bool, expected: set[int]) -> None:
+def test_trainer_draws_every_labelled_view(flip_augment: bool, expected: set[int]) -> None:
     n = 4
     data = PreparedSet(
         chips=random_chips(n),
@@ -115,6 +116,6 @@ def test_trainer_draws_from_every_labelled_view(flip_augment: bool, expected: se
 
 
 @pytest.mark.parametrize("bad", [{"extra_views": True}, {"max_shift_px": "3"}, {"extra_views": 33}, {"max_scale": -0.1}, {"views": 2}])
-def test_augment_config_rejects_loose_values(bad: dict) -> None:
+def test_augment_rejects_loose_values(bad: dict) -> None:
     with pytest.raises(ValueError):
         AugmentConfig.model_validate(bad)

@@ -32,13 +32,13 @@ def write_card(folder: Path, card: object) -> None:
     (folder / "card.json").write_text(json.dumps(card), encoding="utf-8")
 
 
-def test_card_that_is_not_an_object_is_rejected(model_copy: Path) -> None:
+def test_card_not_object_rejected(model_copy: Path) -> None:
     write_card(model_copy, [])
     with pytest.raises(ModelError, match="must contain a JSON object"):
         load_vq_card(model_copy)
 
 
-def test_card_without_files_is_rejected(model_copy: Path) -> None:
+def test_card_without_files_rejected(model_copy: Path) -> None:
     card = json.loads((model_copy / "card.json").read_text())
     del card["files"]
     write_card(model_copy, card)
@@ -65,24 +65,25 @@ def test_damaged_cache_file_reads_as_missing(tmp_path: Path) -> None:
     assert load_cached_arrays(path, ("embeddings",)) is None
 
 
-@pytest.mark.parametrize("content", [b"\x80\x04truncated", b"not a checkpoint at all"])
-def test_damaged_checkpoint_starts_afresh(tmp_path: Path, content: bytes) -> None:
-    checkpoint = tmp_path / "last.pt"
-    checkpoint.write_bytes(content)
-    trainer = Trainer.__new__(Trainer)
-    trainer.checkpoint_path = checkpoint
-    trainer.config = TrainConfig(model_id="damaged")
-    trainer.progress = None
-    trainer._resume()
-    assert trainer.progress is None
+def write_truncated_pickle(path: Path) -> None:
+    path.write_bytes(b"\x80\x04truncated")
 
 
-def test_foreign_checkpoint_starts_afresh(tmp_path: Path) -> None:
+def write_text(path: Path) -> None:
+    path.write_bytes(b"not a checkpoint at all")
+
+
+def write_foreign_object(path: Path) -> None:
+    torch.save([1, 2, 3], path)
+
+
+@pytest.mark.parametrize("write", [write_truncated_pickle, write_text, write_foreign_object])
+def test_unusable_checkpoint_starts_afresh(tmp_path: Path, write: object) -> None:
     checkpoint = tmp_path / "last.pt"
-    torch.save([1, 2, 3], checkpoint)
+    write(checkpoint)  # type: ignore[operator]
     trainer = Trainer.__new__(Trainer)
     trainer.checkpoint_path = checkpoint
-    trainer.config = TrainConfig(model_id="foreign")
+    trainer.config = TrainConfig(model_id="unusable")
     trainer.progress = None
     trainer._resume()
     assert trainer.progress is None

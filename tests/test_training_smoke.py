@@ -117,9 +117,9 @@ def test_train_command_writes_verified_model(tmp_path: Path) -> None:
     assert 0.0 <= metrics["edge_encoder"]["student"]["accuracy_mean"] <= 1.0
     assert metrics["edge_encoder"]["payload_bytes_max"] <= 6 + 32
     assert verify_model_dir(folder) == len(data["files"])
-    refused = CliRunner().invoke(app, ["models", "evaluate", str(folder), "--lfw-root", str(SAMPLE_ROOT), "--fold", "9"])
-    assert refused.exit_code == 2, refused.output
-    assert "allowed folds: [10]" in refused.output
+    rejected = CliRunner().invoke(app, ["models", "evaluate", str(folder), "--lfw-root", str(SAMPLE_ROOT), "--fold", "9"])
+    assert rejected.exit_code == 2, rejected.output
+    assert "allowed folds: [10]" in rejected.output
     single = CliRunner().invoke(app, ["models", "evaluate", str(folder), "--lfw-root", str(held_out), "--fold", "9", "--fold", "9"])
     assert single.exit_code == 2, single.output
     assert "pass two or more --fold options" in single.output

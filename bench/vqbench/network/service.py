@@ -583,8 +583,9 @@ def is_loopback_host(host: str) -> bool:
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
+    """Open a TCP socket listening on ``host:port`` whose accepted connections send without Nagle's delay."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so.
+    # proto must be IPPROTO_TCP, not 0, because asyncio sets TCP_NODELAY only on sockets whose proto is TCP.
     # Without it a response's headers and body leave in two segments and the second waits for
     # the client's delayed ACK, adding about 40 ms to every request on a kept-alive connection.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)

@@ -28,6 +28,11 @@ IDENTITY_VIEW = (0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0)
 FLIP_VIEW = (1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0)
 
 
+def chip_and_flip_params(n_images: int) -> np.ndarray:
+    """Return (n_images, 2, 7) parameters of the two fixed views: the chip and its flip."""
+    return np.broadcast_to(np.array([IDENTITY_VIEW, FLIP_VIEW], dtype=np.float32), (n_images, 2, len(VIEW_COLUMNS)))
+
+
 def draw_view_params(n_images: int, augment: AugmentConfig, seed: int) -> np.ndarray:
     """Return (n_images, 2 + extra_views, 7) view parameters: the chip, its flip, then random views."""
     rng = np.random.default_rng([seed, 7])

@@ -139,6 +139,14 @@ class TrainConfig(_Strict):
     quantize_int8: bool = Field(True, description="Also export an int8 (dynamic) edge encoder.")
 
 
+def portable_settings(config: TrainConfig, exclude: set[str] | None = None) -> dict:
+    """Return the config as plain data without machine-specific paths (output, data and cache folders)."""
+    settings = config.model_dump(mode="json", exclude={"output_dir", *(exclude or set())})
+    settings["data"].pop("root", None)
+    settings["data"].pop("cache_dir", None)
+    return settings
+
+
 def load_train_config(path: Path) -> TrainConfig:
     """Read and validate a training config, raising ScenarioError naming the bad key."""
     from vqbench.scenario import load_yaml_model

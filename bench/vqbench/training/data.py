@@ -161,10 +161,9 @@ def _align_all(aligner: object, paths: list[Path]) -> tuple[np.ndarray, np.ndarr
 
 def label_with_teacher(chips: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Return the teacher's embeddings (N, 2, 128) and last-block inputs (N, 2, 256, 4, 4) of chips and flips."""
-    from vqbench.training.augment import FLIP_VIEW, IDENTITY_VIEW
+    from vqbench.training.augment import chip_and_flip_params
 
-    params = np.broadcast_to(np.array([IDENTITY_VIEW, FLIP_VIEW], dtype=np.float32), (len(chips), 2, 7))
-    return label_views(chips, params, batch_size)
+    return label_views(chips, chip_and_flip_params(len(chips)), batch_size)
 
 
 def label_views(chips: np.ndarray, params: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ from vqbench.models.graph_stats import count_macs, count_params
 from vqbench.models.vq_card import CARD_FILE, CARD_FORMAT, PEOPLE_FILE, sha256_of
 from vqbench.models.vqvae import CloudDecoder, EdgeEncoder
 from vqbench.pipelines.payload import HEADER_BYTES, PayloadFormat
-from vqbench.training.config import TrainConfig
+from vqbench.training.config import TrainConfig, portable_settings
 from vqbench.training.data import TrainingPeople
 from vqbench.training.loop import EmbedModels, Models, Progress
 
@@ -149,14 +149,6 @@ def _card(config: TrainConfig, models: Models, progress: Progress, people: Train
     return card
 
 
-def _recipe(config: TrainConfig) -> dict:
-    """Return the training settings without machine-specific paths (data, cache and output folders)."""
-    recipe = config.model_dump(mode="json", exclude={"output_dir"})
-    recipe["data"].pop("root", None)
-    recipe["data"].pop("cache_dir", None)
-    return recipe
-
-
 def _card_common(config: TrainConfig, progress: Progress, people: TrainingPeople, image_count: int, onnx_files: dict[str, str]) -> dict:
     return {
         "card_format": CARD_FORMAT,
@@ -179,7 +171,7 @@ def _card_common(config: TrainConfig, progress: Progress, people: TrainingPeople
             "machine": platform.processor() or platform.machine(),
             "torch_version": torch.__version__,
             "history": progress.history,
-            "config": _recipe(config),
+            "config": portable_settings(config),
         },
         "metrics": {},
     }

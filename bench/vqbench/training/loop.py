@@ -39,8 +39,8 @@ from vqbench.models.edge_embed import EdgeEmbedder
 from vqbench.models.student import Student
 from vqbench.models.teacher_torch import DlibResNet
 from vqbench.models.vqvae import VQVAE, VQVAEShape, codebook_usage
-from vqbench.training.augment import FLIP_VIEW, IDENTITY_VIEW, render_views
-from vqbench.training.config import TrainConfig
+from vqbench.training.augment import chip_and_flip_params, render_views
+from vqbench.training.config import TrainConfig, portable_settings
 from vqbench.training.data import PreparedSet
 from vqbench.training.losses import cosine_loss, feature_loss, reconstruction_loss, relational_loss
 from vqbench.training.progress import progress_bar
@@ -262,7 +262,7 @@ class Trainer:
         views = self._pick_views(len(rows)).numpy()
         params = self.data.view_params
         if params is None:
-            params = np.broadcast_to(np.array([IDENTITY_VIEW, FLIP_VIEW], dtype=np.float32), (len(self.data), 2, 7))
+            params = chip_and_flip_params(len(self.data))
         chips = render_views(self.data.chips[rows], params[rows, views])
         embeddings = torch.from_numpy(self.data.embeddings[rows, views])
         features = torch.from_numpy(self.data.features[rows, views].astype(np.float32))
@@ -431,7 +431,5 @@ class EmbedTrainer(Trainer):
 
 def config_fingerprint(config: TrainConfig) -> str:
     """SHA-256 of the settings that shape training (paths and thread count excluded)."""
-    relevant = config.model_dump(exclude={"threads", "output_dir", "quantize_int8"})
-    relevant["data"].pop("cache_dir", None)
-    relevant["data"].pop("root", None)
+    relevant = portable_settings(config, exclude={"threads", "quantize_int8"})
     return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()
