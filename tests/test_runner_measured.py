@@ -187,3 +187,22 @@ def test_external_trace_and_hourly_intensity(sample_lfw, tmp_path):
     expected_g = (row.edge_energy_j_per_inference * 123.0 + row.cloud_energy_j_per_inference
                   * row.grid_intensity_cloud_gco2e_per_kwh) / 3.6e6
     assert row.co2e_g_per_inference == pytest.approx(expected_g, rel=1e-9)
+
+
+def test_failed_memory_probe_keeps_the_variant(sample_lfw, tmp_path, monkeypatch):
+    from vqbench import runner
+    from vqbench.errors import RunError
+
+    def failing_probe(*_args: object) -> tuple[int, int]:
+        raise RunError("memory probe of the cloud-codec/jpeg-q30 edge half failed: MemoryError")
+
+    monkeypatch.setattr(runner, "measure_peak_rss", failing_probe)
+    measurement = {"latency_samples": 5, "warmup": 1, "repeats": 3, "min_window_s": 0.1, "idle_s": 0.1, "memory": True}
+    scenario = _scenario(sample_lfw, meters={"host": []}, measurement=measurement)
+    outcome = run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+
+    row = outcome.results.rows[0]
+    assert outcome.failures == []
+    assert row.lfw_accuracy_mean > 0.5
+    assert row.edge_peak_rss_bytes is None and row.cloud_peak_rss_bytes is None
+    assert any("peak RSS missing" in warning and "MemoryError" in warning for warning in outcome.results.warnings)

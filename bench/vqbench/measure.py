@@ -7,25 +7,26 @@ Nothing here reads a cache. For each variant:
    ``time.perf_counter_ns``.
 2. Energy: each half runs in measurement windows on the host meter (see
    ``vqbench.meters.protocol`` for warm-up, idle window, windows and repeats).
-3. Memory: each half runs alone in a fresh child process on a few images. The child's peak
-   RSS is the half's footprint, including the Python interpreter and the libraries it loads.
+3. Memory: each half runs alone in a fresh child process on a few images (see
+   ``vqbench.memory_probe``). The child's peak RSS is the half's footprint, including the
+   Python interpreter and the libraries that half loads, but not the benchmark's own.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import multiprocessing
-import resource
+import pickle
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vqbench.data.dataset import ImageRecord
-from vqbench.errors import MeterError
+from vqbench.errors import MeterError, RunError
 from vqbench.meters.base import EnergyMeter
 from vqbench.pipelines.base import Pipeline
 from vqbench.scenario import AlignmentConfig, MeasurementConfig, TeacherConfig
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 #: Images each memory probe child processes.
 MEMORY_PROBE_IMAGES = 4
+
+#: Seconds a memory probe child may take before it is stopped.
+MEMORY_PROBE_TIMEOUT_S = 600
 
 
 @dataclass
@@ -131,44 +135,6 @@ def measure_energy(
     return halves[0], halves[1]
 
 
-def _probe_half(
-    half: str, kind: str, variant: str, pipeline_config: dict, alignment: dict, teacher: dict, inputs: list[bytes]
-) -> int:
-    """Child-process body: build one pipeline, run one half, return peak RSS in bytes."""
-    from vqbench.pipelines.base import Components
-    from vqbench.pipelines.registry import build_pipelines
-    from vqbench.scenario import Scenario
-
-    scenario = Scenario.model_validate({"name": "memory-probe", "pipelines": [pipeline_config]})
-    components = Components(AlignmentConfig(**alignment), TeacherConfig(**teacher))
-    pipeline = next(
-        p for p in build_pipelines(scenario.pipelines, components) if (p.kind, p.variant) == (kind, variant)
-    )
-    for item in inputs:
-        if half == "edge":
-            pipeline.edge(item)
-        else:
-            pipeline.cloud([item])
-    return _own_peak_rss_bytes()
-
-
-def _own_peak_rss_bytes() -> int:
-    """Return the peak RSS of this process's current address space, in bytes.
-
-    On Linux, ``ru_maxrss`` of a spawned child starts at the parent's peak, because the kernel
-    carries the pre-exec high-water mark over. ``VmHWM`` in /proc/self/status does not.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    # NOTE: elsewhere ru_maxrss may include the parent's peak; it is kibibytes on Linux, bytes on macOS.
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
 def measure_peak_rss(
     pipeline: Pipeline,
     pipeline_config: dict,
@@ -177,17 +143,42 @@ def measure_peak_rss(
     images: list[ImageRecord],
     payloads: list[bytes],
 ) -> tuple[int, int]:
-    """Run each half alone in a fresh process and return (edge, cloud) peak RSS in bytes."""
-    context = multiprocessing.get_context("spawn")
+    """Run each half alone in a fresh ``vqbench.memory_probe`` process; return (edge, cloud) peak RSS in bytes."""
     results = []
-    with context.Pool(1, maxtasksperchild=1) as pool:
-        for half, inputs in (("edge", [i.data for i in images]), ("cloud", payloads)):
-            arguments = (
-                half, pipeline.kind, pipeline.variant, pipeline_config,
-                alignment.model_dump(), teacher.model_dump(), inputs[:MEMORY_PROBE_IMAGES],
-            )
-            results.append(pool.apply(_probe_half, arguments))
+    for half, inputs in (("edge", [i.data for i in images]), ("cloud", payloads)):
+        request = {
+            "half": half,
+            "kind": pipeline.kind,
+            "variant": pipeline.variant,
+            "pipeline_config": pipeline_config,
+            "alignment": alignment.model_dump(),
+            "teacher": teacher.model_dump(),
+            "inputs": inputs[:MEMORY_PROBE_IMAGES],
+        }
+        results.append(_run_probe(request))
     return results[0], results[1]
+
+
+def _run_probe(request: dict) -> int:
+    """Start one probe child, hand it the request and return the peak RSS it reports."""
+    label = f"{request['kind']}/{request['variant']} {request['half']} half"
+    try:
+        child = subprocess.run(
+            [sys.executable, "-m", "vqbench.memory_probe"],
+            input=pickle.dumps(request),
+            capture_output=True,
+            timeout=MEMORY_PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise RunError(f"memory probe of the {label} ran past {MEMORY_PROBE_TIMEOUT_S} s; set measurement.memory to false to skip it") from error
+    if child.returncode != 0:
+        lines = child.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {child.returncode}"]
+        raise RunError(f"memory probe of the {label} failed: {lines[-1]}")
+    try:
+        return int(json.loads(child.stdout)["peak_rss_bytes"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunError(f"memory probe of the {label} printed no peak RSS: {child.stdout[:200]!r}") from error
 
 
 def latency_summary(values_ms: list[float]) -> dict[str, float | None]:

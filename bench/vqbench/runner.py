@@ -384,9 +384,14 @@ def _run_variant(
     edge_rss = cloud_rss = None
     if settings.memory:
         with _phase(progress, f"Measuring memory of {label}", None):
-            edge_rss, cloud_rss = measure_peak_rss(
-                pipeline, pipeline_config, scenario.alignment, scenario.teacher, sample_images, latency.payloads
-            )
+            try:
+                edge_rss, cloud_rss = measure_peak_rss(
+                    pipeline, pipeline_config, scenario.alignment, scenario.teacher, sample_images, latency.payloads
+                )
+            except RunError as error:
+                # The variant's other measurements are kept. Only its memory columns stay empty.
+                logger.warning("%s", error)
+                context.warnings.append(f"{label}: peak RSS missing: {error}")
 
     if pipeline.edge_aligns:
         _write_reconstructions(pipeline, aligned.chips[:RECONSTRUCTION_SAMPLES], context.out_dir / "samples")
