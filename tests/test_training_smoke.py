@@ -216,3 +216,23 @@ def test_edge_embed_training_and_pipeline(tmp_path: Path) -> None:
         payload = pipeline.edge_from_chip(chip)
         assert len(payload) == size
         assert pipeline.cloud([payload]).shape == (1, 128)
+
+
+def test_student_reusing_two_teacher_blocks(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    config["student"]["tail_blocks"] = 2
+    config["stages"]["identity_epochs"] = 0.0
+    model_dir = train_command(write_config(tmp_path, config))
+
+    card = load_vq_card(model_dir)
+    assert card.data["architecture"]["teacher_tail"] == "last 2 residual blocks + fc of dlib-resnet-v1"
+    # The reused 4x4 block alone costs about 18.9 M MACs, so the student's count shows it is there.
+    assert card.data["footprint"]["student"]["macs"] > 20_000_000
+    # The feature targets were taken at the earlier cut and cached beside the other labels.
+    assert len(list((tmp_path / "cache" / "training").glob("tail-inputs-*.npz"))) == 1
+
+    pipeline = EdgeVQStudentPipeline(Components(AlignmentConfig(upsample=0), TeacherConfig()), str(model_dir))
+    chip = prepare_chip(tmp_path)
+    embedding = pipeline.cloud([pipeline.edge_from_chip(chip)])[0]
+    assert embedding.shape == (128,)
+    assert np.isfinite(embedding).all()

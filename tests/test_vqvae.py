@@ -87,13 +87,21 @@ def test_codebook_usage_counts() -> None:
     assert unused == 2
 
 
-def test_teacher_trunk_and_student_tail_rebuild_teacher(teacher: torch.nn.Module) -> None:
+@pytest.mark.parametrize("tail_blocks", [1, 2, 3])
+def test_teacher_trunk_and_student_tail_rebuild_teacher(teacher: torch.nn.Module, tail_blocks: int) -> None:
     chips = random_chips(2)
-    student = Student(torch.randn(32, 8), teacher, width=16, blocks=2)
+    student = Student(torch.randn(32, 8), teacher, width=16, blocks=2, tail_blocks=tail_blocks)
     with torch.no_grad():
-        rebuilt = student.tail(teacher_trunk(teacher, chips))
+        trunk = teacher_trunk(teacher, chips, tail_blocks)
+        rebuilt = student.tail(trunk)
         direct = teacher(chips)
+    assert trunk.shape == (2, 256, 4, 4)
     assert torch.allclose(rebuilt, direct, atol=1e-4)
+
+
+def test_tail_blocks_out_of_range_rejected(teacher: torch.nn.Module) -> None:
+    with pytest.raises(ValueError, match="tail_blocks must be between 1 and 3, got 4"):
+        Student(torch.randn(32, 8), teacher, tail_blocks=4)
 
 
 def _onnx_outputs(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str) -> np.ndarray:

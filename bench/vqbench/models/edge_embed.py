@@ -19,14 +19,24 @@ from vqbench.models.vqvae import Encoder, VQVAEShape
 class EdgeEmbedder(nn.Module):
     """Chips (N,3,150,150) on 0..255 -> embeddings (N,128)."""
 
-    def __init__(self, shape: VQVAEShape, teacher: DlibResNet, width: int = 128, blocks: int = 4, tune_tail: bool = False) -> None:
+    def __init__(
+        self,
+        shape: VQVAEShape,
+        teacher: DlibResNet,
+        width: int = 128,
+        blocks: int = 4,
+        tune_tail: bool = False,
+        tail_blocks: int = 1,
+    ) -> None:
         super().__init__()
         self.encoder = Encoder(shape)
         # The head never looks codes up, so its codebook is a single placeholder vector.
-        self.head = Student(torch.zeros(1, shape.code_dim), teacher, width=width, blocks=blocks, tune_tail=tune_tail)
+        self.head = Student(
+            torch.zeros(1, shape.code_dim), teacher, width=width, blocks=blocks, tune_tail=tune_tail, tail_blocks=tail_blocks
+        )
 
     def trunk_features(self, chips: torch.Tensor) -> torch.Tensor:
-        """Predict the teacher's (N,256,4,4) map that enters its last block."""
+        """Predict the teacher's (N,256,4,4) map that enters the reused blocks."""
         return self.head.trunk_features(None, code_vectors=self.encoder(chips))  # type: ignore[arg-type]
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:

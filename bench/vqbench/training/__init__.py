@@ -29,7 +29,9 @@ def train_command(config_path: Path) -> Path:
     from vqbench.models.vq_card import default_models_dir
     from vqbench.scenario import default_data_dir, expand_path
     from vqbench.training.config import load_train_config
-    from vqbench.training.data import add_teacher_views, prepare_training_set, select_training_people, training_image_paths
+    from vqbench.training.data import (
+        add_teacher_views, prepare_training_set, relabel_tail_inputs, select_training_people, training_image_paths,
+    )
     from vqbench.training.export import CALIBRATION_CHIPS, export_embed_model, export_model
     from vqbench.training.loop import EmbedTrainer, Trainer, build_embed_models, build_models
 
@@ -56,6 +58,7 @@ def train_command(config_path: Path) -> Path:
     logger.info("training %s on %d images of %d eligible people (folds %s)", config.model_id, len(paths), len(people.people), people.train_folds)
     data = prepare_training_set(paths, cache_dir / "training")
     data = add_teacher_views(data, config.augment, config.seed, cache_dir / "training")
+    data = relabel_tail_inputs(data, config.student.tail_blocks, cache_dir / "training")
 
     checkpoint = cache_dir / "checkpoints" / config.model_id / "last.pt"
     calibration = data.chips[np.random.default_rng(config.seed).permutation(len(data))[:CALIBRATION_CHIPS]]

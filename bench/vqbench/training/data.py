@@ -5,14 +5,17 @@ people who appear in no View 2 pair. View 2 folds share no people, so the people
 folds are never read. ``prepare_training_set`` aligns each image once with ``DlibAligner``
 (upsample 0, 150x150, padding 0.25). The PyTorch teacher then labels the chip and its
 horizontal flip with two targets: the 128-d embedding, and the 4x4x256 feature map that enters
-the teacher's last residual block (the student's feature target). The result is cached as one ``.npz`` file keyed
-by the image list, the aligner and the teacher. ``add_teacher_views`` appends random augmented
-views (``vqbench.training.augment``) with the same two targets, cached in a second file keyed
-by the chips, the view parameters and the teacher.
+the teacher's last residual block (the student's feature target). The result is cached as one
+``.npz`` file keyed by the image list, the aligner and the teacher. ``add_teacher_views``
+appends random augmented views (``vqbench.training.augment``) with the same two targets, cached
+in a second file keyed by the chips, the view parameters and the teacher. For a student that
+reuses more than the teacher's last block, ``relabel_tail_inputs`` replaces the feature targets
+by the map at that earlier cut, cached in a third file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -166,8 +169,11 @@ def label_with_teacher(chips: np.ndarray, batch_size: int = 32) -> tuple[np.ndar
     return label_views(chips, chip_and_flip_params(len(chips)), batch_size)
 
 
-def label_views(chips: np.ndarray, params: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Return the teacher's embeddings (N, V, 128) and last-block inputs (N, V, 256, 4, 4) of the views ``params`` (N, V, 7)."""
+def label_views(chips: np.ndarray, params: np.ndarray, batch_size: int = 32, tail_blocks: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Return the teacher's embeddings (N, V, 128) and tail inputs (N, V, 256, 4, 4) of the views ``params`` (N, V, 7).
+
+    The tail input is the map that enters the teacher's last ``tail_blocks`` residual blocks.
+    """
     import torch
 
     from vqbench.models.student import TeacherTail, teacher_trunk
@@ -176,7 +182,7 @@ def label_views(chips: np.ndarray, params: np.ndarray, batch_size: int = 32) -> 
     from vqbench.training.progress import progress_bar
 
     teacher = load_torch_teacher()
-    tail = TeacherTail(teacher)
+    tail = TeacherTail(teacher, tail_blocks)
     n_views = params.shape[1]
     embeddings = np.empty((len(chips), n_views, 128), dtype=np.float32)
     features = np.empty((len(chips), n_views, 256, 4, 4), dtype=np.float16)
@@ -185,7 +191,7 @@ def label_views(chips: np.ndarray, params: np.ndarray, batch_size: int = 32) -> 
         for start in range(0, len(chips), batch_size):
             stop = min(start + batch_size, len(chips))
             for view in range(n_views):
-                trunk = teacher_trunk(teacher, render_views(chips[start:stop], params[start:stop, view]))
+                trunk = teacher_trunk(teacher, render_views(chips[start:stop], params[start:stop, view]), tail_blocks)
                 features[start:stop, view] = trunk.numpy().astype(np.float16)
                 embeddings[start:stop, view] = tail(trunk).numpy()
             progress.advance(task, stop - start)
@@ -219,6 +225,32 @@ def add_teacher_views(prepared: PreparedSet, augment: "AugmentConfig", seed: int
         features=np.concatenate([prepared.features, features], axis=1),
         view_params=params,
     )
+
+
+def relabel_tail_inputs(prepared: PreparedSet, tail_blocks: int, cache_dir: Path, batch_size: int = 32) -> PreparedSet:
+    """Replace every view's feature target by the map that enters the teacher's last ``tail_blocks`` blocks (cached).
+
+    The prepared set and its extra views carry the input of the last block only. A student that
+    reuses more of the teacher needs the map from an earlier cut, so every view is labelled again.
+    """
+    from vqbench.models.teacher_torch import TEACHER_DAT_SHA256
+    from vqbench.training.augment import chip_and_flip_params, view_params_sha256
+
+    if tail_blocks == 1:
+        return prepared
+    params = prepared.view_params if prepared.view_params is not None else chip_and_flip_params(len(prepared))
+    digest = hashlib.sha256(f"{_PREPARED_FORMAT}|{TEACHER_DAT_SHA256}|{view_params_sha256(params)}|{tail_blocks}".encode())
+    digest.update(np.ascontiguousarray(prepared.chips).data)
+    cache_file = cache_dir / f"tail-inputs-{digest.hexdigest()[:20]}.npz"
+    cached = load_cached_arrays(cache_file, ("features",))
+    if cached is None:
+        _, features = label_views(prepared.chips, params, batch_size, tail_blocks)
+        save_cached_arrays(cache_file, {"features": features})
+        logger.info("labelled the inputs of the teacher's last %d blocks for %d views per image", tail_blocks, params.shape[1])
+    else:
+        features = cached["features"]
+        logger.info("loaded the inputs of the teacher's last %d blocks from %s", tail_blocks, cache_file)
+    return dataclasses.replace(prepared, features=features)
 
 
 def _load_prepared(path: Path) -> PreparedSet | None:

@@ -144,7 +144,12 @@ def _card(config: TrainConfig, models: Models, progress: Progress, people: Train
         "header_bytes": HEADER_BYTES,
         "max_payload_bytes": payload.max_bytes,
     }
-    card["architecture"] = {"vq": config.vq.model_dump(), "student": config.student.model_dump(), "teacher_tail": "last residual block + fc of dlib-resnet-v1"}
+    reused = config.student.tail_blocks
+    card["architecture"] = {
+        "vq": config.vq.model_dump(),
+        "student": config.student.model_dump(),
+        "teacher_tail": f"last {reused} residual block{'s' if reused > 1 else ''} + fc of dlib-resnet-v1",
+    }
     card["footprint"] = footprint(models, config)
     return card
 

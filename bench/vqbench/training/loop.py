@@ -78,7 +78,12 @@ def build_models(config: TrainConfig, teacher: DlibResNet) -> Models:
     """Create freshly initialised models (seeded by the caller)."""
     vqvae = VQVAE(vq_shape(config), ema_decay=config.vq.ema_decay)
     student = Student(
-        vqvae.quantizer.codebook, teacher, width=config.student.width, blocks=config.student.blocks, tune_tail=config.student.tune_tail
+        vqvae.quantizer.codebook,
+        teacher,
+        width=config.student.width,
+        blocks=config.student.blocks,
+        tune_tail=config.student.tune_tail,
+        tail_blocks=config.student.tail_blocks,
     )
     teacher.requires_grad_(False)
     return Models(vqvae, student, teacher.eval())
@@ -391,7 +396,10 @@ class EmbedModels:
 def build_embed_models(config: TrainConfig, teacher: DlibResNet) -> EmbedModels:
     """Create a freshly initialised edge embedder (seeded by the caller)."""
     student = config.student
-    embedder = EdgeEmbedder(vq_shape(config), teacher, width=student.width, blocks=student.blocks, tune_tail=student.tune_tail)
+    embedder = EdgeEmbedder(
+        vq_shape(config), teacher, width=student.width, blocks=student.blocks, tune_tail=student.tune_tail,
+        tail_blocks=student.tail_blocks,
+    )
     teacher.requires_grad_(False)
     return EmbedModels(embedder, teacher.eval())
 
