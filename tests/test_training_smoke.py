@@ -62,6 +62,7 @@ def held_out_root(tmp_path: Path) -> Path:
 
 
 def write_config(tmp_path: Path, config: dict) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
@@ -236,3 +237,52 @@ def test_student_reusing_two_teacher_blocks(tmp_path: Path) -> None:
     embedding = pipeline.cloud([pipeline.edge_from_chip(chip)])[0]
     assert embedding.shape == (128,)
     assert np.isfinite(embedding).all()
+
+
+def test_init_from_continues_a_trained_model(tmp_path: Path) -> None:
+    base_config = tiny_config(tmp_path / "base")
+    base_config["stages"]["identity_epochs"] = 0.0
+    base_dir = train_command(write_config(tmp_path / "base", base_config))
+
+    config = tiny_config(tmp_path / "next")
+    config["model_id"] = "smoke-next"
+    config["init_from"] = str(base_dir)
+    config["stages"]["joint_epochs"] = 0
+    model_dir = train_command(write_config(tmp_path / "next", config))
+
+    training = load_vq_card(model_dir).data["training"]
+    base_training = load_vq_card(base_dir).data["training"]
+    assert training["init_from"]["model_id"] == "smoke"
+    assert [record["stage"] for record in training["history"]] == ["identity"]
+    assert training["training_time_total_s"] >= base_training["training_time_s"]
+    # Stage identity trains the decoder only, so the encoder's weights are the base model's.
+    base_state = torch.load(base_dir / "weights.pt", weights_only=True)["vqvae"]
+    state = torch.load(model_dir / "weights.pt", weights_only=True)["vqvae"]
+    encoder_keys = [key for key in state if key.startswith("encoder.")]
+    assert encoder_keys
+    for key in encoder_keys:
+        assert torch.equal(state[key], base_state[key]), key
+
+
+def test_init_from_rejects_other_people(tmp_path: Path) -> None:
+    base_config = tiny_config(tmp_path / "base")
+    base_config["stages"]["identity_epochs"] = 0.0
+    base_dir = train_command(write_config(tmp_path / "base", base_config))
+
+    config = tiny_config(tmp_path / "next")
+    config["data"]["train_folds"] = [10]
+    config["init_from"] = str(base_dir)
+    with pytest.raises(ModelError, match="trained on other people"):
+        train_command(write_config(tmp_path / "next", config))
+
+
+def test_init_from_rejects_other_shapes(tmp_path: Path) -> None:
+    base_config = tiny_config(tmp_path / "base")
+    base_config["stages"]["identity_epochs"] = 0.0
+    base_dir = train_command(write_config(tmp_path / "base", base_config))
+
+    config = tiny_config(tmp_path / "next")
+    config["vq"]["codebook_size"] = 32
+    config["init_from"] = str(base_dir)
+    with pytest.raises(ModelError, match="weights do not fit this config"):
+        train_command(write_config(tmp_path / "next", config))

@@ -33,7 +33,7 @@ def train_command(config_path: Path) -> Path:
         add_teacher_views, prepare_training_set, relabel_tail_inputs, select_training_people, training_image_paths,
     )
     from vqbench.training.export import CALIBRATION_CHIPS, export_embed_model, export_model
-    from vqbench.training.loop import EmbedTrainer, Trainer, build_embed_models, build_models
+    from vqbench.training.loop import EmbedTrainer, Trainer, build_embed_models, build_models, load_initial_weights
 
     config_path = Path(config_path).resolve()
     config = load_train_config(config_path)
@@ -69,8 +69,9 @@ def train_command(config_path: Path) -> Path:
             export_embed_model(config, embed_models, output_dir, progress, people, len(data), calibration)
         else:
             models = build_models(config, load_torch_teacher())
+            initial = load_initial_weights(models, expand_path(config.init_from, base), people.people) if config.init_from else None
             progress = Trainer(config, data, models, checkpoint).run()
-            export_model(config, models, output_dir, progress, people, len(data), calibration)
+            export_model(config, models, output_dir, progress, people, len(data), calibration, initial)
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted:[/] the last checkpoint ({checkpoint}, written every "

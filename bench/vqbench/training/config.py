@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 TRAIN_CONFIG_VERSION = 1
@@ -126,6 +126,11 @@ class TrainConfig(_Strict):
     seed: int = 0
     threads: int = Field(2, ge=1, description="torch.set_num_threads during training.")
     output_dir: Optional[str] = Field(None, description="Model folder to write; default models/<model_id> beside the config's folder parent.")
+    init_from: Optional[str] = Field(
+        None,
+        description="Trained model folder whose VQ-VAE and student weights start this run (same shapes and training "
+        "people). With stages.joint_epochs 0 only stage identity runs.",
+    )
     data: TrainDataConfig = Field(default_factory=TrainDataConfig)
     vq: VQConfig = Field(default_factory=VQConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
@@ -141,6 +146,12 @@ class TrainConfig(_Strict):
         "(the label stays the unjittered view's); prefer augment.max_brightness and max_contrast.",
     )
     quantize_int8: bool = Field(True, description="Also export an int8 (dynamic) edge encoder.")
+
+    @model_validator(mode="after")
+    def _init_from_needs_vq(self) -> "TrainConfig":
+        if self.init_from and self.kind != "vq":
+            raise ValueError(f"init_from is supported for kind vq only, not {self.kind!r}; remove init_from")
+        return self
 
 
 def portable_settings(config: TrainConfig, exclude: set[str] | None = None) -> dict:

@@ -102,8 +102,12 @@ def export_model(
     people: TrainingPeople,
     image_count: int,
     calibration_chips: np.ndarray,
+    initial: dict | None = None,
 ) -> Path:
-    """Write every file of the model folder and its card; return the card's path."""
+    """Write every file of the model folder and its card; return the card's path.
+
+    ``initial`` describes the model whose weights started training (``init_from``), if any.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     models.vqvae.eval()
     models.student.eval()
@@ -123,7 +127,11 @@ def export_model(
         quantize_edge_encoder(output_dir / onnx_files["edge_encoder"], output_dir / onnx_files["edge_encoder_int8"], calibration)
 
     (output_dir / PEOPLE_FILE).write_text("".join(f"{name}\n" for name in sorted(people.people)), encoding="utf-8")
-    _finish_card(output_dir, _card(config, models, progress, people, image_count, onnx_files), onnx_files)
+    card = _card(config, models, progress, people, image_count, onnx_files)
+    if initial is not None:
+        card["training"]["init_from"] = initial
+        card["training"]["training_time_total_s"] = round(initial["training_time_s"] + progress.elapsed_s, 1)
+    _finish_card(output_dir, card, onnx_files)
     return output_dir / CARD_FILE
 
 

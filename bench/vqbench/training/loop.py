@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vqbench.errors import ModelError
 from vqbench.models.edge_embed import EdgeEmbedder
 from vqbench.models.student import Student
 from vqbench.models.teacher_torch import DlibResNet
@@ -435,6 +436,40 @@ class EmbedTrainer(Trainer):
 
     def _load_module_states(self, state: dict) -> None:
         self.models.embedder.load_state_dict(state["embedder"])
+
+
+def load_initial_weights(models: Models, folder: Path, people: frozenset[str]) -> dict:
+    """Load a trained model folder's VQ-VAE and student weights into ``models``; return what the card records.
+
+    The folder must have been trained on exactly ``people``, so that the new card's training
+    people, and with them the folds the runner allows, stay true.
+    """
+    from vqbench.models.files import sha256_file
+    from vqbench.models.vq_card import load_vq_card
+    from vqbench.training.export import WEIGHTS_FILE
+
+    card = load_vq_card(folder)
+    if card.training_people != people:
+        raise ModelError(
+            f"init_from {folder} was trained on other people than this config selects; "
+            "use a model trained with the same data settings"
+        )
+    weights = folder / WEIGHTS_FILE
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        models.vqvae.load_state_dict(state["vqvae"])
+        models.student.load_state_dict(state["student"])
+    except (KeyError, RuntimeError) as error:
+        raise ModelError(
+            f"init_from {folder}: its weights do not fit this config ({error}); use the same vq and student settings"
+        ) from error
+    models.student.set_codebook(models.vqvae.quantizer.codebook)
+    logger.info("starting from the weights of %s (%s)", card.model_id, weights)
+    return {
+        "model_id": card.model_id,
+        "weights_sha256": sha256_file(weights),
+        "training_time_s": card.data["training"]["training_time_s"],
+    }
 
 
 def config_fingerprint(config: TrainConfig) -> str:
