@@ -206,3 +206,18 @@ def test_failed_memory_probe_keeps_the_variant(sample_lfw, tmp_path, monkeypatch
     assert row.lfw_accuracy_mean > 0.5
     assert row.edge_peak_rss_bytes is None and row.cloud_peak_rss_bytes is None
     assert any("peak RSS missing" in warning and "MemoryError" in warning for warning in outcome.results.warnings)
+
+
+def test_busy_host_warned_once(sample_lfw, tmp_path, monkeypatch):
+    import json
+    import os
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    pipelines = [{"kind": "cloud-codec", "codec": "jpeg", "qualities": [30, 50]}]
+    scenario = _scenario(sample_lfw, meters={"host": []}, pipelines=pipelines)
+    outcome = run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+
+    busy = [warning for warning in outcome.results.warnings if "host was busy" in warning]
+    assert len(busy) == 1
+    environment = json.loads((tmp_path / "out" / "environment.json").read_text())
+    assert environment["max_load_average_1min_while_timing"] == 64.0

@@ -54,6 +54,22 @@ def git_revision(folder: Path) -> str | None:
     return f"{revision}-dirty" if dirty else revision
 
 
+def busy_host_warning() -> tuple[float, str | None]:
+    """Return the 1-minute load average and, when it exceeds the CPU count, a warning about timings.
+
+    With more runnable processes than CPUs, the process being timed waits for a core part of
+    the time, so its latency and energy per inference come out high.
+    """
+    load_1min = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    if load_1min <= cpus:
+        return load_1min, None
+    return load_1min, (
+        f"the host was busy while timing (1-minute load average {load_1min:.1f} on {cpus} CPUs), so latency and "
+        "energy figures are inflated; rerun on a quiet machine for figures to compare"
+    )
+
+
 def collect_environment(meters: dict[str, Any] | None = None, project_dir: Path | None = None) -> dict[str, Any]:
     """Gather CPU, memory, OS, Python, package versions, meter availability and git revision."""
     memory = psutil.virtual_memory()
