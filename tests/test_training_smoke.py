@@ -113,6 +113,9 @@ def test_train_command_writes_verified_model(tmp_path: Path) -> None:
     assert metrics["folds"] == [8, 9, 10]
     assert metrics["pairs"] == 150
     assert metrics["dataset"] == "LFW View 2 sample of folds [8, 9, 10]"
+    assert metrics["alignment"]["face_choice"] == "center"
+    assert metrics["alignment"]["upsample"] == 0
+    assert metrics["edge_encoder"]["load_average_1min"] >= 0.0
     assert data["training"]["config"]["augment"]["extra_views"] == 1
     assert "root" not in data["training"]["config"]["data"]
     assert 0.0 <= metrics["edge_encoder"]["student"]["accuracy_mean"] <= 1.0
