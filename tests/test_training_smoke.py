@@ -20,7 +20,7 @@ from vqbench.models.vq_card import allowed_folds, load_vq_card
 from vqbench.training import train_command
 from vqbench.training.config import TrainConfig, load_train_config
 from vqbench.training.data import prepare_training_set, select_training_people, training_image_paths
-from vqbench.training.loop import Trainer, build_models
+from vqbench.training.loop import Trainer, build_models, config_fingerprint
 from vqbench.pipelines.base import Components
 from vqbench.pipelines.edge_vq import EdgeEmbedPipeline, EdgeVQReconPipeline, EdgeVQStudentPipeline
 from vqbench.scenario import AlignmentConfig, TeacherConfig
@@ -287,5 +287,61 @@ def test_init_from_rejects_other_shapes(tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "next")
     config["vq"]["codebook_size"] = 32
     config["init_from"] = str(base_dir)
-    with pytest.raises(ModelError, match="weights do not fit this config"):
+    with pytest.raises(ModelError, match=r"weights do not fit this config \(vq.codebook_size is 16 there and 32 here\)"):
         train_command(write_config(tmp_path / "next", config))
+
+
+def test_init_from_rejects_own_output_folder(tmp_path: Path) -> None:
+    base_config = tiny_config(tmp_path / "base")
+    base_config["stages"]["identity_epochs"] = 0.0
+    base_dir = train_command(write_config(tmp_path / "base", base_config))
+
+    config = tiny_config(tmp_path / "base")
+    config["init_from"] = str(base_dir)
+    config["stages"]["joint_epochs"] = 0
+    with pytest.raises(ModelError, match="is the folder this run writes"):
+        train_command(write_config(tmp_path / "again", config))
+
+
+def test_init_from_rejects_edge_embed_model(tmp_path: Path) -> None:
+    base_config = tiny_config(tmp_path / "base")
+    base_config["kind"] = "edge-embed"
+    base_dir = train_command(write_config(tmp_path / "base", base_config))
+
+    config = tiny_config(tmp_path / "next")
+    config["init_from"] = str(base_dir)
+    with pytest.raises(ModelError, match="is an edge-embed model; start from a VQ model folder"):
+        train_command(write_config(tmp_path / "next", config))
+
+
+def test_zero_joint_epochs_need_init_from(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    config["stages"]["joint_epochs"] = 0
+    with pytest.raises(ScenarioError, match="joint_epochs is 0, so the encoder would never train"):
+        load_train_config(write_config(tmp_path, config))
+
+
+def test_init_from_chain_adds_up_and_tracks_source(tmp_path: Path) -> None:
+    base_config = tiny_config(tmp_path / "base")
+    base_config["stages"]["identity_epochs"] = 0.0
+    base_dir = train_command(write_config(tmp_path / "base", base_config))
+    middle_config = tiny_config(tmp_path / "middle")
+    middle_config.update(model_id="middle", init_from=str(base_dir))
+    middle_config["stages"]["joint_epochs"] = 0
+    middle_dir = train_command(write_config(tmp_path / "middle", middle_config))
+    last_config = tiny_config(tmp_path / "last")
+    last_config.update(model_id="last", init_from=str(middle_dir))
+    last_config["stages"]["joint_epochs"] = 0
+    last_dir = train_command(write_config(tmp_path / "last", last_config))
+
+    middle = load_vq_card(middle_dir).data["training"]
+    last = load_vq_card(last_dir).data["training"]
+    assert last["training_time_total_s"] == pytest.approx(middle["training_time_total_s"] + last["training_time_s"], abs=0.2)
+    assert "init_from" not in last["config"]
+
+    # The checkpoint belongs to the source weights it started from, not to the path's spelling.
+    loaded = load_train_config(write_config(tmp_path / "last", last_config))
+    initial = {"weights_sha256": last["init_from"]["weights_sha256"]}
+    assert config_fingerprint(loaded, initial) != config_fingerprint(loaded, {"weights_sha256": "0" * 64})
+    respelled = loaded.model_copy(update={"init_from": str(middle_dir / ".." / middle_dir.name)})
+    assert config_fingerprint(respelled, initial) == config_fingerprint(loaded, initial)

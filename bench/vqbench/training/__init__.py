@@ -33,7 +33,9 @@ def train_command(config_path: Path) -> Path:
         add_teacher_views, prepare_training_set, relabel_tail_inputs, select_training_people, training_image_paths,
     )
     from vqbench.training.export import CALIBRATION_CHIPS, export_embed_model, export_model
-    from vqbench.training.loop import EmbedTrainer, Trainer, build_embed_models, build_models, load_initial_weights
+    from vqbench.training.loop import (
+        EmbedTrainer, Trainer, build_embed_models, build_models, check_initial_model, load_initial_weights,
+    )
 
     config_path = Path(config_path).resolve()
     config = load_train_config(config_path)
@@ -56,6 +58,8 @@ def train_command(config_path: Path) -> Path:
     if config.data.max_images:
         paths = paths[: config.data.max_images]
     logger.info("training %s on %d images of %d eligible people (folds %s)", config.model_id, len(paths), len(people.people), people.train_folds)
+    # The source model is checked before the long data preparation, so a wrong folder fails fast.
+    source = check_initial_model(expand_path(config.init_from, base), people.people, output_dir) if config.init_from else None
     data = prepare_training_set(paths, cache_dir / "training")
     data = add_teacher_views(data, config.augment, config.seed, cache_dir / "training")
     data = relabel_tail_inputs(data, config.student.tail_blocks, cache_dir / "training")
@@ -69,8 +73,8 @@ def train_command(config_path: Path) -> Path:
             export_embed_model(config, embed_models, output_dir, progress, people, len(data), calibration)
         else:
             models = build_models(config, load_torch_teacher())
-            initial = load_initial_weights(models, expand_path(config.init_from, base), people.people) if config.init_from else None
-            progress = Trainer(config, data, models, checkpoint).run()
+            initial = load_initial_weights(models, source, config) if source else None
+            progress = Trainer(config, data, models, checkpoint, initial).run()
             export_model(config, models, output_dir, progress, people, len(data), calibration, initial)
     except KeyboardInterrupt:
         console.print(

@@ -57,7 +57,10 @@ class VQConfig(_Strict):
 
 
 class StudentConfig(_Strict):
-    """Student: code vectors -> small network -> the teacher's last block and fc."""
+    """Student: code vectors -> small network -> the teacher's last blocks and fc."""
+
+    # Strict types: a YAML `true` is not a block count.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     width: int = Field(128, ge=8, le=1024)
     blocks: int = Field(4, ge=1, le=16, description="Depthwise-separable blocks before the teacher's tail.")
@@ -128,6 +131,7 @@ class TrainConfig(_Strict):
     output_dir: Optional[str] = Field(None, description="Model folder to write; default models/<model_id> beside the config's folder parent.")
     init_from: Optional[str] = Field(
         None,
+        min_length=1,
         description="Trained model folder whose VQ-VAE and student weights start this run (same shapes and training "
         "people). With stages.joint_epochs 0 only stage identity runs.",
     )
@@ -148,15 +152,17 @@ class TrainConfig(_Strict):
     quantize_int8: bool = Field(True, description="Also export an int8 (dynamic) edge encoder.")
 
     @model_validator(mode="after")
-    def _init_from_needs_vq(self) -> "TrainConfig":
+    def _check_init_from(self) -> "TrainConfig":
         if self.init_from and self.kind != "vq":
             raise ValueError(f"init_from is supported for kind vq only, not {self.kind!r}; remove init_from")
+        if self.stages.joint_epochs == 0 and not self.init_from:
+            raise ValueError("stages.joint_epochs is 0, so the encoder would never train; set init_from to a trained model folder or train joint epochs")
         return self
 
 
 def portable_settings(config: TrainConfig, exclude: set[str] | None = None) -> dict:
-    """Return the config as plain data without machine-specific paths (output, data and cache folders)."""
-    settings = config.model_dump(mode="json", exclude={"output_dir", *(exclude or set())})
+    """Return the config as plain data without machine-specific paths (output, data, cache and init_from folders)."""
+    settings = config.model_dump(mode="json", exclude={"output_dir", "init_from", *(exclude or set())})
     settings["data"].pop("root", None)
     settings["data"].pop("cache_dir", None)
     return settings

@@ -31,6 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,6 +46,9 @@ from vqbench.training.config import TrainConfig, portable_settings
 from vqbench.training.data import PreparedSet
 from vqbench.training.losses import cosine_loss, feature_loss, reconstruction_loss, relational_loss
 from vqbench.training.progress import progress_bar
+
+if TYPE_CHECKING:
+    from vqbench.models.vq_card import VQModelCard
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +108,14 @@ class Progress:
 class Trainer:
     """Run both stages over a prepared training set, checkpointing into ``checkpoint_path``."""
 
-    def __init__(self, config: TrainConfig, data: PreparedSet, models: Models, checkpoint_path: Path) -> None:
+    def __init__(
+        self, config: TrainConfig, data: PreparedSet, models: Models, checkpoint_path: Path, initial: dict | None = None
+    ) -> None:
         self.config = config
         self.data = data
         self.models = models
         self.checkpoint_path = checkpoint_path
+        self.fingerprint = config_fingerprint(config, initial)
         self.progress = Progress()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.embedding_mean, self.feature_mean = self._target_means()
@@ -343,7 +350,7 @@ class Trainer:
 
     def _state(self) -> dict:
         return {
-            "config_sha256": config_fingerprint(self.config),
+            "config_sha256": self.fingerprint,
             **self._module_states(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -373,7 +380,7 @@ class Trainer:
         if not isinstance(state, dict) or "config_sha256" not in state:
             logger.warning("checkpoint %s is not a vqbench training checkpoint; starting afresh", self.checkpoint_path)
             return
-        if state["config_sha256"] != config_fingerprint(self.config):
+        if state["config_sha256"] != self.fingerprint:
             logger.warning("checkpoint %s was made with another config; starting afresh", self.checkpoint_path)
             return
         self._load_module_states(state)
@@ -438,41 +445,73 @@ class EmbedTrainer(Trainer):
         self.models.embedder.load_state_dict(state["embedder"])
 
 
-def load_initial_weights(models: Models, folder: Path, people: frozenset[str]) -> dict:
-    """Load a trained model folder's VQ-VAE and student weights into ``models``; return what the card records.
+def check_initial_model(folder: Path, people: frozenset[str], output_dir: Path) -> "VQModelCard":
+    """Verify that ``init_from`` names a usable VQ model folder and return its card.
 
-    The folder must have been trained on exactly ``people``, so that the new card's training
-    people, and with them the folds the runner allows, stay true.
+    The folder must hold a VQ model trained on exactly ``people``, so that the new card's
+    training people, and with them the folds the runner allows, stay true. It must not be the
+    folder this run writes, which would overwrite the weights it starts from.
     """
-    from vqbench.models.files import sha256_file
     from vqbench.models.vq_card import load_vq_card
-    from vqbench.training.export import WEIGHTS_FILE
 
+    if folder.resolve() == output_dir.resolve():
+        raise ModelError(f"init_from {folder} is the folder this run writes; start from another model folder")
     card = load_vq_card(folder)
+    if card.kind != "vq":
+        raise ModelError(f"init_from {folder} is an {card.kind} model; start from a VQ model folder")
     if card.training_people != people:
         raise ModelError(
             f"init_from {folder} was trained on other people than this config selects; "
             "use a model trained with the same data settings"
         )
-    weights = folder / WEIGHTS_FILE
+    return card
+
+
+def load_initial_weights(models: Models, card: "VQModelCard", config: TrainConfig) -> dict:
+    """Load a checked model folder's VQ-VAE and student weights into ``models``; return what the card records."""
+    from vqbench.models.files import sha256_file
+    from vqbench.training.export import WEIGHTS_FILE
+
+    weights = card.folder / WEIGHTS_FILE
     state = torch.load(weights, map_location="cpu", weights_only=True)
     try:
         models.vqvae.load_state_dict(state["vqvae"])
         models.student.load_state_dict(state["student"])
     except (KeyError, RuntimeError) as error:
         raise ModelError(
-            f"init_from {folder}: its weights do not fit this config ({error}); use the same vq and student settings"
+            f"init_from {card.folder}: its weights do not fit this config ({_shape_differences(card, config, error)}); "
+            "use the same vq and student settings"
         ) from error
     models.student.set_codebook(models.vqvae.quantizer.codebook)
     logger.info("starting from the weights of %s (%s)", card.model_id, weights)
-    return {
-        "model_id": card.model_id,
-        "weights_sha256": sha256_file(weights),
-        "training_time_s": card.data["training"]["training_time_s"],
-    }
+    training = card.data.get("training", {})
+    # A chain of init_from runs adds up: the source's own total already includes its sources.
+    source_time_s = training.get("training_time_total_s", training.get("training_time_s"))
+    return {"model_id": card.model_id, "weights_sha256": sha256_file(weights), "training_time_s": source_time_s}
 
 
-def config_fingerprint(config: TrainConfig) -> str:
-    """SHA-256 of the settings that shape training (paths and thread count excluded)."""
+def _shape_differences(card: "VQModelCard", config: TrainConfig, error: Exception) -> str:
+    """Name the vq and student settings in which the source card's recipe differs from ``config``."""
+    recorded = card.data.get("training", {}).get("config")
+    if not isinstance(recorded, dict):
+        return str(error).splitlines()[0]
+    current = portable_settings(config)
+    differences = [
+        f"{section}.{key} is {recorded[section].get(key)!r} there and {value!r} here"
+        for section in ("vq", "student")
+        for key, value in current[section].items()
+        if isinstance(recorded.get(section), dict) and recorded[section].get(key, value) != value
+    ]
+    return "; ".join(differences) if differences else str(error).splitlines()[0]
+
+
+def config_fingerprint(config: TrainConfig, initial: dict | None = None) -> str:
+    """SHA-256 of the settings that shape training (paths and thread count excluded).
+
+    A run that starts from another model also depends on that model's weights, so their SHA-256
+    counts, while the spelling of the ``init_from`` path does not.
+    """
     relevant = portable_settings(config, exclude={"threads", "quantize_int8"})
+    if initial is not None:
+        relevant["init_from_weights_sha256"] = initial["weights_sha256"]
     return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()
