@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from vqbench.data.dataset import ImageRecord
-from vqbench.errors import RunError
 from vqbench.measure import measure_peak_rss
 from vqbench.memory_probe import PROBE_FAILED
 from vqbench.pipelines.base import Components
@@ -37,9 +37,10 @@ def test_probe_measures_each_half(sample_lfw):
     images = _images(sample_lfw)
     payloads = [pipeline.edge(image.data).payload for image in images]
 
-    edge_bytes, cloud_bytes = measure_peak_rss(pipeline, config, scenario.alignment, scenario.teacher, images, payloads)
+    edge_bytes, cloud_bytes, failures = measure_peak_rss(pipeline, config, scenario.alignment, scenario.teacher, images, payloads)
 
     # The edge child loads dlib and its landmark model, and the cloud child also loads the teacher.
+    assert failures == []
     assert 20_000_000 < edge_bytes < cloud_bytes
 
 
@@ -67,8 +68,51 @@ def test_probe_failure_names_variant(sample_lfw, tmp_path):
     config = {**config, "kind": "edge-vq-student", "model": str(tmp_path / "gone"), "int8": False,
               "entropy_coding": False, "threads": 1}
 
-    with pytest.raises(RunError, match=r"memory probe of the cloud-codec/jpeg-q30 edge half failed: ModelError: .*gone"):
-        measure_peak_rss(pipeline, config, scenario.alignment, scenario.teacher, _images(sample_lfw, 1), [b"x"])
+    edge_bytes, cloud_bytes, failures = measure_peak_rss(
+        pipeline, config, scenario.alignment, scenario.teacher, _images(sample_lfw, 1), [b"x"]
+    )
+
+    assert edge_bytes is None
+    assert cloud_bytes is None
+    assert len(failures) == 2
+    assert re.match(r"memory probe of the cloud-codec/jpeg-q30 edge half failed: ModelError: .*gone", failures[0])
+    assert failures[1].startswith("memory probe of the cloud-codec/jpeg-q30 cloud half failed")
+
+
+@pytest.mark.parametrize(
+    ("request_object", "message"),
+    [
+        (["not", "a", "dict"], "ProbeRequestError: the request is a list, not a dict"),
+        ({"half": "edge"}, "ProbeRequestError: the request lacks alignment, inputs, kind, pipeline_config, teacher, variant"),
+        (
+            {"half": "middle", "kind": "cloud-raw", "variant": "original", "pipeline_config": {"kind": "cloud-raw"},
+             "alignment": {}, "teacher": {}, "inputs": [b"x"]},
+            "ProbeRequestError: half is 'middle', not 'edge' or 'cloud'",
+        ),
+        (
+            {"half": "edge", "kind": "cloud-raw", "variant": "original", "pipeline_config": {"kind": "cloud-raw"},
+             "alignment": [], "teacher": {}, "inputs": [b"x"]},
+            "ProbeRequestError: alignment is a list, not a dict",
+        ),
+        (
+            {"half": "edge", "kind": "cloud-raw", "variant": "original", "pipeline_config": {"kind": "cloud-raw"},
+             "alignment": {}, "teacher": {}, "inputs": []},
+            "ProbeRequestError: inputs must be a non-empty list of bytes (image files or payloads)",
+        ),
+        (
+            {"half": "edge", "kind": "cloud-raw", "variant": "webp-q5", "pipeline_config": {"kind": "cloud-raw"},
+             "alignment": {}, "teacher": {}, "inputs": [b"x"]},
+            "ProbeRequestError: the pipeline config builds cloud-raw/original, not cloud-raw/webp-q5",
+        ),
+    ],
+)
+def test_probe_rejects_malformed_request(request_object, message):
+    child = subprocess.run(
+        [sys.executable, "-m", "vqbench.memory_probe"], input=pickle.dumps(request_object), capture_output=True, check=False
+    )
+
+    assert child.returncode == PROBE_FAILED
+    assert child.stderr.decode().strip().splitlines()[-1] == message
 
 
 def test_probe_rejects_garbage_request():
@@ -77,4 +121,4 @@ def test_probe_rejects_garbage_request():
     )
 
     assert child.returncode == PROBE_FAILED
-    assert child.stderr.decode().startswith("UnpicklingError")
+    assert child.stderr.decode().strip().splitlines()[-1].startswith("UnpicklingError")

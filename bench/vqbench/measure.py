@@ -142,9 +142,14 @@ def measure_peak_rss(
     teacher: TeacherConfig,
     images: list[ImageRecord],
     payloads: list[bytes],
-) -> tuple[int, int]:
-    """Run each half alone in a fresh ``vqbench.memory_probe`` process; return (edge, cloud) peak RSS in bytes."""
-    results = []
+) -> tuple[int | None, int | None, list[str]]:
+    """Run each half alone in a fresh ``vqbench.memory_probe`` process.
+
+    Return the edge and cloud peak RSS in bytes, None for a half whose probe failed, and the
+    failures' messages. One half's failure does not stop the other's probe.
+    """
+    peaks: list[int | None] = []
+    failures: list[str] = []
     for half, inputs in (("edge", [i.data for i in images]), ("cloud", payloads)):
         request = {
             "half": half,
@@ -155,8 +160,12 @@ def measure_peak_rss(
             "teacher": teacher.model_dump(),
             "inputs": inputs[:MEMORY_PROBE_IMAGES],
         }
-        results.append(_run_probe(request))
-    return results[0], results[1]
+        try:
+            peaks.append(_run_probe(request))
+        except RunError as error:
+            peaks.append(None)
+            failures.append(str(error))
+    return peaks[0], peaks[1], failures
 
 
 def _run_probe(request: dict) -> int:

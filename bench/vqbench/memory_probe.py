@@ -1,15 +1,17 @@
 """Child process of the memory measurement: run one half of one pipeline, report its peak RSS.
 
 ``vqbench.measure.measure_peak_rss`` starts ``python -m vqbench.memory_probe`` once per half and
-writes a pickled request to its stdin: the half, the pipeline kind and variant, the validated
-scenario entry and alignment and teacher settings as plain dicts, and the inputs (image files
-for the edge half, payloads for the cloud half). The child builds that one variant, runs the
-half on every input and prints ``{"peak_rss_bytes": N}`` on stdout.
+writes a pickled request to its stdin. The request names the half, the pipeline kind and
+variant, and carries the validated scenario entry, the alignment and teacher settings as plain
+dicts, and the inputs (image files for the edge half, payloads for the cloud half). The child
+builds that one variant, runs the half on every input and prints ``{"peak_rss_bytes": N}`` on
+stdout.
 
 The child imports only the pipeline code and the libraries of the half it runs. It does not
 import the scenario schema, the command line or the report code, which a deployed edge or
 cloud program would not load either, so the figure is the half's own footprint: interpreter,
-libraries, models and working memory. On failure it writes one line to stderr and exits 2.
+libraries, models and working memory. On failure it writes the traceback to stderr, then
+the error on one last line, and exits 2.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import pickle
 import resource
 import sys
+import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -47,11 +50,14 @@ def run_half(request: dict) -> int:
     from vqbench.pipelines.base import Components
     from vqbench.pipelines.registry import build_pipelines
 
+    _check_request(request)
     components = Components(SimpleNamespace(**request["alignment"]), SimpleNamespace(**request["teacher"]))
     wanted = (request["kind"], request["variant"])
-    pipeline = next(
-        p for p in build_pipelines([SimpleNamespace(**request["pipeline_config"])], components) if (p.kind, p.variant) == wanted
-    )
+    built = build_pipelines([SimpleNamespace(**request["pipeline_config"])], components)
+    pipeline = next((p for p in built if (p.kind, p.variant) == wanted), None)
+    if pipeline is None:
+        variants = ", ".join(f"{p.kind}/{p.variant}" for p in built)
+        raise ProbeRequestError(f"the pipeline config builds {variants}, not {wanted[0]}/{wanted[1]}")
     for item in request["inputs"]:
         if request["half"] == "edge":
             pipeline.edge(item)
@@ -60,12 +66,31 @@ def run_half(request: dict) -> int:
     return peak_rss_bytes()
 
 
-def main() -> int:
-    from vqbench.errors import VqbenchError
+class ProbeRequestError(ValueError):
+    """The request on stdin is not one that ``vqbench.measure`` writes."""
 
+
+def _check_request(request: object) -> None:
+    if not isinstance(request, dict):
+        raise ProbeRequestError(f"the request is a {type(request).__name__}, not a dict")
+    missing = sorted({"half", "kind", "variant", "pipeline_config", "alignment", "teacher", "inputs"} - set(request))
+    if missing:
+        raise ProbeRequestError(f"the request lacks {', '.join(missing)}")
+    if request["half"] not in ("edge", "cloud"):
+        raise ProbeRequestError(f"half is {request['half']!r}, not 'edge' or 'cloud'")
+    for name in ("pipeline_config", "alignment", "teacher"):
+        if not isinstance(request[name], dict):
+            raise ProbeRequestError(f"{name} is a {type(request[name]).__name__}, not a dict")
+    inputs = request["inputs"]
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(item, bytes) for item in inputs):
+        raise ProbeRequestError("inputs must be a non-empty list of bytes (image files or payloads)")
+
+
+def main() -> int:
     try:
         peak = run_half(pickle.load(sys.stdin.buffer))
-    except (VqbenchError, StopIteration, KeyError, pickle.UnpicklingError, EOFError) as error:
+    except Exception as error:  # noqa: BLE001 - any failure is reported to the parent, which keeps running
+        traceback.print_exc(file=sys.stderr)
         print(f"{type(error).__name__}: {error}", file=sys.stderr)
         return PROBE_FAILED
     print(json.dumps({"peak_rss_bytes": peak}))

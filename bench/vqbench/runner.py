@@ -397,14 +397,13 @@ def _run_variant(
     edge_rss = cloud_rss = None
     if settings.memory:
         with _phase(progress, f"Measuring memory of {label}", None):
-            try:
-                edge_rss, cloud_rss = measure_peak_rss(
-                    pipeline, pipeline_config, scenario.alignment, scenario.teacher, sample_images, latency.payloads
-                )
-            except RunError as error:
-                # The variant's other measurements are kept. Only its memory columns stay empty.
-                logger.warning("%s", error)
-                context.warnings.append(f"{label}: peak RSS missing: {error}")
+            edge_rss, cloud_rss, probe_failures = measure_peak_rss(
+                pipeline, pipeline_config, scenario.alignment, scenario.teacher, sample_images, latency.payloads
+            )
+            # The variant's other measurements are kept. Only the failed half's memory column stays empty.
+            for failure in probe_failures:
+                logger.warning("%s", failure)
+                context.warnings.append(f"{label}: peak RSS missing: {failure}")
 
     if pipeline.edge_aligns:
         _write_reconstructions(pipeline, aligned.chips[:RECONSTRUCTION_SAMPLES], context.out_dir / "samples")
