@@ -82,3 +82,20 @@ def test_defaults_fill_sections():
     scenario = Scenario.model_validate({"name": "x", "pipelines": [{"kind": "cloud-raw"}]})
     assert scenario.measurement.repeats >= 1
     assert scenario.dataset.kind == "lfw"
+
+
+def test_model_paths_resolve_against_scenario(tmp_path):
+    folder = tmp_path / "scenarios"
+    folder.mkdir()
+    path = folder / "s.yaml"
+    path.write_text(
+        "name: s\n"
+        "pipelines:\n"
+        "  - {kind: edge-vq-student, model: ../models/mine}\n"
+        "  - {kind: edge-vq-recon, model: vq-g14-k256-aug}\n"
+    )
+
+    scenario = load_scenario(path)
+
+    assert scenario.pipelines[0].model == str(tmp_path / "models" / "mine")
+    assert scenario.pipelines[1].model == "vq-g14-k256-aug"

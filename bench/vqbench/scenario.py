@@ -111,7 +111,8 @@ class _TrainedModelPipeline(_Strict):
 
     model: str = Field(
         ...,
-        description="Model id (a folder under models/, or under ${VQBENCH_MODELS_DIR}) or a path to a model folder.",
+        description="Model id (a folder under models/, or under ${VQBENCH_MODELS_DIR}) or a path to a model folder, "
+        "relative to the scenario file.",
     )
     int8: bool = Field(False, description="Run the int8-quantised edge model instead of the fp32 one.")
     threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per half.")
@@ -279,8 +280,12 @@ def default_data_dir() -> Path:
 
 
 def load_scenario(path: Path) -> Scenario:
-    """Read and validate a scenario file, raising ScenarioError with the offending key."""
-    return load_yaml_model(
+    """Read and validate a scenario file, raising ScenarioError with the offending key.
+
+    Model folders given as paths are resolved against the scenario's folder, like every other
+    path in the file. Bare model ids stay as they are.
+    """
+    scenario = load_yaml_model(
         path,
         Scenario,
         noun="scenario",
@@ -289,6 +294,17 @@ def load_scenario(path: Path) -> Scenario:
         schema_hint="the schema is scenarios/scenario.schema.json in the vqbench repository, "
         "or run `vqbench schema --out FILE`",
     )
+    base_dir = Path(path).resolve().parent
+    for pipeline in scenario.pipelines:
+        model = getattr(pipeline, "model", None)
+        if model is not None and _is_model_path(model):
+            pipeline.model = str(expand_path(model, base_dir))
+    return scenario
+
+
+def _is_model_path(model: str) -> bool:
+    """Tell a model folder path (``../models/x``, ``~/x``, ``${VAR}/x``) from a bare model id."""
+    return len(Path(model).parts) > 1 or model.startswith(("~", "$", "."))
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
