@@ -64,7 +64,7 @@ def view_params_sha256(params: np.ndarray) -> str:
 def render_views(chips: np.ndarray, params: np.ndarray) -> torch.Tensor:
     """Render (N, H, W, 3) uint8 chips under (N, 7) view parameters as (N, 3, H, W) float on 0..255."""
     images = torch.from_numpy(np.array(chips, dtype=np.uint8)).permute(0, 3, 1, 2).float()
-    table = torch.from_numpy(np.asarray(params, dtype=np.float32))
+    table = torch.from_numpy(np.array(params, dtype=np.float32))  # a copy: cached arrays are read-only
     flip, shift_x, shift_y, scale, rotation, brightness, contrast = table.unbind(1)
     warped = (shift_x != 0) | (shift_y != 0) | (scale != 1) | (rotation != 0)
     flipped = (flip > 0.5) & ~warped

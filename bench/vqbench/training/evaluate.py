@@ -108,12 +108,18 @@ def _score(pairs: list[Pair], index: dict[Path, int], embeddings: np.ndarray) ->
     }
 
 
-def _load_before_timing() -> float:
-    """Return the 1-minute load average, warning when other work competes for the CPUs."""
-    load_1min, busy = busy_host_warning()
-    if busy:
-        logger.warning("%s", busy)
-    return round(load_1min, 2)
+class _HostLoad:
+    """Samples of the 1-minute load average before each timing, with one warning per evaluation if busy."""
+
+    def __init__(self) -> None:
+        self.warned = False
+
+    def sample(self) -> float:
+        load_1min, busy = busy_host_warning()
+        if busy and not self.warned:
+            logger.warning("%s", busy)
+            self.warned = True
+        return round(load_1min, 2)
 
 
 def _edge_latency_ms(card: VQModelCard, paths: list[Path], role: str) -> float:
@@ -166,6 +172,7 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, ca
     index = {path: i for i, path in enumerate(paths)}
     chips, detected = _aligned_chips(paths, cache_dir)
     inputs = chips_to_input(chips)
+    host_load = _HostLoad()
 
     metrics: dict = {
         "dataset": _dataset_label(data_root),
@@ -177,7 +184,7 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, ca
     }
     metrics["teacher_on_chips"] = _score(pairs, index, _teacher_embed(chips))
     if card.kind == "edge-embed":
-        metrics.update(_embedder_metrics(card, pairs, index, inputs, paths))
+        metrics.update(_embedder_metrics(card, pairs, index, inputs, paths, host_load))
         _record_metrics(model_dir, metrics)
         return metrics
 
@@ -196,7 +203,7 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, ca
             "payload_bytes_max": int(np.max(sizes)),
             "student": _score(pairs, index, _run_batched(student, "indices", decoded)),
             "recon_teacher": _score(pairs, index, _teacher_embed(recon)),
-            "load_average_1min": _load_before_timing(),
+            "load_average_1min": host_load.sample(),
             "edge_latency_ms_p50": _edge_latency_ms(card, paths, role),
         }
         logger.info("%s %s: %s", card.model_id, role, metrics[role])
@@ -204,7 +211,9 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, ca
     return metrics
 
 
-def _embedder_metrics(card: VQModelCard, pairs: list[Pair], index: dict[Path, int], inputs: np.ndarray, paths: list[Path]) -> dict:
+def _embedder_metrics(
+    card: VQModelCard, pairs: list[Pair], index: dict[Path, int], inputs: np.ndarray, paths: list[Path], host_load: _HostLoad
+) -> dict:
     """Score the edge-embed model's fp32 and int8 graphs, each sent as fp16 and as int8."""
     from vqbench.pipelines.edge_vq import decode_embedding, encode_embedding
 
@@ -215,7 +224,7 @@ def _embedder_metrics(card: VQModelCard, pairs: list[Pair], index: dict[Path, in
             continue
         session = _session(card.file(role))
         embeddings = _run_batched(session, "chips", inputs)
-        load_1min = _load_before_timing()
+        load_1min = host_load.sample()
         times_ms = []
         for path in paths[:LATENCY_SAMPLES]:
             data = path.read_bytes()

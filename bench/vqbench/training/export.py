@@ -18,7 +18,9 @@ import logging
 import os
 import platform
 import tempfile
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ from vqbench.training.config import TrainConfig, portable_settings
 from vqbench.training.data import TrainingPeople
 from vqbench.training.loop import EmbedModels, Models, Progress
 
+if TYPE_CHECKING:
+    from onnxruntime.quantization import CalibrationDataReader
+
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
@@ -42,23 +47,28 @@ CALIBRATION_CHIPS = 128
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str) -> None:
     """Export ``module`` in eval mode with a dynamic batch axis."""
     module.eval()
-    torch.onnx.export(
-        module,
-        (example,),
-        str(path),
-        input_names=[input_name],
-        output_names=[output_name],
-        dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
-        opset_version=ONNX_OPSET,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # The tracer warns that Python-side shape checks become constants. Only the batch axis is
+        # dynamic and those checks read the fixed spatial sizes, so the warning does not apply.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
     # torch.onnx.export restores the wrapper's own mode, which switches shared submodules to train.
     module.eval()
 
 
 def quantize_edge_encoder(source: Path, target: Path, calibration_chips: np.ndarray) -> None:
     """Quantise the encoder's convolutions to int8 (static, QDQ, per channel) on calibration chips."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -69,10 +79,22 @@ def quantize_edge_encoder(source: Path, target: Path, calibration_chips: np.ndar
             batch = next(self._batches, None)
             return None if batch is None else {"chips": batch}
 
+    # onnxruntime's recommended preparation: shape inference and graph optimisation first.
+    prepared = target.with_suffix(".prepared.onnx")
+    quant_pre_process(str(source), str(prepared))
+    try:
+        _quantize(prepared, target, Reader())
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def _quantize(source: Path, target: Path, reader: "CalibrationDataReader") -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     quantize_static(
         str(source),
         str(target),
-        Reader(),
+        reader,
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["Conv"],
         per_channel=True,
