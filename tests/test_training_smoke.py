@@ -345,3 +345,20 @@ def test_init_from_chain_adds_up_and_tracks_source(tmp_path: Path) -> None:
     assert config_fingerprint(loaded, initial) != config_fingerprint(loaded, {"weights_sha256": "0" * 64})
     respelled = loaded.model_copy(update={"init_from": str(middle_dir / ".." / middle_dir.name)})
     assert config_fingerprint(respelled, initial) == config_fingerprint(loaded, initial)
+
+
+def test_init_from_source_without_training_time(tmp_path: Path) -> None:
+    base_config = tiny_config(tmp_path / "base")
+    base_config["stages"]["identity_epochs"] = 0.0
+    base_dir = train_command(write_config(tmp_path / "base", base_config))
+    card = json.loads((base_dir / "card.json").read_text())
+    del card["training"]["training_time_s"]
+    (base_dir / "card.json").write_text(json.dumps(card))
+
+    config = tiny_config(tmp_path / "next")
+    config.update(model_id="next", init_from=str(base_dir))
+    config["stages"]["joint_epochs"] = 0
+    training = load_vq_card(train_command(write_config(tmp_path / "next", config))).data["training"]
+
+    assert training["init_from"]["training_time_s"] is None
+    assert training["training_time_total_s"] is None

@@ -152,7 +152,9 @@ def export_model(
     card = _card(config, models, progress, people, image_count, onnx_files)
     if initial is not None:
         card["training"]["init_from"] = initial
-        card["training"]["training_time_total_s"] = round(initial["training_time_s"] + progress.elapsed_s, 1)
+        source_s = initial["training_time_s"]
+        # A source card without a training time leaves the total unknown rather than wrong.
+        card["training"]["training_time_total_s"] = None if source_s is None else round(source_s + progress.elapsed_s, 1)
     _finish_card(output_dir, card, onnx_files)
     return output_dir / CARD_FILE
 
