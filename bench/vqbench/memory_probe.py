@@ -52,12 +52,12 @@ def run_half(request: dict) -> int:
 
     _check_request(request)
     components = Components(SimpleNamespace(**request["alignment"]), SimpleNamespace(**request["teacher"]))
-    wanted = (request["kind"], request["variant"])
+    requested = (request["kind"], request["variant"])
     built = build_pipelines([SimpleNamespace(**request["pipeline_config"])], components)
-    pipeline = next((p for p in built if (p.kind, p.variant) == wanted), None)
+    pipeline = next((p for p in built if (p.kind, p.variant) == requested), None)
     if pipeline is None:
         variants = ", ".join(f"{p.kind}/{p.variant}" for p in built)
-        raise ProbeRequestError(f"the pipeline config builds {variants}, not {wanted[0]}/{wanted[1]}")
+        raise ProbeRequestError(f"the pipeline config builds {variants}, not {requested[0]}/{requested[1]}")
     for item in request["inputs"]:
         if request["half"] == "edge":
             pipeline.edge(item)
