@@ -68,6 +68,13 @@ def write_config(tmp_path: Path, config: dict) -> Path:
     return path
 
 
+def train_base_model(tmp_path: Path) -> Path:
+    """Train the tiny config without stage identity in ``tmp_path/base`` and return its model folder."""
+    config = tiny_config(tmp_path / "base")
+    config["stages"]["identity_epochs"] = 0.0
+    return train_command(write_config(tmp_path / "base", config))
+
+
 def test_train_command_writes_verified_model(tmp_path: Path) -> None:
     raw = tiny_config(tmp_path)
     raw["augment"] = {"extra_views": 1}
@@ -243,9 +250,7 @@ def test_student_reusing_two_teacher_blocks(tmp_path: Path) -> None:
 
 
 def test_init_from_continues_a_trained_model(tmp_path: Path) -> None:
-    base_config = tiny_config(tmp_path / "base")
-    base_config["stages"]["identity_epochs"] = 0.0
-    base_dir = train_command(write_config(tmp_path / "base", base_config))
+    base_dir = train_base_model(tmp_path)
 
     config = tiny_config(tmp_path / "next")
     config["model_id"] = "smoke-next"
@@ -268,9 +273,7 @@ def test_init_from_continues_a_trained_model(tmp_path: Path) -> None:
 
 
 def test_init_from_rejects_other_people(tmp_path: Path) -> None:
-    base_config = tiny_config(tmp_path / "base")
-    base_config["stages"]["identity_epochs"] = 0.0
-    base_dir = train_command(write_config(tmp_path / "base", base_config))
+    base_dir = train_base_model(tmp_path)
 
     config = tiny_config(tmp_path / "next")
     config["data"]["train_folds"] = [10]
@@ -280,9 +283,7 @@ def test_init_from_rejects_other_people(tmp_path: Path) -> None:
 
 
 def test_init_from_rejects_other_shapes(tmp_path: Path) -> None:
-    base_config = tiny_config(tmp_path / "base")
-    base_config["stages"]["identity_epochs"] = 0.0
-    base_dir = train_command(write_config(tmp_path / "base", base_config))
+    base_dir = train_base_model(tmp_path)
 
     config = tiny_config(tmp_path / "next")
     config["vq"]["codebook_size"] = 32
@@ -292,9 +293,7 @@ def test_init_from_rejects_other_shapes(tmp_path: Path) -> None:
 
 
 def test_init_from_rejects_own_output_folder(tmp_path: Path) -> None:
-    base_config = tiny_config(tmp_path / "base")
-    base_config["stages"]["identity_epochs"] = 0.0
-    base_dir = train_command(write_config(tmp_path / "base", base_config))
+    base_dir = train_base_model(tmp_path)
 
     config = tiny_config(tmp_path / "base")
     config["init_from"] = str(base_dir)
@@ -322,9 +321,7 @@ def test_zero_joint_epochs_need_init_from(tmp_path: Path) -> None:
 
 
 def test_init_from_chain_adds_up_and_tracks_source(tmp_path: Path) -> None:
-    base_config = tiny_config(tmp_path / "base")
-    base_config["stages"]["identity_epochs"] = 0.0
-    base_dir = train_command(write_config(tmp_path / "base", base_config))
+    base_dir = train_base_model(tmp_path)
     middle_config = tiny_config(tmp_path / "middle")
     middle_config.update(model_id="middle", init_from=str(base_dir))
     middle_config["stages"]["joint_epochs"] = 0
@@ -348,9 +345,7 @@ def test_init_from_chain_adds_up_and_tracks_source(tmp_path: Path) -> None:
 
 
 def test_init_from_source_without_training_time(tmp_path: Path) -> None:
-    base_config = tiny_config(tmp_path / "base")
-    base_config["stages"]["identity_epochs"] = 0.0
-    base_dir = train_command(write_config(tmp_path / "base", base_config))
+    base_dir = train_base_model(tmp_path)
     card = json.loads((base_dir / "card.json").read_text())
     del card["training"]["training_time_s"]
     (base_dir / "card.json").write_text(json.dumps(card))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import platform
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+logger = logging.getLogger(__name__)
 
 #: Packages whose versions change measurements or results.
 TRACKED_PACKAGES = (
@@ -68,6 +71,24 @@ def busy_host_warning() -> tuple[float, str | None]:
         f"the host was busy while timing (1-minute load average {load_1min:.1f} on {cpus} CPUs), so latency and "
         "energy figures are inflated; rerun on a quiet machine for figures to compare"
     )
+
+
+class HostLoadMonitor:
+    """The host's 1-minute load average, sampled before each timing, with one warning per monitor when busy."""
+
+    def __init__(self) -> None:
+        self.max_load_1min = 0.0
+        self._warned = False
+
+    def sample(self) -> tuple[float, str | None]:
+        """Return the load average, and the busy-host warning the first time it applies (logged then)."""
+        load_1min, warning = busy_host_warning()
+        self.max_load_1min = max(self.max_load_1min, load_1min)
+        if warning is None or self._warned:
+            return load_1min, None
+        logger.warning("%s", warning)
+        self._warned = True
+        return load_1min, warning
 
 
 def collect_environment(meters: dict[str, Any] | None = None, project_dir: Path | None = None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from vqbench.accuracy import align_all, pair_scores, score_variant
 from vqbench.data.cache import ArrayCache, default_cache_dir
 from vqbench.data.dataset import EvaluationSet, load_pairs, missing_data_message, read_images, resolve_dataset_root
 from vqbench.deployment import VariantMeasurement, build_rows, check_deployment
-from vqbench.environment import busy_host_warning, collect_environment
+from vqbench.environment import HostLoadMonitor, collect_environment
 from vqbench.errors import DataError, RunError, ScenarioError, VqbenchError
 from vqbench.io import write_atomic, write_json_atomic, write_text_atomic
 from vqbench.measure import measure_energy, measure_latency, measure_peak_rss
@@ -250,17 +250,13 @@ class _RunContext:
             float(assumptions["grid_intensity_cloud"]["gco2e_per_kwh"]),
         )
         self.http: Any = None
-        self.max_load_1min = 0.0
-        self._warned_busy = False
+        self.host_load = HostLoadMonitor()
 
     def check_host_load(self) -> None:
         """Record the host's load before a timing phase, and warn once if other work competes for the CPUs."""
-        load_1min, warning = busy_host_warning()
-        self.max_load_1min = max(self.max_load_1min, load_1min)
-        if warning and not self._warned_busy:
-            logger.warning("%s", warning)
+        _, warning = self.host_load.sample()
+        if warning:
             self.warnings.append(warning)
-            self._warned_busy = True
 
     def open_transport(self, scenario_dir: Path) -> None:
         """Connect to `vqbench serve` when the scenario sends payloads over HTTP."""
@@ -300,7 +296,7 @@ class _RunContext:
 
     def write_environment(self) -> None:
         environment = collect_environment(meters=self.meter_status, project_dir=PROJECT_DIR)
-        environment["max_load_average_1min_while_timing"] = round(self.max_load_1min, 2)
+        environment["max_load_average_1min_while_timing"] = round(self.host_load.max_load_1min, 2)
         write_json_atomic(self.out_dir / "environment.json", environment)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from vqbench.data.dataset import sample_fold_numbers
 from vqbench.data.pairs import Pair, read_lfw_pairs
-from vqbench.environment import busy_host_warning
+from vqbench.environment import HostLoadMonitor
 from vqbench.errors import ScenarioError
 from vqbench.metrics.verification import cosine_similarity, evaluate_verification
 from vqbench.models.vq_card import CARD_FILE, VQModelCard, allowed_folds, load_vq_card
@@ -108,20 +108,6 @@ def _score(pairs: list[Pair], index: dict[Path, int], embeddings: np.ndarray) ->
     }
 
 
-class _HostLoad:
-    """Samples of the 1-minute load average before each timing, with one warning per evaluation if busy."""
-
-    def __init__(self) -> None:
-        self.warned = False
-
-    def sample(self) -> float:
-        load_1min, busy = busy_host_warning()
-        if busy and not self.warned:
-            logger.warning("%s", busy)
-            self.warned = True
-        return round(load_1min, 2)
-
-
 def _edge_latency_ms(card: VQModelCard, paths: list[Path], role: str) -> float:
     aligner = evaluation_aligner()
     session = _session(card.file(role))
@@ -172,7 +158,7 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, ca
     index = {path: i for i, path in enumerate(paths)}
     chips, detected = _aligned_chips(paths, cache_dir)
     inputs = chips_to_input(chips)
-    host_load = _HostLoad()
+    host_load = HostLoadMonitor()
 
     metrics: dict = {
         "dataset": _dataset_label(data_root),
@@ -203,7 +189,7 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, ca
             "payload_bytes_max": int(np.max(sizes)),
             "student": _score(pairs, index, _run_batched(student, "indices", decoded)),
             "recon_teacher": _score(pairs, index, _teacher_embed(recon)),
-            "load_average_1min": host_load.sample(),
+            "load_average_1min": round(host_load.sample()[0], 2),
             "edge_latency_ms_p50": _edge_latency_ms(card, paths, role),
         }
         logger.info("%s %s: %s", card.model_id, role, metrics[role])
@@ -212,7 +198,7 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, ca
 
 
 def _embedder_metrics(
-    card: VQModelCard, pairs: list[Pair], index: dict[Path, int], inputs: np.ndarray, paths: list[Path], host_load: _HostLoad
+    card: VQModelCard, pairs: list[Pair], index: dict[Path, int], inputs: np.ndarray, paths: list[Path], host_load: HostLoadMonitor
 ) -> dict:
     """Score the edge-embed model's fp32 and int8 graphs, each sent as fp16 and as int8."""
     from vqbench.pipelines.edge_vq import decode_embedding, encode_embedding
@@ -224,7 +210,7 @@ def _embedder_metrics(
             continue
         session = _session(card.file(role))
         embeddings = _run_batched(session, "chips", inputs)
-        load_1min = host_load.sample()
+        load_1min = round(host_load.sample()[0], 2)
         times_ms = []
         for path in paths[:LATENCY_SAMPLES]:
             data = path.read_bytes()
