@@ -49,10 +49,14 @@ def prepare_chip(tmp_path: Path) -> np.ndarray:
 
 def held_out_root(tmp_path: Path) -> Path:
     """An LFW folder whose three folds hold the sample's fold-10 pairs (people unseen by fold-9 training)."""
+    return three_fold_root(tmp_path / "held-out", sample_fold=10)
+
+
+def three_fold_root(root: Path, sample_fold: int) -> Path:
+    """An LFW folder whose three folds split the 150 pairs of one of the sample's folds."""
     lines = (SAMPLE_ROOT / "pairs.txt").read_text().splitlines()[1:]
-    fold_10 = lines[150:]
-    matched, mismatched = fold_10[:75], fold_10[75:]
-    root = tmp_path / "held-out"
+    chosen = lines[150:] if sample_fold == 10 else lines[:150]
+    matched, mismatched = chosen[:75], chosen[75:]
     root.mkdir()
     (root / "lfw-deepfunneled").symlink_to(SAMPLE_ROOT / "lfw-deepfunneled")
     body = [line for fold in range(3) for line in matched[25 * fold : 25 * fold + 25] + mismatched[25 * fold : 25 * fold + 25]]
@@ -138,6 +142,19 @@ def test_train_command_writes_verified_model(tmp_path: Path) -> None:
     assert unknown.exit_code == 2, unknown.output
     assert "folds [4] are not in" in unknown.output
 
+    # A training-fit check scores the training people's folds, under a key of its own.
+    seen = three_fold_root(tmp_path / "seen", sample_fold=9)
+    fit = CliRunner().invoke(app, ["models", "evaluate", str(folder), "--lfw-root", str(seen), "--training-fit"], env={"VQBENCH_CACHE_DIR": str(tmp_path / "cache")})
+    assert fit.exit_code == 0, fit.output
+    assert "not held-out accuracy" in fit.output
+    recorded = json.loads((folder / "card.json").read_text())["metrics"]
+    assert recorded["lfw_view2_sample"] == metrics
+    assert recorded["lfw_view2_sample_training_fit"]["held_out"] is False
+    assert recorded["lfw_view2_sample_training_fit"]["pairs"] == 150
+    no_training_people = CliRunner().invoke(app, ["models", "evaluate", str(folder), "--lfw-root", str(held_out), "--training-fit"])
+    assert no_training_people.exit_code == 2, no_training_people.output
+    assert "no fold of" in no_training_people.output and "drop --training-fit" in no_training_people.output
+
     # A changed file no longer matches the card.
     (folder / "student.onnx").write_bytes(b"not a model")
     with pytest.raises(ModelError, match="student.onnx has SHA-256"):
@@ -185,6 +202,33 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert resumed.progress.history[-1]["epoch"] == 1
     for name, value in straight.models.vqvae.state_dict().items():
         assert torch.allclose(value.float(), resumed.models.vqvae.state_dict()[name].float(), atol=1e-5), name
+
+
+def test_codes_without_reconstruction_leave_decoder_to_stage_identity(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    raw = tiny_config(tmp_path)
+    raw["loss"] = {"reconstruction_fraction": 0.0}
+    config = TrainConfig.model_validate(raw)
+    people = select_training_people(SAMPLE_ROOT, [9])
+    data = prepare_training_set(training_image_paths(SAMPLE_ROOT, people.people)[:8], tmp_path / "cache")
+    trainer = _trainer(config, data, tmp_path / "a.pt")
+    initial_decoder = {name: value.clone() for name, value in trainer.models.vqvae.decoder.state_dict().items()}
+    initial_encoder = {name: value.clone() for name, value in trainer.models.vqvae.encoder.state_dict().items()}
+
+    trainer._resume()
+    trainer._run_epoch("joint", 0.0)
+    joint = trainer.progress.history[-1]
+    assert "recon" not in joint and "cos" in joint
+    decoder = trainer.models.vqvae.decoder.state_dict()
+    assert all(torch.equal(decoder[name], value) for name, value in initial_decoder.items() if value.is_floating_point())
+    encoder = trainer.models.vqvae.encoder.state_dict()
+    assert any(not torch.equal(encoder[name], value) for name, value in initial_encoder.items() if value.is_floating_point())
+
+    trainer._enter_stage("identity")
+    trainer._run_epoch("identity", 0.0)
+    assert "recon" in trainer.progress.history[-1]
+    decoder = trainer.models.vqvae.decoder.state_dict()
+    assert any(not torch.equal(decoder[name], value) for name, value in initial_decoder.items() if value.is_floating_point())
 
 
 def test_evaluate_names_missing_model_card(tmp_path: Path) -> None:

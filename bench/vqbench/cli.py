@@ -341,6 +341,13 @@ def models_evaluate(
     lfw_root: Annotated[
         Optional[Path], typer.Option("--lfw-root", help="LFW folder; default ${VQBENCH_DATA_DIR}/lfw.")
     ] = None,
+    training_fit: Annotated[
+        bool,
+        typer.Option(
+            "--training-fit",
+            help="Score the folds of the model's own training people instead, to compare fit with held-out accuracy.",
+        ),
+    ] = False,
 ) -> None:
     """Score a trained model on LFW View 2 pairs and write the figures into its card."""
     from vqbench.data.cache import default_cache_dir
@@ -348,7 +355,7 @@ def models_evaluate(
     from vqbench.training.evaluate import evaluate_model, render_metrics_table
 
     root = lfw_root or default_data_dir() / "lfw"
-    metrics = evaluate_model(model_dir, root, folds, default_cache_dir() / "evaluation")
+    metrics = evaluate_model(model_dir, root, folds, default_cache_dir() / "evaluation", training_fit)
     output.print(render_metrics_table(model_dir.name, metrics))
 
 

@@ -76,7 +76,11 @@ class LossConfig(_Strict):
 
     reconstruction: float = Field(1.0, ge=0.0)
     reconstruction_fraction: float = Field(
-        0.25, gt=0.0, le=1.0, description="Share of each batch decoded in stage joint (the decoder dominates step time)."
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Share of each batch decoded in stage joint (the decoder dominates step time). With 0 the codes "
+        "learn from the student's losses alone and the decoder learns in stage identity, on the frozen codes.",
     )
     student_cosine: float = Field(1.0, ge=0.0)
     student_feature: float = Field(1.0, ge=0.0, description="MSE to the teacher's 4x4x256 map that enters the reused blocks.")

@@ -6,8 +6,9 @@ standard cross-fold protocol of ``vqbench.metrics.verification``. For the fp32 a
 edge encoder it reports the student, the reconstruction + teacher path (the PyTorch teacher
 port, batched), payload bytes and the edge half's latency per face. That latency covers
 alignment, encoder and packing on one thread. The teacher on the unmodified chips is the
-reference. Folds that contain any of the model's training people are rejected. The figures
-are written into the card's ``metrics``.
+reference. Folds that contain any of the model's training people are rejected, except in a
+training-fit check, which scores exactly those folds. The figures are written into the card's
+``metrics``.
 """
 
 from __future__ import annotations
@@ -123,8 +124,46 @@ def _edge_latency_ms(card: VQModelCard, paths: list[Path], role: str) -> float:
     return round(float(np.median(times_ms)), 2)
 
 
-def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, cache_dir: Path) -> dict:
-    """Score a model folder on View 2 folds (default: every allowed fold) and record the figures in its card."""
+def _select_folds(card: VQModelCard, pairs: list[Pair], requested: list[int] | None, pairs_file: Path, training_fit: bool) -> list[int]:
+    """Check the requested folds against the model's training people and return the folds to score.
+
+    Held-out scoring takes folds without any training person. A training-fit check takes the
+    opposite: folds whose people the model was trained on, to compare against held-out figures.
+    """
+    present = sorted({pair.fold for pair in pairs})
+    permitted = allowed_folds(card, pairs)
+    trained = [fold for fold in present if fold not in permitted]
+    if training_fit:
+        choices, kind = trained, "training folds"
+        if not trained:
+            raise ScenarioError(f"no fold of {pairs_file} contains people that {card.model_id} was trained on; drop --training-fit, or use the LFW folder it was trained on")
+    else:
+        choices, kind = permitted, "allowed folds"
+        if not permitted:
+            raise ScenarioError(f"no fold of {pairs_file} is allowed: each contains people that {card.model_id} was trained on; use another LFW folder")
+    folds = sorted(set(requested)) if requested else choices
+    unknown = sorted(set(folds) - set(present))
+    if unknown:
+        raise ScenarioError(f"folds {unknown} are not in {pairs_file}, which contains folds {present}; {kind}: {choices}")
+    if training_fit and not set(folds) <= set(trained):
+        raise ScenarioError(f"folds {sorted(set(folds) - set(trained))} contain none of {card.model_id}'s training people; training folds: {trained}")
+    if not training_fit and not set(folds) <= set(permitted):
+        raise ScenarioError(f"model {card.model_id} was trained on people in folds {sorted(set(folds) - set(permitted))}; allowed folds: {permitted}")
+    if len(folds) < 2:
+        raise ScenarioError(
+            f"folds {folds}: the verification protocol needs at least 2 folds to choose thresholds; "
+            f"pass two or more --fold options from the {kind} {choices}"
+        )
+    return folds
+
+
+def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, cache_dir: Path, training_fit: bool = False) -> dict:
+    """Score a model folder on View 2 folds (default: every allowed fold) and record the figures in its card.
+
+    With ``training_fit`` the folds are those of its training people (default: all of them),
+    and the figures measure how well the model fits its own training images. They go under
+    their own key of the card, never beside the held-out figures.
+    """
     card = load_vq_card(model_dir)
     if not (data_root / "pairs.txt").is_file() or not (data_root / "lfw-deepfunneled").is_dir():
         raise ScenarioError(
@@ -132,21 +171,7 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, ca
             "(or set VQBENCH_DATA_DIR to the folder above it), or run `vqbench data fetch lfw`"
         )
     pairs_all = read_lfw_pairs(data_root / "pairs.txt", data_root / "lfw-deepfunneled", fold_numbers=sample_fold_numbers(data_root / "pairs.txt"))
-    permitted = allowed_folds(card, pairs_all)
-    if not permitted:
-        raise ScenarioError(f"no fold of {data_root / 'pairs.txt'} is allowed: each contains people that {card.model_id} was trained on; use another LFW folder")
-    folds = sorted(set(folds)) if folds else permitted
-    present = sorted({pair.fold for pair in pairs_all})
-    unknown = sorted(set(folds) - set(present))
-    if unknown:
-        raise ScenarioError(f"folds {unknown} are not in {data_root / 'pairs.txt'}, which contains folds {present}; allowed folds: {permitted}")
-    if not set(folds) <= set(permitted):
-        raise ScenarioError(f"model {card.model_id} was trained on people in folds {sorted(set(folds) - set(permitted))}; allowed folds: {permitted}")
-    if len(folds) < 2:
-        raise ScenarioError(
-            f"folds {folds}: the verification protocol needs at least 2 folds to choose thresholds; "
-            f"pass two or more --fold options from the allowed folds {permitted}"
-        )
+    folds = _select_folds(card, pairs_all, folds, data_root / "pairs.txt", training_fit)
     pairs = [pair for pair in pairs_all if pair.fold in set(folds)]
     impostors_per_fold = min(sum(1 for pair in pairs if pair.fold == fold and not pair.same) for fold in folds)
     if impostors_per_fold < 1000:
@@ -162,6 +187,7 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, ca
 
     metrics: dict = {
         "dataset": _dataset_label(data_root),
+        "held_out": not training_fit,
         "folds": folds,
         "pairs": len(pairs),
         "images": len(paths),
@@ -230,7 +256,8 @@ def render_metrics_table(model_id: str, metrics: dict) -> "object":
     """Return a rich table of ``evaluate_model``'s figures: one row per graph and path."""
     from rich.table import Table
 
-    table = Table(title=f"{model_id} on folds {metrics['folds']} ({metrics['pairs']} pairs)")
+    fit = "" if metrics.get("held_out", True) else ", its training people: a fit check, not held-out accuracy"
+    table = Table(title=f"{model_id} on folds {metrics['folds']} ({metrics['pairs']} pairs{fit})")
     for column in ("graph", "path", "bytes", "accuracy", "std", "TAR@FAR1e-3", "edge ms p50"):
         table.add_column(column, justify="left" if column in ("graph", "path") else "right")
 
@@ -263,8 +290,11 @@ def _record_metrics(model_dir: Path, metrics: dict) -> None:
 
     card = json.loads((model_dir / CARD_FILE).read_text(encoding="utf-8"))
     recorded = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
-    # Figures from a sample go under their own key, so they never replace full View 2 figures.
+    # Figures from a sample or from the training people go under their own key, so they never
+    # replace held-out figures on the full View 2 set.
     key = "lfw_view2" if metrics["dataset"] == "LFW View 2" else "lfw_view2_sample"
+    if not metrics["held_out"]:
+        key += "_training_fit"
     recorded[key] = metrics
     recorded["note"] = "measured by vqbench models evaluate, with the PyTorch teacher port for reconstructions"
     card["metrics"] = recorded

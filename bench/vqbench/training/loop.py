@@ -8,8 +8,10 @@ chip, its flip or an augmented view, each labelled by the teacher), apply the un
     + student cosine to the teacher embedding  + student feature MSE to the teacher's 4x4x256 map
     + relational term between the batch's similarity matrices.
 
-The student reads the straight-through quantised vectors, so its gradient also trains the
-encoder to keep identity in the codes. Every ``RESTART_EVERY_STEPS`` steps, codes with low EMA
+The reconstruction term covers the first ``reconstruction_fraction`` of the batch. With a
+fraction of 0 it is left out, the decoder rests until stage identity, and the codes carry only
+what the student needs. The student reads the straight-through quantised vectors, so its
+gradient also trains the encoder to keep identity in the codes. Every ``RESTART_EVERY_STEPS`` steps, codes with low EMA
 usage are restarted. Stage ``identity`` freezes encoder and codebook and trains the decoder on
 reconstruction + (1 - cos(teacher(reconstruction), teacher embedding of the original)), with
 the gradient passing through the frozen PyTorch teacher.
@@ -144,9 +146,12 @@ class Trainer:
         }
 
     def _trainable(self, stage: str) -> list[torch.nn.Parameter]:
+        decoder = list(self.models.vqvae.decoder.parameters())
         if stage == "identity":
-            return list(self.models.vqvae.decoder.parameters())
-        params = list(self.models.vqvae.encoder.parameters()) + list(self.models.vqvae.decoder.parameters())
+            return decoder
+        params = list(self.models.vqvae.encoder.parameters())
+        if self.config.loss.reconstruction_fraction > 0:
+            params += decoder
         return params + [p for p in self.models.student.parameters() if p.requires_grad]
 
     def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
@@ -318,15 +323,16 @@ class Trainer:
         vqvae, student = self.models.vqvae, self.models.student
         z = vqvae.encoder(inputs)
         quantized = vqvae.quantizer(z)
-        decoded = max(1, round(len(inputs) * weights.reconstruction_fraction))
-        reconstruction = vqvae.decoder(quantized.quantized[:decoded])
         trunk = student.trunk_features(quantized.indices, code_vectors=quantized.quantized)
         embeddings = student.tail(trunk)
         losses = {
-            "recon": weights.reconstruction * reconstruction_loss(reconstruction, inputs[:decoded]),
             "commit": self.config.vq.commitment_weight * quantized.commitment_loss,
             **self._distillation_losses(trunk, embeddings, target_embeddings, target_features),
         }
+        if weights.reconstruction_fraction > 0:
+            decoded = max(1, round(len(inputs) * weights.reconstruction_fraction))
+            reconstruction = vqvae.decoder(quantized.quantized[:decoded])
+            losses = {"recon": weights.reconstruction * reconstruction_loss(reconstruction, inputs[:decoded]), **losses}
         if (self.scheduler.last_epoch + 1) % RESTART_EVERY_STEPS == 0:
             restarted = vqvae.quantizer.restart_dead_codes(z, self.config.vq.dead_code_threshold, self.generator)
             if restarted:
