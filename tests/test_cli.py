@@ -61,3 +61,10 @@ def test_unknown_dataset_to_fetch_exits_2():
 def test_report_of_missing_run_dir_exits_2(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path / "norun")])
     assert result.exit_code == 2
+
+
+def test_unwritable_output_path_exits_2(tmp_path):
+    result = runner.invoke(app, ["schema", "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"cannot use {tmp_path}" in result.output
+    assert "Traceback" not in result.output

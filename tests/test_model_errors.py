@@ -46,6 +46,23 @@ def test_card_without_files_rejected(model_copy: Path) -> None:
         load_vq_card(model_copy)
 
 
+@pytest.mark.parametrize("model_id", ["/tmp/elsewhere/model", "../../etc", "Upper", "", 7])
+def test_card_model_id_must_be_plain_name(model_copy: Path, model_id: object) -> None:
+    card = json.loads((model_copy / "card.json").read_text())
+    card["model_id"] = model_id
+    write_card(model_copy, card)
+    with pytest.raises(ModelError, match="not a plain name"):
+        load_vq_card(model_copy)
+
+
+def test_card_file_names_must_be_plain(model_copy: Path) -> None:
+    card = json.loads((model_copy / "card.json").read_text())
+    card["files"]["../card.json"] = card["files"].pop("student.onnx")
+    write_card(model_copy, card)
+    with pytest.raises(ModelError, match="not a plain file name"):
+        load_vq_card(model_copy)
+
+
 def test_truncated_onnx_raises_model_error(model_copy: Path) -> None:
     student = model_copy / "student.onnx"
     student.write_bytes(student.read_bytes()[:1000])

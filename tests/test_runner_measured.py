@@ -221,3 +221,59 @@ def test_busy_host_warned_once(sample_lfw, tmp_path, monkeypatch):
     assert len(busy) == 1
     environment = json.loads((tmp_path / "out" / "environment.json").read_text())
     assert environment["max_load_average_1min_while_timing"] == 64.0
+
+
+def test_interrupted_run_keeps_finished_variants(sample_lfw, tmp_path, monkeypatch):
+    import json
+
+    from vqbench import runner
+
+    measure = runner._run_variant
+    calls = []
+
+    def interrupt_second(pipeline, *args, **kwargs):
+        calls.append(pipeline.variant)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return measure(pipeline, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_run_variant", interrupt_second)
+    pipelines = [{"kind": "cloud-codec", "codec": "jpeg", "qualities": [30, 50, 70]}]
+    scenario = _scenario(sample_lfw, meters={"host": []}, pipelines=pipelines)
+    with pytest.raises(KeyboardInterrupt):
+        run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [row["variant"] for row in results["rows"]] == ["jpeg-q30"]
+    assert results["complete"] is False
+    assert results["variants_missing"] == ["cloud-codec/jpeg-q50", "cloud-codec/jpeg-q70"]
+    assert any("interrupted" in warning for warning in results["warnings"])
+    assert (tmp_path / "out" / "environment.json").is_file()
+
+
+def test_out_folder_with_a_run_needs_overwrite(sample_lfw, tmp_path):
+    scenario = _scenario(sample_lfw, meters={"host": []})
+    out = tmp_path / "out"
+    first = run_scenario(scenario, tmp_path / "s.yaml", out)
+    assert first.results.complete is True
+    assert first.results.variants_missing == []
+    (out / "samples").mkdir(exist_ok=True)
+    (out / "samples" / "stale.png").write_bytes(b"old")
+
+    with pytest.raises(ScenarioError, match="already contains a run"):
+        run_scenario(scenario, tmp_path / "s.yaml", out)
+    run_scenario(scenario, tmp_path / "s.yaml", out, overwrite=True)
+    assert not (out / "samples" / "stale.png").exists()
+    assert (out / "results.json").is_file()
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(ScenarioError, match="is a file"):
+        run_scenario(scenario, tmp_path / "s.yaml", a_file)
+
+
+def test_pdf_switched_off_is_not_written(sample_lfw, tmp_path):
+    scenario = _scenario(sample_lfw, meters={"host": []}, outputs={"html": True, "pdf": False})
+    run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert not (tmp_path / "out" / "report.pdf").exists()

@@ -1,5 +1,6 @@
 """Scenario schema: valid files load, mistakes name the key, paths expand."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,26 @@ def test_model_paths_resolve_against_scenario(tmp_path):
 
     assert scenario.pipelines[0].model == str(tmp_path / "models" / "mine")
     assert scenario.pipelines[1].model == "vq-g14-k256-aug"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("measurement: {idle_s: .inf}\n", "finite number"),
+        ("measurement: {min_window_s: .nan}\n", "finite number"),
+        ("dataset: {folds: [9]}\n", "at least 2 folds"),
+        ("dataset: {folds: [9, 9, 10]}\n", "folds [9] are listed more than once"),
+        ("deployment: {links: [wifi, wifi]}\n", "links ['wifi'] are listed more than once"),
+        ("deployment: {edge_devices: [host, host]}\n", "edge devices ['host'] are listed more than once"),
+    ],
+)
+def test_unusable_values_rejected(tmp_path, text, message):
+    path = _write(tmp_path, "name: s\npipelines: [{kind: cloud-raw}]\n" + text)
+    with pytest.raises(ScenarioError, match=re.escape(message)):
+        load_scenario(path)
+
+
+def test_duplicate_yaml_key_rejected(tmp_path):
+    path = _write(tmp_path, "name: s\npipelines: [{kind: cloud-raw}]\nname: t\n")
+    with pytest.raises(ScenarioError, match="found the key 'name' twice"):
+        load_scenario(path)

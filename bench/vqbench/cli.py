@@ -1,9 +1,11 @@
 """The ``vqbench`` command line: run, env, data, report, compare, check.
 
 Heavy libraries (torch, dlib, onnxruntime) are imported inside commands so that ``--help``
-stays instant. Only ``VqbenchError`` is caught: its message is printed on one line and the
-process exits with the error's code (2 for user mistakes, 1 for failed runs). Anything else
-is a bug and keeps its traceback.
+stays instant. ``VqbenchError`` is caught: its message is printed on one line and the
+process exits with the error's code (2 for user mistakes, 1 for failed runs). So are the
+operating system's errors about a path (missing, not a folder, a folder, no permission):
+they name the path and exit with 2, because the path came from the user. Anything else is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -48,8 +50,21 @@ def _user_errors(command: F) -> F:
         except VqbenchError as error:
             console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=error.exit_code) from None
+        except PATH_ERRORS as error:
+            console.print(f"[bold red]error:[/] {path_error_message(error)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+#: Operating-system errors that come from a path the user gave, not from a bug.
+PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def path_error_message(error: OSError) -> str:
+    """Describe a path error in one line: the path, the reason and what to check."""
+    path = error.filename if error.filename is not None else "a path"
+    return f"cannot use {path}: {error.strerror or error}; check that the path exists, is of the right kind and is writable"
 
 
 def _version_callback(value: bool) -> None:
@@ -88,6 +103,9 @@ def run(
     out: Annotated[
         Optional[Path], typer.Option("--out", help="Run folder; default reports/<scenario>-<UTC timestamp>/.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the run already in the --out folder.")
+    ] = False,
 ) -> None:
     """Run a scenario and write results files and reports."""
     from vqbench.console import RichProgress
@@ -97,7 +115,7 @@ def run(
     loaded = load_scenario(scenario)
     out_dir = out or default_out_dir(loaded)
     with RichProgress() as progress:
-        outcome = run_scenario(loaded, scenario, out_dir, progress)
+        outcome = run_scenario(loaded, scenario, out_dir, progress, overwrite)
     _print_summary(outcome.out_dir)
     for failure in outcome.failures:
         console.print(f"[red]failed:[/] {failure}", highlight=False)

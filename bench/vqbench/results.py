@@ -100,6 +100,8 @@ class RunResults(BaseModel):
     rows: list[ResultRow]
     warnings: list[str] = Field(default_factory=list)
     assumptions: dict[str, object] = Field(default_factory=dict)
+    complete: bool = Field(True, description="False when the run was interrupted before its last variant.")
+    variants_missing: list[str] = Field(default_factory=list, description="Variants an interrupted run did not reach.")
 
 
 #: Column order of results.csv: the schema's field order.

@@ -14,6 +14,7 @@ Phases, in order:
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +87,8 @@ class _RunTables:
     scores: list[pd.DataFrame] = field(default_factory=list)
     latency: list[pd.DataFrame] = field(default_factory=list)
     energy: list[pd.DataFrame] = field(default_factory=list)
+    #: Variants not measured yet, in run order; results.json is marked incomplete while any remain.
+    missing: list[str] = field(default_factory=list)
 
 
 @contextmanager
@@ -119,8 +122,50 @@ def prepare_evaluation(scenario: Scenario, scenario_dir: Path) -> EvaluationSet:
         raise DataError(f"the data set at {root} yields no pairs for folds {config.folds}; check dataset.folds")
     evaluation = read_images(pairs, root)
     if len({pair.fold for pair in evaluation.pairs}) < 2:
-        raise DataError(f"fewer than 2 folds left with readable images under {root}; the protocol needs 2 or more")
+        raise DataError(
+            f"only fold {sorted({pair.fold for pair in evaluation.pairs})} has pairs with readable images under {root}; "
+            "the protocol needs 2 or more folds, so check dataset.folds and the images of the other folds"
+        )
     return evaluation
+
+
+#: Files a run writes into its folder; ``--overwrite`` removes them before a new run.
+RUN_FILES = (
+    "results.json", "results.csv", "scores.parquet", "latency.parquet", "energy.parquet", "environment.json",
+    "report.html", "report.pdf",
+)
+SAMPLES_DIR = "samples"
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """Create the run folder; raise ScenarioError if it is a file or already contains a run (unless ``overwrite``)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ScenarioError(f"--out {out_dir} is a file, not a folder; pass a folder for the run's files")
+    if (out_dir / "results.json").exists():
+        if not overwrite:
+            raise ScenarioError(
+                f"{out_dir} already contains a run (results.json); choose another --out folder, "
+                "or pass --overwrite to replace that run"
+            )
+        logger.warning("replacing the run in %s", out_dir)
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / SAMPLES_DIR, ignore_errors=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ScenarioError(f"cannot create the run folder {out_dir}: {error.strerror or error}; pass a writable --out folder") from error
+
+
+def _cache_root(scenario: Scenario, scenario_dir: Path) -> Path:
+    """Return the scenario's cache folder, created; raise ScenarioError if it cannot be."""
+    root = expand_path(scenario.cache_dir, scenario_dir) if scenario.cache_dir else default_cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        setting = f"cache_dir {scenario.cache_dir!r}" if scenario.cache_dir else f"the cache folder {root} (VQBENCH_CACHE_DIR)"
+        raise ScenarioError(f"cannot create {setting}: {error.strerror or error}; choose a writable folder") from error
+    return root
 
 
 def run_scenario(
@@ -128,12 +173,18 @@ def run_scenario(
     scenario_path: Path,
     out_dir: Path,
     progress: ProgressReporter | None = None,
+    overwrite: bool = False,
 ) -> RunOutcome:
-    """Run every pipeline variant of a scenario and write results and reports into ``out_dir``."""
+    """Run every pipeline variant of a scenario and write results and reports into ``out_dir``.
+
+    On KeyboardInterrupt the variants already measured are kept: results.json is rewritten
+    with ``complete`` false and the variants not reached, environment.json is written, and the
+    interrupt is raised again.
+    """
     progress = progress or SilentProgress()
     started = time.perf_counter()
     scenario_dir = scenario_path.resolve().parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir, overwrite)
 
     evaluation = prepare_evaluation(scenario, scenario_dir)
     logger.info(
@@ -141,7 +192,7 @@ def run_scenario(
         len(evaluation.pairs), evaluation.folds, len(evaluation.images),
         len(evaluation.skipped_images), evaluation.skipped_pairs,
     )
-    cache_root = expand_path(scenario.cache_dir, scenario_dir) if scenario.cache_dir else default_cache_dir()
+    cache_root = _cache_root(scenario, scenario_dir)
     chip_cache = ArrayCache(cache_root, "chips")
     embedding_cache = ArrayCache(cache_root, "embeddings")
 
@@ -162,8 +213,9 @@ def run_scenario(
     tables = _RunTables()
     failures: list[str] = []
     try:
-        for pipeline in pipelines:
-            label = f"{pipeline.kind}/{pipeline.variant}"
+        labels = [f"{pipeline.kind}/{pipeline.variant}" for pipeline in pipelines]
+        for position, (pipeline, label) in enumerate(zip(pipelines, labels)):
+            tables.missing = labels[position:]
             try:
                 measured = _run_variant(
                     pipeline, configs[(pipeline.kind, pipeline.variant)], context, aligned, embedding_cache,
@@ -175,8 +227,13 @@ def run_scenario(
                 logger.error("variant %s failed: %s", label, error)
                 failures.append(f"{label}: {error}")
                 context.warnings.append(f"variant {label} failed and has no results: {error}")
+                tables.missing = labels[position + 1 :]
                 continue
+            tables.missing = labels[position + 1 :]
             _write_results(context, tables)
+    except KeyboardInterrupt:
+        _keep_interrupted_run(context, tables)
+        raise
     finally:
         if meter is not None:
             meter.close()
@@ -185,7 +242,7 @@ def run_scenario(
 
     results = _write_results(context, tables)
     context.write_environment()
-    _render_reports(scenario, out_dir, context.warnings)
+    _render_reports(scenario, out_dir)
     duration_s = time.perf_counter() - started
     logger.info(
         "run finished in %.1f s (chip cache: %d hits, embedding cache: %d hits)",
@@ -491,6 +548,8 @@ def _write_results(context: _RunContext, tables: _RunTables) -> RunResults:
         rows=tables.rows,
         warnings=list(dict.fromkeys(context.warnings)),
         assumptions=context.assumptions,
+        complete=not tables.missing,
+        variants_missing=tables.missing,
     )
     out_dir = context.out_dir
     write_text_atomic(out_dir / "results.json", results.model_dump_json(indent=2) + "\n")
@@ -507,10 +566,27 @@ def _write_results(context: _RunContext, tables: _RunTables) -> RunResults:
     return results
 
 
-def _render_reports(scenario: Scenario, out_dir: Path, warnings: list[str]) -> None:
-    """Render report.html and report.pdf; a rendering failure is a warning, not a lost run."""
-    if not (scenario.outputs.html or scenario.outputs.pdf):
+def _keep_interrupted_run(context: _RunContext, tables: _RunTables) -> None:
+    """Write the results of an interrupted run, marked incomplete, and log which variants are missing."""
+    missing = tables.missing
+    context.warnings.append(f"the run was interrupted; {len(missing)} variants have no results: {', '.join(missing)}")
+    _write_results(context, tables)
+    context.write_environment()
+    logger.warning(
+        "interrupted: results of %d variants kept in %s, %d not measured (%s)",
+        len({(row.pipeline, row.variant) for row in tables.rows}), context.out_dir, len(missing), ", ".join(missing),
+    )
+
+
+def _render_reports(scenario: Scenario, out_dir: Path) -> None:
+    """Render the reports the scenario enables; a rendering failure is logged, and the results files stay."""
+    outputs = scenario.outputs
+    if not (outputs.html or outputs.pdf):
         return
     from vqbench.report import render_reports
 
-    render_reports(out_dir)
+    try:
+        render_reports(out_dir, html=outputs.html, pdf=outputs.pdf)
+    except Exception as error:  # noqa: BLE001 - the measured results are written, so a report bug must not lose the run
+        logger.error("rendering the reports failed (%s); the results files are complete, so retry with `vqbench report %s`", error, out_dir)
+        logger.debug("report failure", exc_info=True)

@@ -7,6 +7,7 @@ the scenario file. ``scenarios/scenario.schema.json`` is generated from these mo
 
 from __future__ import annotations
 
+import collections.abc
 import os
 import re
 from pathlib import Path
@@ -25,7 +26,8 @@ _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Infinity and NaN pass `gt`/`ge` bounds but would stall or break a run (an endless window).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DatasetConfig(_Strict):
@@ -44,6 +46,18 @@ class DatasetConfig(_Strict):
     folders_pairs_per_fold: int = Field(100, ge=2, description="For kind=folders: pairs per fold.")
     folders_n_folds: int = Field(10, ge=2, description="For kind=folders: number of folds.")
     seed: int = 0
+
+    @field_validator("folds")
+    @classmethod
+    def _two_distinct_folds(cls, folds: list[int] | None) -> list[int] | None:
+        if folds is None:
+            return None
+        repeated = sorted({fold for fold in folds if folds.count(fold) > 1})
+        if repeated:
+            raise ValueError(f"folds {repeated} are listed more than once; list each fold once")
+        if len(folds) < 2:
+            raise ValueError("the verification protocol chooses each fold's threshold on the other folds, so list at least 2 folds")
+        return folds
 
 
 class AlignmentConfig(_Strict):
@@ -191,12 +205,29 @@ class DeploymentConfig(_Strict):
 
     links: list[str] = Field(default_factory=list, description="Link profiles, e.g. wifi, lte, lorawan-sf7.")
     edge_devices: list[EdgeDeviceChoice] = Field(default_factory=lambda: [EdgeDeviceChoice(name="host")])
+
+    @field_validator("links")
+    @classmethod
+    def _distinct_links(cls, links: list[str]) -> list[str]:
+        repeated = sorted({link for link in links if links.count(link) > 1})
+        if repeated:
+            raise ValueError(f"links {repeated} are listed more than once; each link gives its own results rows, so list it once")
+        return links
     downlink_bytes: int = Field(
         0, ge=0, description="Bytes the cloud returns per face; measured wire bytes replace it with transport http."
     )
     transfers_per_day: Optional[float] = Field(
         None, gt=0, description="Faces sent per day, for duty-cycle limits; default: the device profile's figure."
     )
+
+    @field_validator("edge_devices")
+    @classmethod
+    def _distinct_devices(cls, devices: list[EdgeDeviceChoice]) -> list[EdgeDeviceChoice]:
+        names = [device.name for device in devices]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"edge devices {repeated} are listed more than once; results rows are named by device, so list each once")
+        return devices
 
     @field_validator("edge_devices", mode="before")
     @classmethod
@@ -310,6 +341,23 @@ def _is_model_path(model: str) -> bool:
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects a mapping key given twice (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, collections.abc.Hashable):
+                continue  # SafeLoader itself rejects an unhashable key, with its own message.
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"found the key {key!r} twice; keep one of them", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml_model(
     path: Path, model: type[ModelT], noun: str, missing_hint: str, required_keys: str, schema_hint: str
 ) -> ModelT:
@@ -317,7 +365,7 @@ def load_yaml_model(
     if not path.is_file():
         raise ScenarioError(f"{noun} file not found: {path}; {missing_hint}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         raise ScenarioError(f"{noun} {path} is not valid YAML: {error}".replace("\n", " ")) from error
     if not isinstance(raw, dict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from vqbench.models.cards import CARD_FILE, MODELS_DIR
 
 PEOPLE_FILE = "training_people.txt"
 CARD_FORMAT = 1
+#: A model id is also a file-name prefix, so it must be one plain name without path separators.
+MODEL_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 MODELS_DIR_ENV = "VQBENCH_MODELS_DIR"
 
 
@@ -98,8 +101,16 @@ def load_vq_card(folder: Path) -> VQModelCard:
 
 
 def _card_from_data(folder: Path, card_path: Path, data: dict) -> VQModelCard:
-    """Check every listed file's SHA-256, then build the card from the parsed fields."""
+    """Check the model id, the file names and every listed file's SHA-256, then build the card."""
+    model_id = data["model_id"]
+    if not isinstance(model_id, str) or not re.fullmatch(MODEL_ID_PATTERN, model_id):
+        raise ModelError(
+            f"model card {card_path} has model_id {model_id!r}, which is not a plain name of lower-case letters, "
+            "digits, '.', '_' and '-'; restore the card from the repository"
+        )
     for name, entry in data["files"].items():
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ModelError(f"model card {card_path} lists the file {name!r}, which is not a plain file name of the model folder; restore the card")
         expected = entry["sha256"]
         path = folder / name
         if not path.is_file():
@@ -112,7 +123,7 @@ def _card_from_data(folder: Path, card_path: Path, data: dict) -> VQModelCard:
     training = data["training"]
     payload = data["payload"]
     return VQModelCard(
-        model_id=data["model_id"],
+        model_id=model_id,
         kind=data["kind"],
         folder=folder,
         grid=tuple(int(side) for side in payload.get("grid", (0, 0))),  # type: ignore[arg-type]

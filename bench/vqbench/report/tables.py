@@ -74,7 +74,7 @@ def _co2e_per_million(row: ResultRow) -> str:
 
 
 SUMMARY_COLUMNS: tuple[Column, ...] = (
-    Column("Accuracy (%, 10-fold protocol)", _accuracy),
+    Column("Accuracy (%, mean ± std over the held-out folds)", _accuracy),
     Column("TAR @ FAR 1e-3 (%)", _number("tar_at_far_1e_3", 100)),
     Column("Payload mean", lambda r: format_bytes(r.payload_bytes_mean)),
     Column("Payload p95", lambda r: format_bytes(r.payload_bytes_p95)),
