@@ -73,16 +73,23 @@ def test_http_transport_counts_wire_bytes(sample_lfw, tmp_path):
     scenario = _scenario(sample_lfw, meters={"host": []})
     served = build_pipelines(scenario.pipelines, Components(scenario.alignment, scenario.teacher))
     with running_server(create_app(served, token=None)) as (url, _server):
-        scenario = _scenario(sample_lfw, meters={"host": []}, transport={"mode": "http", "url": url})
+        transport = {"mode": "http", "url": url}
+        scenario = _scenario(sample_lfw, meters={"host": []}, transport=transport, deployment={"links": ["wifi"]})
         outcome = run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
 
-    row = outcome.results.rows[0]
+    [row] = outcome.results.rows
     assert row.transport == "http"
     assert row.wire_bytes_up_mean is not None and row.wire_bytes_down_mean is not None
     # Wire bytes are each payload plus the HTTP request line and headers: more, but not by kilobytes.
     assert 50 < row.wire_overhead_bytes_up_mean < 1000
-    assert row.wire_bytes_up_mean > row.wire_overhead_bytes_up_mean
+    # The three byte columns average the same requests.
+    overhead = row.wire_bytes_up_mean - row.wire_payload_bytes_up_mean
+    assert overhead == pytest.approx(row.wire_overhead_bytes_up_mean)
+    # The link's model gives the transfer time end to end; the timed requests keep their own column.
+    assert row.link == "wifi"
+    assert row.transfer_latency_basis == "modeled-link"
     assert row.transfer_latency_ms_p50 is not None and row.transfer_latency_ms_p50 > 0
+    assert row.transfer_latency_ms_p50_measured is not None and row.transfer_latency_ms_p50_measured > 0
     latency = pd.read_parquet(tmp_path / "out" / "latency.parquet")
     assert "transfer" in set(latency["stage"])
 
@@ -277,3 +284,11 @@ def test_pdf_switched_off_is_not_written(sample_lfw, tmp_path):
     run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
     assert (tmp_path / "out" / "report.html").is_file()
     assert not (tmp_path / "out" / "report.pdf").exists()
+
+
+def test_transfer_basis_names_its_source():
+    from vqbench.deployment import _transfer_basis
+
+    assert _transfer_basis("wifi", [3.0]) == "modeled-link"
+    assert _transfer_basis(None, [3.0]) == "measured-http"
+    assert _transfer_basis(None, []) is None

@@ -8,7 +8,9 @@ load test. One test runs the real dlib models.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import logging
 import socket
 import struct
@@ -32,10 +34,25 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from vqbench.data.align import AlignedChip, decode_image
-from vqbench.errors import PayloadError, ScenarioError
+from vqbench.errors import PayloadError, RunError, ScenarioError
 from vqbench.meters.base import Availability, EnergyMeter, EnergyReading
-from vqbench.network.client import HttpCloud, HttpPayloadRejected, HttpTransportError, read_token_file, sniff_image_type
-from vqbench.network.loadtest import build_payloads, run_loadtest, sample_image_files
+from vqbench.network.client import (
+    HttpCloud,
+    HttpPayloadRejected,
+    HttpTransportError,
+    measured_transfer_columns,
+    read_token_file,
+    sniff_image_type,
+)
+from vqbench.network.loadtest import (
+    LoadTestReport,
+    build_payloads,
+    check_report_path,
+    loadtest_command,
+    run_loadtest,
+    sample_image_files,
+    write_report_json,
+)
 from vqbench.network.service import (
     PAIR_CONTENT_TYPE,
     EnergyMonitor,
@@ -47,7 +64,7 @@ from vqbench.network.service import (
 )
 from vqbench.pipelines.base import Components, EdgeOutput, HalfFootprint, Pipeline
 from vqbench.pipelines.cloud import CloudCodecPipeline, CloudRawPipeline
-from vqbench.scenario import AlignmentConfig, TeacherConfig
+from vqbench.scenario import AlignmentConfig, TeacherConfig, TransportConfig
 
 TOKEN = "test-token-8c1f"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -73,14 +90,15 @@ class FakeTeacher:
 
 
 class FakeAligner:
-    """Decodes the image and resizes it to the chip size, without detection."""
+    """Decodes the image and resizes it to the chip size. Only a uniform image counts as having no face."""
 
     fingerprint = "fake"
     model_bytes = 0
 
     def align_bytes(self, data: bytes, source: str = "<bytes>") -> AlignedChip:
-        image = Image.fromarray(decode_image(data, source)).resize((150, 150))
-        return AlignedChip(chip=np.asarray(image, dtype=np.uint8), detected=True)
+        pixels = decode_image(data, source)
+        image = Image.fromarray(pixels).resize((150, 150))
+        return AlignedChip(chip=np.asarray(image, dtype=np.uint8), detected=bool(pixels.std() > 1.0))
 
 
 class FakeComponents(Components):
@@ -172,6 +190,13 @@ def _image_bytes(size_px: int, image_format: str, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
+def _gray_image_bytes(size_px: int, image_format: str) -> bytes:
+    """A uniform mid-grey image: no face for dlib's detector or for FakeAligner."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size_px, size_px, 3), 128, dtype=np.uint8)).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope="module")
 def pipelines() -> dict[str, Pipeline]:
     components = FakeComponents()
@@ -248,6 +273,17 @@ def test_pipelines_list_content_types(client: TestClient) -> None:
     assert body["match_content_type"] == PAIR_CONTENT_TYPE
 
 
+def test_pipelines_list_alignment_and_chip_size(client: TestClient) -> None:
+    body = client.get("/v1/pipelines", headers=AUTH).json()
+    by_name = {f"{entry['pipeline']}/{entry['variant']}": entry for entry in body["pipelines"]}
+    assert by_name["cloud-raw/original"]["aligned_on"] == "cloud"
+    assert by_name["cloud-codec/jpeg-q50"]["aligned_on"] == "edge"
+    assert by_name["test-codes/v1"]["aligned_on"] == "edge"
+    assert by_name["cloud-raw/original"]["chip_side_px"] is None
+    assert by_name["cloud-codec/jpeg-q50"]["chip_side_px"] == 150
+    assert by_name["cloud-codec/png-q60-64px"]["chip_side_px"] == 64
+
+
 # ---------------------------------------------------------------------------------------------
 # Embedding every payload kind.
 
@@ -278,6 +314,79 @@ def test_request_id_echoed_or_generated(client: TestClient, pipelines: dict[str,
     replaced = _embed(client, pipeline, payload, content_type, **{"x-request-id": "bad id with spaces"})
     assert replaced.headers["x-request-id"] != "bad id with spaces"
     assert len(replaced.headers["x-request-id"]) == 32
+
+
+# ---------------------------------------------------------------------------------------------
+# Face detection.
+
+
+@pytest.fixture()
+def face_client(pipelines: dict[str, Pipeline]) -> Iterator[TestClient]:
+    """A service of its own, so that galleries and metrics start empty."""
+    app = create_app([pipelines["raw"], pipelines["codec"], pipelines["codes"]], None)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def test_embed_reports_no_face_for_gray_image(face_client: TestClient, pipelines: dict[str, Pipeline]) -> None:
+    response = _embed(face_client, pipelines["raw"], _gray_image_bytes(250, "JPEG"), "image/jpeg")
+    assert response.status_code == 200, response.text
+    assert response.json()["face_detected"] is False
+    assert response.json()["aligned_on"] == "cloud"
+    metrics = face_client.get("/metrics").json()
+    assert metrics["compute"]["cloud-raw/original"]["faces_not_detected"] == 1
+
+
+def test_embed_reports_face_for_camera_image(face_client: TestClient, pipelines: dict[str, Pipeline], camera_jpeg: bytes) -> None:
+    response = _embed(face_client, pipelines["raw"], camera_jpeg, "image/jpeg")
+    assert response.status_code == 200, response.text
+    assert response.json()["face_detected"] is True
+    assert response.json()["aligned_on"] == "cloud"
+
+
+@pytest.mark.parametrize("name", ["codec", "codes"])
+def test_embed_edge_aligned_face_unknown(face_client: TestClient, pipelines: dict[str, Pipeline], name: str) -> None:
+    # The edge aligned a face-less image here, but its payload carries no detection result.
+    pipeline, payload, content_type = _payload(pipelines, name, _gray_image_bytes(250, "JPEG"))
+    response = _embed(face_client, pipeline, payload, content_type)
+    assert response.status_code == 200, response.text
+    assert response.json()["face_detected"] is None
+    assert response.json()["aligned_on"] == "edge"
+
+
+def test_enrol_rejects_image_without_face(face_client: TestClient) -> None:
+    headers = {"content-type": "image/jpeg"}
+    response = face_client.post("/v1/gallery/staff/enrol?pipeline=cloud-raw&variant=original&label=nobody",
+                                content=_gray_image_bytes(250, "JPEG"), headers=headers)
+    _assert_problem(response, 422, "no_face_detected")
+    assert "no face was detected" in response.json()["detail"]
+    assert "staff" in response.json()["detail"]
+    _assert_problem(face_client.get("/v1/gallery/staff"), 404, "gallery_not_found")
+
+
+def test_enrol_accepts_detected_face(face_client: TestClient, camera_jpeg: bytes) -> None:
+    response = face_client.post("/v1/gallery/staff/enrol?pipeline=cloud-raw&variant=original&label=someone",
+                                content=camera_jpeg, headers={"content-type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    assert response.json()["face_detected"] is True
+    assert response.json()["gallery_entries"] == 1
+
+
+def test_identify_and_match_flag_no_face(face_client: TestClient, camera_jpeg: bytes) -> None:
+    headers = {"content-type": "image/jpeg"}
+    gray = _gray_image_bytes(250, "JPEG")
+    enrolled = face_client.post("/v1/gallery/staff/enrol?pipeline=cloud-raw&variant=original&label=someone",
+                                content=camera_jpeg, headers=headers)
+    assert enrolled.status_code == 200, enrolled.text
+
+    identified = face_client.post("/v1/gallery/staff/identify?pipeline=cloud-raw&variant=original", content=gray, headers=headers)
+    assert identified.status_code == 200, identified.text
+    assert identified.json()["face_detected"] is False
+
+    pair_headers = {"content-type": PAIR_CONTENT_TYPE, "x-payload-type": "image/jpeg"}
+    matched = face_client.post("/v1/match/cloud-raw/original", content=frame_pair(gray, camera_jpeg), headers=pair_headers)
+    assert matched.status_code == 200, matched.text
+    assert matched.json()["face_detected"] == [False, True]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,6 +448,8 @@ MALFORMED_CASES = {
     "codes-bad-header": ("codes", lambda codes: b"XX" + codes[2:], "application/octet-stream", 422, "payload_invalid"),
     "codes-short": ("codes", lambda codes: codes[:-1], "application/octet-stream", 422, "payload_invalid"),
     "oversized": ("codec", lambda chip: b"\xff" * 300_000, "image/jpeg", 413, "payload_too_large"),
+    "one-pixel-codec": ("codec", lambda chip: _image_bytes(1, "JPEG"), "image/jpeg", 422, "payload_invalid"),
+    "wrong-size-codec": ("codec-png", lambda chip: _image_bytes(150, "PNG"), "image/png", 422, "payload_invalid"),
 }
 
 
@@ -349,6 +460,45 @@ def test_malformed_payload_rejected(client: TestClient, pipelines: dict[str, Pip
     response = _embed(client, pipeline, build(payload), content_type)
     _assert_problem(response, status, error)
     _assert_still_serving(client, pipelines, camera_jpeg)
+
+
+def test_codec_chip_size_error_names_sizes(client: TestClient, pipelines: dict[str, Pipeline]) -> None:
+    response = _embed(client, pipelines["codec"], _image_bytes(1, "JPEG"), "image/jpeg")
+    _assert_problem(response, 422, "payload_invalid")
+    assert "1x1" in response.json()["detail"]
+    assert "150x150" in response.json()["detail"]
+
+
+def _asgi_post(app, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, dict]:
+    """Send one request straight to the ASGI app, with header bytes exactly as given."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+
+
+@pytest.mark.parametrize("declared", [b"abc", b"-5", b"\xb2"], ids=["letters", "negative", "superscript-two"])
+def test_bad_content_length_in_process_is_json(pipelines: dict[str, Pipeline], camera_jpeg: bytes, declared: bytes) -> None:
+    # Only in process does the header reach the app. Under uvicorn, h11 rejects it first (see the socket test).
+    # b"\xb2" is '²' in latin-1, for which str.isdigit() is true but int() fails.
+    app = create_app([pipelines["codes"]], None)
+    payload = pipelines["codes"].edge(camera_jpeg).payload
+    headers = [(b"content-type", b"application/octet-stream"), (b"content-length", declared)]
+    status, body = _asgi_post(app, "/v1/embed/test-codes/v1", headers, payload)
+    assert status == 400
+    assert body["error"] == "invalid_content_length"
+    assert repr(declared.decode("latin-1")) in body["detail"]
 
 
 def test_oversized_chunked_body_rejected(client: TestClient, pipelines: dict[str, Pipeline], camera_jpeg: bytes) -> None:
@@ -529,6 +679,47 @@ def test_read_token_file(tmp_path: Path) -> None:
         read_token_file(tmp_path / "missing")
 
 
+def _small_report() -> LoadTestReport:
+    return LoadTestReport(
+        url="http://127.0.0.1:1", clients=1, duration_s=1.0, requests=2, correct=2, throughput_rps=2.0,
+        latency_p50_ms=3.0, latency_p95_ms=4.0, latency_p99_ms=4.0, latency_mean_ms=3.5,
+        errors_by_kind={}, wrong_embeddings=0, wrong_request_ids=0,
+    )
+
+
+def test_report_path_check_rejects_unwritable(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="/proc/x.json") as caught:
+        check_report_path(Path("/proc/x.json"))
+    assert caught.value.exit_code == 2
+    with pytest.raises(ScenarioError, match="is a folder"):
+        check_report_path(tmp_path)
+    with pytest.raises(ScenarioError, match="is not a folder"):
+        check_report_path(Path("/dev/null/x.json"))
+    with pytest.raises(ScenarioError, match="not a regular file"):
+        check_report_path(Path("/dev/null"))
+
+
+def test_report_path_check_accepts_new_file(tmp_path: Path) -> None:
+    path = tmp_path / "reports" / "load.json"
+    check_report_path(path)
+    assert path.parent.is_dir()
+    assert list(path.parent.iterdir()) == []
+
+
+def test_loadtest_checks_json_path_before_connecting() -> None:
+    # The URL has nothing listening: the path error must come first.
+    with pytest.raises(ScenarioError, match="/proc/x.json"):
+        loadtest_command("http://127.0.0.1:9", 1, 1.0, None, None, 1, json_path=Path("/proc/x.json"))
+
+
+def test_write_report_json(tmp_path: Path) -> None:
+    path = tmp_path / "load.json"
+    write_report_json(_small_report(), path)
+    assert json.loads(path.read_text())["throughput_rps"] == 2.0
+    with pytest.raises(RunError, match="/proc/x.json.*printed above"):
+        write_report_json(_small_report(), Path("/proc/x.json"))
+
+
 def test_sniff_image_type() -> None:
     assert sniff_image_type(_image_bytes(8, "JPEG")) == "image/jpeg"
     assert sniff_image_type(_image_bytes(8, "PNG")) == "image/png"
@@ -667,7 +858,7 @@ def test_client_errors_name_url_and_fix(served: str, pipelines: dict[str, Pipeli
     assert caught.value.kind == "connect"
 
     with HttpCloud(served, token="wrong") as wrong_token:
-        with pytest.raises(HttpTransportError, match="token_file") as caught:
+        with pytest.raises(HttpTransportError, match="rejected the bearer token.*vqbench serve --token-file") as caught:
             wrong_token.embed("cloud-raw", "original", camera_jpeg, content_type="image/jpeg")
     assert caught.value.status == 401
 
@@ -683,6 +874,64 @@ def test_client_errors_name_url_and_fix(served: str, pipelines: dict[str, Pipeli
         with pytest.raises(HttpTransportError, match="timed out after 0.1 s") as caught:
             impatient.embed("test-slow", "v1", slow_payload, content_type="application/octet-stream")
     assert caught.value.kind == "timeout"
+
+
+def test_loadtest_without_token_names_option(served: str, pipelines: dict[str, Pipeline], camera_jpeg: bytes) -> None:
+    payload = pipelines["codes"].edge(camera_jpeg).payload
+    expected = pipelines["codes"].cloud([payload])[0]
+    with pytest.raises(HttpTransportError, match="no bearer token was sent; point --token-file at") as caught:
+        run_loadtest(served, clients=1, duration_s=0.2, payloads=[("test-codes", "v1", payload, expected)], token=None)
+    assert caught.value.status == 401
+    assert "transport.token_file" not in str(caught.value)
+
+
+def test_scenario_client_401_names_setting(served: str, tmp_path: Path) -> None:
+    with HttpCloud.from_config(TransportConfig(mode="http", url=served), tmp_path) as cloud:
+        with pytest.raises(HttpTransportError, match="point transport.token_file at") as caught:
+            cloud.pipelines()
+    assert "--token-file at" not in str(caught.value)
+
+
+def test_bad_content_length_over_socket_is_uvicorn_400(served: str) -> None:
+    # h11 rejects the header before the app runs, so the body is uvicorn's text, not the service's JSON.
+    port = int(served.rsplit(":", 1)[1])
+    request = (b"POST /v1/embed/test-codes/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               b"Content-Type: application/octet-stream\r\nContent-Length: abc\r\n\r\nabc")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(request)
+        response = b""
+        while chunk := connection.recv(65536):
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"content-type: text/plain" in head.lower()
+    assert body == b"Invalid HTTP request received."
+    with HttpCloud(served, token=TOKEN) as cloud:
+        assert cloud.health()["status"] == "ok"
+
+
+def test_measured_transfer_columns_share_requests(served: str, pipelines: dict[str, Pipeline]) -> None:
+    images = [_image_bytes(size_px, "JPEG", seed=size_px) for size_px in (60, 120, 250)]
+    with HttpCloud(served, token=TOKEN) as cloud:
+        stats = [cloud.embed("cloud-raw", "original", image, content_type="image/jpeg")[1] for image in images]
+    columns = measured_transfer_columns(
+        [s.transfer_ms for s in stats], [s.wire_bytes_up for s in stats], [s.wire_bytes_down for s in stats],
+        [len(image) for image in images],
+    )
+    assert columns["wire_payload_bytes_up_mean"] == pytest.approx(np.mean([len(image) for image in images]))
+    assert columns["wire_bytes_up_mean"] - columns["wire_payload_bytes_up_mean"] == pytest.approx(columns["wire_overhead_bytes_up_mean"])
+    # Request line and headers: a few hundred bytes.
+    assert 100 < columns["wire_overhead_bytes_up_mean"] < 600
+    assert columns["transfer_latency_ms_p50_measured"] == pytest.approx(float(np.median([s.transfer_ms for s in stats])))
+    assert all(s.face_detected is True for s in stats)
+
+
+def test_measured_transfer_columns_edge_cases() -> None:
+    local = measured_transfer_columns([], [], [], [100, 120])
+    assert set(local.values()) == {None}
+    assert "transfer_latency_ms_p50_measured" in local
+    with pytest.raises(ValueError, match="differ in length"):
+        measured_transfer_columns([1.0, 2.0], [300, 310], [2000, 2000], [100])
 
 
 def test_graceful_shutdown_finishes_in_flight(pipelines: dict[str, Pipeline], camera_jpeg: bytes) -> None:
@@ -740,6 +989,10 @@ def test_real_models_over_loopback() -> None:
                 embedding, stats = cloud.embed(kind, variant, payload)
                 np.testing.assert_allclose(embedding, expected, rtol=0, atol=1e-6)
                 assert stats.wire_bytes_up > len(payload)
+                assert stats.face_detected is (True if kind == "cloud-raw" else None)
+            # dlib's detector finds no face in a uniform image; the aligner's fallback box is embedded.
+            _, gray_stats = cloud.embed("cloud-raw", "original", _gray_image_bytes(250, "JPEG"))
+            assert gray_stats.face_detected is False
 
 
 def test_oversized_body_over_socket_gets_413(served: str) -> None:

@@ -411,14 +411,13 @@ def loadtest(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Send real payloads from N concurrent clients and check every response."""
-    from vqbench.network.loadtest import loadtest_command
+    from vqbench.network.loadtest import loadtest_command, write_report_json
 
-    report = loadtest_command(url, clients, duration_s, scenario, token_file, images)
+    # The JSON path is checked before the test, so a typo does not cost the test's figures.
+    report = loadtest_command(url, clients, duration_s, scenario, token_file, images, json_path=json_out)
     for line in report.summary_lines():
         output.print(line, highlight=False)
     if json_out:
-        from vqbench.io import write_json_atomic
-
-        write_json_atomic(json_out, report.to_dict())
+        write_report_json(report, json_out)
     if not report.all_correct:
         raise typer.Exit(code=1)

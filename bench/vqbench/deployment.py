@@ -179,12 +179,11 @@ def _network(
     return _Network(latency, energy_j, costs[0].method, True, None)
 
 
-def _wire_overhead_bytes(measured: VariantMeasurement) -> float | None:
-    """Mean of (bytes sent on the wire - payload bytes) over the requests that went over HTTP."""
-    if not measured.wire_bytes_up:
+def _transfer_basis(link: str | None, transfer_ms: list[float]) -> str | None:
+    """Name where the transfer latency of a row comes from: the link's model or the HTTP requests timed."""
+    if not transfer_ms:
         return None
-    pairs = zip(measured.wire_bytes_up, measured.sample_payload_bytes)
-    return float(np.mean([wire - payload for wire, payload in pairs]))
+    return "modeled-link" if link is not None else "measured-http"
 
 
 def _row(
@@ -195,6 +194,8 @@ def _row(
     network: _Network,
     intensities: tuple[float, float],
 ) -> ResultRow:
+    from vqbench.network.client import measured_transfer_columns
+
     edge_intensity, cloud_intensity = intensities
     cloud = measured.cloud_energy.energy
     cloud_j = getattr(cloud, "energy_j_per_inference", None)
@@ -233,6 +234,7 @@ def _row(
         cloud_latency_ms_p95=cloud_lat["p95"],
         transfer_latency_ms_p50=transfer_lat["p50"],
         transfer_latency_ms_p95=transfer_lat["p95"],
+        transfer_latency_basis=_transfer_basis(link, transfer),
         end_to_end_latency_ms_p50=total_lat["p50"],
         end_to_end_latency_ms_p95=total_lat["p95"],
         end_to_end_latency_ms_p99=total_lat["p99"],
@@ -261,9 +263,9 @@ def _row(
         embodied_co2e_g_per_inference=edge.embodied_co2e_g,
         grid_intensity_edge_gco2e_per_kwh=edge_intensity,
         grid_intensity_cloud_gco2e_per_kwh=cloud_intensity,
-        wire_bytes_up_mean=float(np.mean(measured.wire_bytes_up)) if measured.wire_bytes_up else None,
-        wire_bytes_down_mean=float(np.mean(measured.wire_bytes_down)) if measured.wire_bytes_down else None,
-        wire_overhead_bytes_up_mean=_wire_overhead_bytes(measured),
+        **measured_transfer_columns(
+            measured.transfer_ms, measured.wire_bytes_up, measured.wire_bytes_down, measured.sample_payload_bytes
+        ),
         transport=measured.transport,
         link=link,
         link_feasible=network.feasible,

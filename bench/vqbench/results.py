@@ -40,6 +40,10 @@ class ResultRow(BaseModel):
     cloud_latency_ms_p95: Optional[float] = None
     transfer_latency_ms_p50: Optional[float] = None
     transfer_latency_ms_p95: Optional[float] = None
+    #: "modeled-link" (a link profile's model, used end to end) or "measured-http" (the requests timed).
+    transfer_latency_basis: Optional[str] = None
+    transfer_latency_ms_p50_measured: Optional[float] = None
+    transfer_latency_ms_p95_measured: Optional[float] = None
     end_to_end_latency_ms_p50: Optional[float] = None
     end_to_end_latency_ms_p95: Optional[float] = None
     end_to_end_latency_ms_p99: Optional[float] = None
@@ -76,6 +80,7 @@ class ResultRow(BaseModel):
 
     wire_bytes_up_mean: Optional[float] = None
     wire_bytes_down_mean: Optional[float] = None
+    wire_payload_bytes_up_mean: Optional[float] = None
     wire_overhead_bytes_up_mean: Optional[float] = None
     transport: str = "local"
 

@@ -16,6 +16,10 @@ that the service reports, so it contains the network time, HTTP parsing on both 
 service's validation of the payload. Both ends disable Nagle's algorithm (``TCP_NODELAY``):
 with it, the second of two writes waits for the peer's delayed ACK, which adds about 40 ms per
 request on a kept-alive connection that is not network time.
+
+``measured_transfer_columns`` summarises these figures over one list of requests. A link
+model (``vqbench.network.links``) gives another, modeled, transfer time for the same bytes,
+so a results column must state which of the two it contains.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 
 from vqbench import __version__
 from vqbench.errors import PayloadError, RunError, ScenarioError
+from vqbench.metrics.latency import percentile_ms
 
 if TYPE_CHECKING:
     from vqbench.scenario import TransportConfig
@@ -74,6 +79,8 @@ class TransferStats:
 
     ``wire_bytes_up`` and ``wire_bytes_down`` count HTTP/1.1 bytes as sent and received,
     headers included. ``transfer_ms`` is ``total_ms - compute_ms - queue_ms``.
+    ``face_detected`` is the service's report: None where the edge aligned the face, or where
+    the service predates the field.
     """
 
     wire_bytes_up: int
@@ -84,6 +91,41 @@ class TransferStats:
     transfer_ms: float
     status: int
     request_id: str
+    face_detected: bool | None = None
+
+
+def measured_transfer_columns(
+    transfer_ms: list[float], wire_bytes_up: list[int], wire_bytes_down: list[int], payload_bytes: list[int]
+) -> dict[str, float | None]:
+    """Summarise the measured HTTP transfers of one variant, each list holding one value per request.
+
+    Every figure averages the same requests, so ``wire_bytes_up_mean`` minus
+    ``wire_payload_bytes_up_mean`` equals ``wire_overhead_bytes_up_mean``. The transfer
+    percentiles are measured, never modeled, hence the ``_measured`` suffix. When no request
+    went over HTTP (the three measured lists are empty), every value is None whatever
+    ``payload_bytes`` holds. Otherwise the four lists must have one length, or ValueError is raised.
+    """
+    if not transfer_ms and not wire_bytes_up and not wire_bytes_down:
+        names = ("transfer_latency_ms_p50_measured", "transfer_latency_ms_p95_measured", "wire_bytes_up_mean",
+                 "wire_bytes_down_mean", "wire_payload_bytes_up_mean", "wire_overhead_bytes_up_mean")
+        return dict.fromkeys(names, None)
+    lengths = {len(transfer_ms), len(wire_bytes_up), len(wire_bytes_down), len(payload_bytes)}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"measured transfer lists differ in length (transfer_ms {len(transfer_ms)}, wire_bytes_up "
+            f"{len(wire_bytes_up)}, wire_bytes_down {len(wire_bytes_down)}, payload_bytes {len(payload_bytes)}); "
+            "pass one value per request to each"
+        )
+    up = np.asarray(wire_bytes_up, dtype=np.float64)
+    payload = np.asarray(payload_bytes, dtype=np.float64)
+    return {
+        "transfer_latency_ms_p50_measured": percentile_ms(transfer_ms, 50),
+        "transfer_latency_ms_p95_measured": percentile_ms(transfer_ms, 95),
+        "wire_bytes_up_mean": float(up.mean()),
+        "wire_bytes_down_mean": float(np.mean(wire_bytes_down)),
+        "wire_payload_bytes_up_mean": float(payload.mean()),
+        "wire_overhead_bytes_up_mean": float((up - payload).mean()),
+    }
 
 
 @dataclass(frozen=True)
@@ -180,16 +222,26 @@ class HttpCloud:
     """Client of one ``vqbench serve`` instance: posts payloads and returns embeddings.
 
     Thread-safe: each request takes its own connection from a keep-alive pool of up to
-    ``max_connections``.
+    ``max_connections``. ``token_option`` names the command-line option or scenario setting
+    that supplies the token (``--token-file``, ``transport.token_file``), so that the error for
+    a 401 response names the one to set.
     """
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 30.0, max_connections: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        max_connections: int = 4,
+        token_option: str | None = None,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ScenarioError(f"service URL {url!r} is invalid; use http://HOST:PORT")
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self._token = token
+        self.token_option = token_option
         self._pool = httpcore.ConnectionPool(
             max_connections=max_connections, network_backend=_CountingBackend(), keepalive_expiry=4.0
         )
@@ -204,7 +256,7 @@ class HttpCloud:
         if not config.url:
             raise ScenarioError("transport.mode is http but transport.url is missing; set it to the service's base URL")
         token = read_token_file(expand_path(config.token_file, base_dir)) if config.token_file else None
-        return cls(config.url, token=token, timeout_s=config.timeout_s)
+        return cls(config.url, token=token, timeout_s=config.timeout_s, token_option="transport.token_file")
 
     def __enter__(self) -> "HttpCloud":
         return self
@@ -237,6 +289,7 @@ class HttpCloud:
         embedding = np.asarray(body["embedding"], dtype=np.float32)
         compute_ms = float(body.get("compute_ms", 0.0))
         queue_ms = float(body.get("queue_ms", 0.0))
+        face_detected = body.get("face_detected")
         stats = TransferStats(
             wire_bytes_up=exchange.wire_bytes_up,
             wire_bytes_down=exchange.wire_bytes_down,
@@ -246,6 +299,7 @@ class HttpCloud:
             transfer_ms=exchange.total_ms - compute_ms - queue_ms,
             status=exchange.status,
             request_id=exchange.headers.get(REQUEST_ID_HEADER, ""),
+            face_detected=face_detected if isinstance(face_detected, bool) else None,
         )
         return embedding, stats
 
@@ -316,8 +370,15 @@ class HttpCloud:
         response_headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in response.headers}
         exchange = _Exchange(response.status, response_headers, content, sent, received, total_ms)
         if response.status >= 400:
-            raise _status_error(exchange, method, url)
+            raise _status_error(exchange, method, url, self._unauthorized_fix())
         return exchange
+
+    def _unauthorized_fix(self) -> str:
+        """Return the fix for a 401 response, naming the option or setting that supplies the token."""
+        problem = "no bearer token was sent" if self._token is None else "the service rejected the bearer token"
+        if self.token_option is None:
+            return f"{problem}; pass the token from the file that `vqbench serve --token-file` reads"
+        return f"{problem}; point {self.token_option} at the token file that `vqbench serve --token-file` reads"
 
     def _json(self, exchange: _Exchange, path: str) -> dict[str, Any]:
         try:
@@ -329,8 +390,12 @@ class HttpCloud:
             ) from error
 
 
-def _status_error(exchange: _Exchange, method: str, url: str) -> HttpTransportError:
-    """Turn an error response into an exception that carries the service's detail and fix."""
+def _status_error(exchange: _Exchange, method: str, url: str, unauthorized_fix: str) -> HttpTransportError:
+    """Turn an error response into an exception that carries the service's detail and fix.
+
+    For 401 the service's fix cannot know how this client was given its token, so
+    ``unauthorized_fix`` replaces it.
+    """
     try:
         problem = json.loads(exchange.body)
         detail, fix = problem.get("detail", ""), problem.get("fix", "")
@@ -338,7 +403,7 @@ def _status_error(exchange: _Exchange, method: str, url: str) -> HttpTransportEr
         detail, fix = exchange.body[:200].decode("utf-8", "replace"), ""
     status = exchange.status
     if status == 401:
-        fix = "set transport.token_file to the token file passed to `vqbench serve --token-file`"
+        fix = unauthorized_fix
     message = f"{method} {url} returned HTTP {status}: {detail}" + (f"; {fix}" if fix else "")
     error_class = HttpPayloadRejected if status in (413, 415, 422) else HttpTransportError
     return error_class(message, kind=f"http_{status}", url=url, status=status)

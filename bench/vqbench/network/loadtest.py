@@ -9,11 +9,17 @@ as an error. Only the URL given is contacted.
 
 Latency is the client's whole request time (connect on the first request, send, queue,
 compute, receive). Throughput counts correct responses per second of test time.
+
+With ``--json``, ``loadtest_command`` checks that the report file can be created before the
+test starts. If writing it still fails at the end, ``write_report_json`` raises a RunError
+that names the path and refers to the figures printed above, so the caller prints them first.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 import time
 import uuid
@@ -25,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from vqbench.errors import DataError, RunError, ScenarioError
+from vqbench.io import write_json_atomic
 from vqbench.metrics.latency import percentile_ms
 from vqbench.network.client import HttpCloud, HttpTransportError, TransferStats, read_token_file
 
@@ -35,6 +42,8 @@ MAX_DURATION_S = 3600.0
 #: Largest absolute difference between a returned and an expected embedding component.
 EMBEDDING_ATOL = 1e-4
 SAMPLE_IMAGES_DIR = Path(__file__).resolve().parents[3] / "data" / "lfw-sample" / "lfw-deepfunneled"
+#: The ``vqbench loadtest`` option that supplies the token, named in the error for a 401 response.
+TOKEN_OPTION = "--token-file"
 
 
 @dataclass(frozen=True)
@@ -160,7 +169,7 @@ def run_loadtest(
     items = [LoadPayload(p, v, data, np.asarray(e, dtype=np.float32)) for p, v, data, e in payloads]
 
     # One preflight request fails fast on a wrong URL or token and fixes the content types.
-    with HttpCloud(url, token=token, timeout_s=timeout_s, max_connections=1) as probe:
+    with HttpCloud(url, token=token, timeout_s=timeout_s, max_connections=1, token_option=TOKEN_OPTION) as probe:
         content_types = [probe.content_type_for(item.pipeline, item.variant, item.payload) for item in items]
 
     started_s = time.monotonic()
@@ -187,7 +196,7 @@ def _client_loop(
 ) -> None:
     # Clients start at evenly spread offsets so that concurrent requests mix variants.
     position = index * len(items) // clients
-    with HttpCloud(url, token=token, timeout_s=timeout_s, max_connections=1) as cloud:
+    with HttpCloud(url, token=token, timeout_s=timeout_s, max_connections=1, token_option=TOKEN_OPTION) as cloud:
         while budget.take():
             item = items[position % len(items)]
             outcomes.append(_one_request(cloud, item, content_types[position % len(items)], f"load-{index}-{uuid.uuid4().hex}"))
@@ -281,17 +290,21 @@ def loadtest_command(
     scenario: Path | None,
     token_file: Path | None,
     n_images: int,
+    json_path: Path | None = None,
 ) -> LoadTestReport:
     """Entry point for ``vqbench loadtest``: build payloads from the LFW sample, then load ``url``.
 
     The payloads come from the scenario's pipelines (the service's defaults without one),
-    restricted to the variants the service at ``url`` serves.
+    restricted to the variants the service at ``url`` serves. ``json_path``, where the caller
+    will write the report, is checked with ``check_report_path`` before anything else.
     """
     from vqbench.network.service import build_served_pipelines
     from vqbench.scenario import load_scenario
 
+    if json_path is not None:
+        check_report_path(json_path)
     token = read_token_file(token_file) if token_file is not None else None
-    with HttpCloud(url, token=token, max_connections=1) as cloud:
+    with HttpCloud(url, token=token, max_connections=1, token_option=TOKEN_OPTION) as cloud:
         served = {(entry["pipeline"], entry["variant"]) for entry in cloud.pipelines()}
     pipelines = build_served_pipelines(load_scenario(scenario) if scenario is not None else None)
     usable = [pipeline for pipeline in pipelines if (pipeline.kind, pipeline.variant) in served]
@@ -305,3 +318,44 @@ def loadtest_command(
     logger.info("building payloads: %d images x %d variants", len(image_files), len(usable))
     payloads = build_payloads(usable, image_files)
     return run_loadtest(url, clients, duration_s, payloads, token)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the report.
+
+
+def check_report_path(path: Path) -> None:
+    """Raise ScenarioError unless a report file can be created at ``path``.
+
+    Creates the missing parent folders, as ``write_json_atomic`` would, and a temporary file
+    beside ``path`` that it deletes again, so the check uses the same operations as the write.
+    """
+    if path.is_dir():
+        raise ScenarioError(f"--json {path} is a folder; give a file name such as {path / 'loadtest.json'}")
+    if path.exists() and not path.is_file():
+        # The write renames a new file onto the path, which would replace a device or a pipe.
+        raise ScenarioError(f"--json {path} exists and is not a regular file; give the path of a new or regular file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        raise ScenarioError(f"cannot write the report to --json {path}: {error.filename or path.parent} is not a folder; "
+                            "give a path in a writable folder") from error
+    except OSError as error:
+        raise ScenarioError(f"cannot write the report to --json {path}: {error.strerror or error}; "
+                            "give a path in a writable folder") from error
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise ScenarioError(f"cannot write the report to --json {path}: {error.strerror or error}; "
+                            "give a path in a writable folder") from error
+    os.close(handle)
+    os.unlink(temporary)
+
+
+def write_report_json(report: LoadTestReport, path: Path) -> None:
+    """Write the report as JSON to ``path``, raising RunError that names the path when writing fails."""
+    try:
+        write_json_atomic(path, report.to_dict())
+    except OSError as error:
+        raise RunError(f"cannot write the load test report to {path}: {error.strerror or error}; "
+                       "its figures are printed above, copy them from there") from error

@@ -2,7 +2,7 @@
 
 ``PAYLOAD_KINDS`` maps each pipeline kind to the media types its payload may be sent as and,
 for image payloads, the maximum pixel count that ``check_image_header`` enforces before any
-pixels are decoded. ``frame_pair`` and ``split_pair`` implement the body framing of
+pixels are decoded (and, for chips, their fixed side). ``frame_pair`` and ``split_pair`` implement the body framing of
 ``/v1/match``: each payload preceded by its uint32 big-endian length.
 """
 
@@ -32,11 +32,14 @@ class PayloadKind:
     ``content_types`` maps a pipeline variant to the media types its payload may be sent as.
     ``max_image_pixels`` turns on the image header check (format and pixel count) before
     ``cloud()`` decodes the payload; None means the payload is not an image file.
+    ``chip_side_px`` returns the width and height, in pixels, that every payload of a variant
+    has (the edge sends square chips of one size), or None when sizes vary.
     """
 
     name: str
     content_types: Callable[[Pipeline], tuple[str, ...]]
     max_image_pixels: int | None = None
+    chip_side_px: Callable[[Pipeline], int | None] = lambda pipeline: None
 
 
 def _codec_content_types(pipeline: Pipeline) -> tuple[str, ...]:
@@ -48,7 +51,11 @@ PAYLOAD_KINDS: dict[str, PayloadKind] = {
     # The bound of 4096 x 4096 pixels covers a 16 MP camera sensor.
     "cloud-raw": PayloadKind("image-file", lambda pipeline: RAW_IMAGE_TYPES, max_image_pixels=4096 * 4096),
     # Chips are at most 150 x 150 pixels. The bound leaves room but stops decompression bombs.
-    "cloud-codec": PayloadKind("codec-chip", _codec_content_types, max_image_pixels=1024 * 1024),
+    # encode_chip resizes every chip to the variant's size_px square, so other sizes are not from its edge.
+    "cloud-codec": PayloadKind(
+        "codec-chip", _codec_content_types, max_image_pixels=1024 * 1024,
+        chip_side_px=lambda pipeline: getattr(pipeline, "size_px", None),
+    ),
     "edge-vq-recon": PayloadKind("vq-codes", lambda pipeline: (VQ_CODES_TYPE, OPAQUE_TYPE)),
     "edge-vq-student": PayloadKind("vq-codes", lambda pipeline: (VQ_CODES_TYPE, OPAQUE_TYPE)),
 }
@@ -60,11 +67,12 @@ def payload_kind_of(pipeline: Pipeline) -> PayloadKind:
     return PAYLOAD_KINDS.get(pipeline.kind, OPAQUE_PAYLOAD_KIND)
 
 
-def check_image_header(payload: bytes, content_type: str, max_pixels: int) -> None:
+def check_image_header(payload: bytes, content_type: str, max_pixels: int) -> tuple[int, int]:
     """Check an image payload's format and size from its header, without decoding pixels.
 
-    Raises PayloadError when the header cannot be parsed, when the format differs from
-    ``content_type``, or when the image has more than ``max_pixels`` pixels.
+    Returns the image's (width, height) in pixels. Raises PayloadError when the header cannot
+    be parsed, when the format differs from ``content_type``, or when the image has more than
+    ``max_pixels`` pixels.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -80,6 +88,7 @@ def check_image_header(payload: bytes, content_type: str, max_pixels: int) -> No
         raise PayloadError(f"payload is {mime_type or 'an unknown format'} but Content-Type is {content_type}")
     if width * height > max_pixels:
         raise PayloadError(f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}")
+    return width, height
 
 
 def media_type(content_type: str | None) -> str:

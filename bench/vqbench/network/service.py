@@ -9,7 +9,7 @@ Endpoints (JSON responses; every error body is ``{"error", "detail", "fix"}``):
 =========================================  ==================================================
 ``GET /health``                            models loaded, warm-up result, versions (no token)
 ``GET /v1/pipelines``                      variants served and the content types they accept
-``POST /v1/embed/{pipeline}/{variant}``    body: one payload -> ``{embedding, compute_ms}``
+``POST /v1/embed/{pipeline}/{variant}``    body: one payload -> ``{embedding, face_detected, compute_ms}``
 ``POST /v1/match/{pipeline}/{variant}``    body: a payload pair (framing below) -> cosine
 ``POST /v1/gallery/{name}/enrol``          ``?pipeline=&variant=&label=``, body: one payload
 ``POST /v1/gallery/{name}/identify``       ``?pipeline=&variant=``, body: one payload
@@ -30,6 +30,22 @@ For image payloads the service reads the image header before decoding: the forma
 the declared content type and the pixel count must stay under the kind's limit, so a small
 file that claims a huge image is rejected before any memory is allocated for it.
 
+For ``cloud-codec`` the header must also show the variant's chip size (``size_px`` square),
+because its edge half resizes every chip to that size.
+
+Face detection. When dlib's detector finds no face, the aligner embeds a fixed fallback box
+instead, so an image without a face still gets an embedding. Every response that embeds
+reports ``aligned_on`` (``"cloud"`` or ``"edge"``) and ``face_detected`` (a list of two for
+``/v1/match``):
+
+- ``aligned_on: "cloud"`` (``cloud-raw``): the service ran the detector, and ``face_detected``
+  is true or false. Enrolment of a payload with ``face_detected: false`` is rejected with 422
+  ``no_face_detected``. Embed, match and identify return their result with the flag.
+- ``aligned_on: "edge"`` (codec chips, VQ codes, edge embeddings): the edge detected and
+  aligned the face and the payload carries no detection result, so ``face_detected`` is null
+  and enrolment is accepted. The service cannot tell a face chip from a chip that the edge cut
+  from its fallback box.
+
 Match framing (``Content-Type: application/vnd.vqbench.pair``, the payloads' own type in the
 ``X-Payload-Type`` header)::
 
@@ -41,6 +57,13 @@ validation and decoding (422). A ``PayloadError`` or ``CorruptImageError`` raise
 pipeline's ``cloud()`` becomes a 422; any other exception becomes a 500 whose traceback is
 logged with the request id. Every response carries ``X-Request-ID``: the client's value when
 it is 1 to 64 characters of ``[A-Za-z0-9._:-]``, otherwise one the service generates.
+
+A ``Content-Length`` that is not a decimal number, or two that differ, never reaches the app
+under ``vqbench serve``: uvicorn's HTTP/1.1 parser (h11) rejects the request and uvicorn
+responds with its own plain-text 400 ``Invalid HTTP request received.`` and closes the
+connection (uvicorn 0.55, ``protocols/http/h11_impl.py``). The app's JSON 400
+``invalid_content_length`` is returned only where the server passes such a header on, as the
+in-process test client does.
 
 Concurrency: requests are parsed and validated on the event loop, and ``cloud()`` runs on
 one worker thread. The pipelines share one aligner and one teacher, and dlib does not document
@@ -54,6 +77,7 @@ Modules beside this one hold the parts that do not depend on the app: ``payload_
 (``PAYLOAD_KINDS``, the image header check, pair framing), ``galleries``, ``service_metrics``
 (request statistics and energy windows), ``served_pipelines`` (the default variants and the
 warm-up) and ``service_errors`` (``ServiceProblem``). This module re-exports their public names.
+``face_detection`` records the detector's result for the responses and is not re-exported.
 """
 
 from __future__ import annotations
@@ -85,6 +109,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from vqbench import __version__
 from vqbench.data.align import CorruptImageError
 from vqbench.errors import PayloadError, RunError, ScenarioError, VqbenchError
+from vqbench.network.face_detection import aligned_on, run_cloud
 from vqbench.network.galleries import GalleryStore, cosine_similarity
 from vqbench.network.payload_kinds import (
     OPAQUE_TYPE,
@@ -147,6 +172,8 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
 
 _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# ASCII digits only: str.isdigit() also accepts characters such as '²' that int() rejects.
+_CONTENT_LENGTH_PATTERN = re.compile(r"^[0-9]+$")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_LABEL_CHARS = 128
 
@@ -158,6 +185,8 @@ _MAX_LABEL_CHARS = 128
 @dataclass(frozen=True)
 class _ComputeResult:
     embeddings: np.ndarray
+    # Per payload: whether the service's detector found a face, None where the edge aligned.
+    face_detected: list[bool | None]
     compute_ms: float
     queue_ms: float
 
@@ -305,7 +334,7 @@ class _RequestContextMiddleware:
         declared = headers.get("content-length")
         if declared is None:
             return None
-        if not declared.isdigit():
+        if not _CONTENT_LENGTH_PATTERN.match(declared):
             return ServiceProblem(400, "invalid_content_length", f"Content-Length {declared!r} is not a number",
                                   "send a decimal Content-Length or use chunked transfer encoding")
         if int(declared) > self.max_request_bytes:
@@ -361,7 +390,8 @@ def _protected_router(state: _ServiceState) -> APIRouter:
         result = await _compute(state, pipeline, [payload], request)
         embedding = result.embeddings[0]
         body = {"pipeline": kind, "variant": variant, "embedding": embedding.tolist(),
-                "embedding_dim": len(embedding), "compute_ms": result.compute_ms, "queue_ms": result.queue_ms}
+                "embedding_dim": len(embedding), **_detection_fields(pipeline, result.face_detected[0]),
+                "compute_ms": result.compute_ms, "queue_ms": result.queue_ms}
         return JSONResponse(body, headers=_timing_headers(result))
 
     @router.post("/v1/match/{kind}/{variant}")
@@ -372,6 +402,7 @@ def _protected_router(state: _ServiceState) -> APIRouter:
         first, second = result.embeddings
         body = {"pipeline": kind, "variant": variant, "cosine_similarity": cosine_similarity(first, second),
                 "euclidean_distance": float(np.linalg.norm(first.astype(np.float64) - second.astype(np.float64))),
+                **_detection_fields(pipeline, result.face_detected),
                 "compute_ms": result.compute_ms, "queue_ms": result.queue_ms}
         return JSONResponse(body, headers=_timing_headers(result))
 
@@ -384,8 +415,15 @@ def _protected_router(state: _ServiceState) -> APIRouter:
         served = state.pipeline(pipeline, variant)
         payload = await _read_payload(state, served, request)
         result = await _compute(state, served, [payload], request)
+        face_detected = result.face_detected[0]
+        if face_detected is False:
+            logger.info("request %s: no face detected; not enrolled in gallery %r", _request_id(request), name)
+            raise ServiceProblem(422, "no_face_detected",
+                                 f"no face was detected in the payload, so it was not enrolled in gallery {name!r}",
+                                 "send an image in which one frontal face is clearly visible")
         size = state.galleries.enrol(name, label, result.embeddings[0])
-        return {"gallery": name, "label": label, "gallery_entries": size, "compute_ms": result.compute_ms}
+        return {"gallery": name, "label": label, "gallery_entries": size,
+                **_detection_fields(served, face_detected), "compute_ms": result.compute_ms}
 
     @router.post("/v1/gallery/{name}/identify")
     async def identify(name: str, pipeline: str, variant: str, request: Request) -> dict[str, Any]:
@@ -394,7 +432,8 @@ def _protected_router(state: _ServiceState) -> APIRouter:
         payload = await _read_payload(state, served, request)
         result = await _compute(state, served, [payload], request)
         found = state.galleries.identify(name, result.embeddings[0])
-        return {"gallery": name, **found, "compute_ms": result.compute_ms}
+        return {"gallery": name, **found, **_detection_fields(served, result.face_detected[0]),
+                "compute_ms": result.compute_ms}
 
     @router.get("/v1/gallery/{name}")
     async def describe_gallery(name: str) -> dict[str, Any]:
@@ -452,13 +491,23 @@ def _describe_components(components: Components) -> dict[str, Any]:
 def _describe_pipeline(pipeline: Pipeline) -> dict[str, Any]:
     kind = payload_kind_of(pipeline)
     return {"pipeline": pipeline.kind, "variant": pipeline.variant, "payload_kind": kind.name,
-            "content_types": list(kind.content_types(pipeline)), "max_image_pixels": kind.max_image_pixels}
+            "content_types": list(kind.content_types(pipeline)), "max_image_pixels": kind.max_image_pixels,
+            "chip_side_px": kind.chip_side_px(pipeline), "aligned_on": aligned_on(pipeline)}
+
+
+def _detection_fields(pipeline: Pipeline, face_detected: bool | None | list[bool | None]) -> dict[str, Any]:
+    """Return the response fields ``aligned_on`` and ``face_detected``."""
+    return {"aligned_on": aligned_on(pipeline), "face_detected": face_detected}
 
 
 def _check_gallery_name(name: str) -> None:
     if not _NAME_PATTERN.match(name):
         raise ServiceProblem(422, "invalid_gallery_name", f"gallery name {name!r} is invalid",
                              "use 1 to 64 characters of letters, digits, '_', '.' and '-', starting with a letter or digit")
+
+
+def _request_id(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
 
 
 def _timing_headers(result: _ComputeResult) -> dict[str, str]:
@@ -479,14 +528,21 @@ def _check_content_type(pipeline: Pipeline, declared: str) -> PayloadKind:
     return kind
 
 
-def _validate_payload(kind: PayloadKind, payload: bytes, content_type: str) -> None:
+def _validate_payload(pipeline: Pipeline, kind: PayloadKind, payload: bytes, content_type: str) -> None:
     if not payload:
         raise ServiceProblem(422, "payload_invalid", "the payload is empty", "send the bytes produced by the edge half")
-    if kind.max_image_pixels is not None:
-        try:
-            check_image_header(payload, content_type, kind.max_image_pixels)
-        except PayloadError as error:
-            raise _payload_problem(error) from error
+    if kind.max_image_pixels is None:
+        return
+    try:
+        width_px, height_px = check_image_header(payload, content_type, kind.max_image_pixels)
+    except PayloadError as error:
+        raise _payload_problem(error) from error
+    side_px = kind.chip_side_px(pipeline)
+    if side_px is not None and (width_px, height_px) != (side_px, side_px):
+        raise ServiceProblem(422, "payload_invalid",
+                             f"chip is {width_px}x{height_px} pixels but {pipeline.kind}/{pipeline.variant} "
+                             f"sends {side_px}x{side_px} chips",
+                             "send the unmodified bytes produced by the edge half of this pipeline variant")
 
 
 def _payload_problem(error: VqbenchError) -> ServiceProblem:
@@ -510,7 +566,7 @@ async def _read_payload(state: _ServiceState, pipeline: Pipeline, request: Reque
     declared = media_type(request.headers.get("content-type"))
     kind = _check_content_type(pipeline, declared)
     payload = await _read_body(request, state.max_request_bytes)
-    _validate_payload(kind, payload, declared)
+    _validate_payload(pipeline, kind, payload, declared)
     return payload
 
 
@@ -526,7 +582,7 @@ async def _read_pair(state: _ServiceState, pipeline: Pipeline, request: Request)
     except PayloadError as error:
         raise _payload_problem(error) from error
     for payload in payloads:
-        _validate_payload(kind, payload, inner_type)
+        _validate_payload(pipeline, kind, payload, inner_type)
     return payloads
 
 
@@ -540,7 +596,7 @@ async def _compute(state: _ServiceState, pipeline: Pipeline, payloads: list[byte
         raise ServiceProblem(503, "busy", f"{state.pending} requests are already waiting for the model worker",
                              "retry after a short wait, or send fewer concurrent requests", headers={"Retry-After": "1"})
     label = f"{pipeline.kind}/{pipeline.variant}"
-    request_id = request.scope.get("state", {}).get("request_id")
+    request_id = _request_id(request)
     state.pending += 1
     try:
         loop = asyncio.get_running_loop()
@@ -554,18 +610,20 @@ async def _compute(state: _ServiceState, pipeline: Pipeline, payloads: list[byte
                              "report this with the request id; the service log holds the traceback") from None
     finally:
         state.pending -= 1
-    state.metrics.record_compute(label, result.compute_ms, result.queue_ms, len(payloads))
+    faces_not_detected = sum(1 for detected in result.face_detected if detected is False)
+    state.metrics.record_compute(label, result.compute_ms, result.queue_ms, len(payloads), faces_not_detected)
     return result
 
 
 def _timed_cloud(pipeline: Pipeline, payloads: list[bytes], submitted_ns: int) -> _ComputeResult:
     started_ns = time.perf_counter_ns()
-    embeddings = np.asarray(pipeline.cloud(payloads), dtype=np.float32)
+    embeddings, face_detected = run_cloud(pipeline, payloads)
+    embeddings = embeddings.astype(np.float32, copy=False)
     finished_ns = time.perf_counter_ns()
     if embeddings.ndim != 2 or len(embeddings) != len(payloads) or not np.isfinite(embeddings).all():
         raise RunError(f"{pipeline.kind}/{pipeline.variant} returned embeddings of shape {embeddings.shape} "
                        f"(finite: {bool(np.isfinite(embeddings).all())}) for {len(payloads)} payloads")
-    return _ComputeResult(embeddings, (finished_ns - started_ns) / 1e6, (started_ns - submitted_ns) / 1e6)
+    return _ComputeResult(embeddings, face_detected, (finished_ns - started_ns) / 1e6, (started_ns - submitted_ns) / 1e6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ class ServiceMetrics:
     Endpoints are route templates; ``unmatched`` counts requests that matched no route (404)
     or were rejected before routing (413 from ``Content-Length``). Counters live for the life
     of the process. Compute times keep the last ``max_samples`` per variant, so the
-    percentiles describe recent requests.
+    percentiles describe recent requests. ``faces_not_detected`` counts, per variant, the
+    payloads in which the service's own detector found no face (always 0 where the edge aligns).
     """
 
     def __init__(self, max_samples: int = 10_000) -> None:
@@ -36,6 +37,7 @@ class ServiceMetrics:
         self._statuses: dict[str, Counter[int]] = defaultdict(Counter)
         self._compute_ms: dict[str, deque[float]] = {}
         self._queue_ms: dict[str, deque[float]] = {}
+        self._faces_not_detected: Counter[str] = Counter()
         self._computations = 0
 
     def record_request(self, endpoint: str, status: int) -> None:
@@ -43,10 +45,14 @@ class ServiceMetrics:
             self._requests[endpoint] += 1
             self._statuses[endpoint][status] += 1
 
-    def record_compute(self, label: str, compute_ms: float, queue_ms: float, n_payloads: int) -> None:
+    def record_compute(
+        self, label: str, compute_ms: float, queue_ms: float, n_payloads: int, faces_not_detected: int = 0
+    ) -> None:
+        """Count one ``cloud()`` call of ``n_payloads``, of which ``faces_not_detected`` had no face detected."""
         with self._lock:
             self._compute_ms.setdefault(label, deque(maxlen=self._max_samples)).append(compute_ms)
             self._queue_ms.setdefault(label, deque(maxlen=self._max_samples)).append(queue_ms)
+            self._faces_not_detected[label] += faces_not_detected
             self._computations += n_payloads
 
     @property
@@ -67,7 +73,11 @@ class ServiceMetrics:
                     if any(status >= 400 for status in counts)
                 },
                 "payloads_computed": self._computations,
-                "compute": {label: _timing_summary(values, self._queue_ms[label]) for label, values in self._compute_ms.items()},
+                "compute": {
+                    label: {**_timing_summary(values, self._queue_ms[label]),
+                            "faces_not_detected": self._faces_not_detected[label]}
+                    for label, values in self._compute_ms.items()
+                },
             }
 
 
