@@ -10,12 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import Field
+from typer.testing import CliRunner
 
 from conftest_report import synthetic_run
 from vqbench.check import (
     CheckPolicy,
+    check_output_paths,
     check_summary,
     exact_u_counts,
+    figure_problem,
     mann_whitney_greater,
     normal_p_value,
     plural,
@@ -26,9 +30,12 @@ from vqbench.check import (
     run_check,
     smallest_p_value,
     write_baseline,
+    write_check_outputs,
 )
+from vqbench.cli import app
 from vqbench.compare import compare_runs, render_comparison_markdown, render_comparison_table
 from vqbench.errors import DataError
+from vqbench.results import RunResults
 
 STUDENT = ("edge-vq-student", "k512-14x14")
 
@@ -192,7 +199,7 @@ def test_missing_row_fails(baseline_file, tmp_path):
 def test_malformed_baseline_is_usage_error(tmp_path):
     run_dir = synthetic_run(1, with_samples=False).write(tmp_path / "run")
     bad = tmp_path / "baseline.json"
-    bad.write_text('{"entries": "not a list"}', encoding="utf-8")
+    bad.write_text('{"baseline_schema_version": 1, "entries": "not a list"}', encoding="utf-8")
     with pytest.raises(DataError, match="baseline.json") as caught:
         run_check(run_dir, bad)
     assert caught.value.exit_code == 2
@@ -323,6 +330,433 @@ def test_latency_growth_below_default_limit_passes(baseline_file, tmp_path):
     assert verdict.status in ("pass", "warn")
     assert verdict.change == pytest.approx(1.35, rel=0.1)
     assert report.exit_code == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: figure values, baseline version and content, evaluation set, reference
+
+
+def _set_row_figure(run_dir: Path, key: tuple[str, str], metric: str, value: float) -> Path:
+    """Set a figure in results.json directly: the schema writes NaN and infinity as null, json writes them as is."""
+    path = run_dir / "results.json"
+    content = json.loads(path.read_text(encoding="utf-8"))
+    for row in content["rows"]:
+        if (row["pipeline"], row["variant"]) == key:
+            row[metric] = value
+    path.write_text(json.dumps(content), encoding="utf-8")
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "expected"),
+    [
+        ("lfw_accuracy_mean", math.nan, "lfw_accuracy_mean = nan"),
+        ("lfw_accuracy_mean", 1.5, "lfw_accuracy_mean = 1.5"),
+        ("payload_bytes_mean", -5.0, "payload_bytes_mean = -5"),
+        ("payload_bytes_p95", math.inf, "payload_bytes_p95 = inf"),
+    ],
+)
+def test_invalid_figure_is_usage_error(baseline_file, tmp_path, metric, value, expected):
+    run_dir = _set_row_figure(synthetic_run(1, with_samples=False).write(tmp_path / "run"), STUDENT, metric, value)
+    with pytest.raises(DataError, match=expected) as caught:
+        run_check(run_dir, baseline_file)
+    assert "edge-vq-student/k512-14x14" in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_negative_energy_sample_is_usage_error(baseline_file, tmp_path):
+    run = synthetic_run(1, with_samples=False)
+    run.row(*STUDENT).cloud_energy_j_per_inference_repeats[0] = -0.5
+    with pytest.raises(DataError, match="cloud_energy_j_per_inference sample of -0.5"):
+        run_check(run.write(tmp_path / "run"), baseline_file)
+
+
+def test_nan_latency_sample_is_usage_error(baseline_file, tmp_path):
+    run = synthetic_run(1, with_samples=False)
+    edge = (run.latency["pipeline"] == STUDENT[0]) & (run.latency["stage"] == "edge")
+    run.latency.loc[edge, "latency_ms"] = math.nan
+    with pytest.raises(DataError, match="edge_latency_ms sample of nan"):
+        run_check(run.write(tmp_path / "run"), baseline_file)
+
+
+def test_figure_problem_rules():
+    assert figure_problem("cloud_dynamic_energy_j_per_inference", -0.01) is None
+    assert figure_problem("payload_bytes_mean", 0.0) is None
+    assert figure_problem("lfw_accuracy_mean", 1.0) is None
+    assert "negative" in figure_problem("edge_energy_j_per_inference", -1e-6)
+    assert "fraction" in figure_problem("eer", 1.01)
+    assert "NaN" in figure_problem("cloud_params", math.nan)
+
+
+def test_write_baseline_rejects_nan_figure(tmp_path):
+    # A NaN would be stored as null, which leaves the figure ungated in every later check.
+    run_dir = _set_row_figure(synthetic_run(0, with_samples=False).write(tmp_path / "run"), STUDENT,
+                              "lfw_accuracy_mean", math.nan)
+    target = tmp_path / "baseline.json"
+    with pytest.raises(DataError, match="lfw_accuracy_mean = nan"):
+        write_baseline(run_dir, target)
+    assert not target.exists()
+
+
+def _edited_baseline(baseline_file: Path, tmp_path: Path, edit) -> Path:
+    content = json.loads(baseline_file.read_text(encoding="utf-8"))
+    edit(content)
+    path = tmp_path / "edited-baseline.json"
+    path.write_text(json.dumps(content), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "found"),
+    [
+        (lambda content: content.update(baseline_schema_version=2), "baseline_schema_version 2"),
+        (lambda content: content.update(baseline_schema_version="1"), "baseline_schema_version '1'"),
+        (lambda content: content.pop("baseline_schema_version"), "has no baseline_schema_version"),
+    ],
+)
+def test_unsupported_baseline_version_is_usage_error(baseline_file, tmp_path, edit, found):
+    run_dir = synthetic_run(1, with_samples=False).write(tmp_path / "run")
+    with pytest.raises(DataError, match=found) as caught:
+        run_check(run_dir, _edited_baseline(baseline_file, tmp_path, edit))
+    message = str(caught.value)
+    assert "reads only version 1" in message
+    assert "--write-baseline" in message
+
+
+def test_empty_baseline_is_usage_error(baseline_file, tmp_path):
+    run_dir = synthetic_run(1, with_samples=False).write(tmp_path / "run")
+    empty = _edited_baseline(baseline_file, tmp_path, lambda content: content.update(entries=[]))
+    with pytest.raises(DataError, match="has no entries, so it gates nothing") as caught:
+        run_check(run_dir, empty)
+    assert caught.value.exit_code == 2
+
+
+def test_negative_baseline_figure_is_usage_error(baseline_file, tmp_path):
+    def edit(content):
+        content["entries"][0]["figures"]["payload_bytes_mean"] = -5.0
+
+    run_dir = synthetic_run(1, with_samples=False).write(tmp_path / "run")
+    with pytest.raises(DataError, match=r"baseline file .* payload_bytes_mean = -5.*--write-baseline"):
+        run_check(run_dir, _edited_baseline(baseline_file, tmp_path, edit))
+
+
+def test_baseline_records_evaluation_set(baseline_file):
+    content = json.loads(baseline_file.read_text(encoding="utf-8"))
+    assert content["scenario_name"] == "synthetic"
+    assert content["n_pairs"] == 600
+    assert content["folds"] == list(range(1, 11))
+
+
+def _with_pairs(run, n_pairs: int, folds: list[int] | None = None):
+    for row in run.results.rows:
+        row.n_pairs = n_pairs
+        row.folds = folds if folds is not None else row.folds
+    return run
+
+
+def test_other_scenario_is_usage_error(baseline_file, tmp_path):
+    run = _with_pairs(synthetic_run(1, with_samples=False), 40)
+    run.results.scenario_name = "quickstart"
+    with pytest.raises(DataError) as caught:
+        run_check(run.write(tmp_path / "run"), baseline_file)
+    message = str(caught.value)
+    assert "scenario 'quickstart', 40 pairs" in message
+    assert "scenario 'synthetic', 600 pairs" in message
+    assert caught.value.exit_code == 2
+
+
+def test_other_folds_is_usage_error(baseline_file, tmp_path):
+    run = _with_pairs(synthetic_run(1, with_samples=False), 600, folds=[9, 10])
+    with pytest.raises(DataError, match="folds 9, 10.*folds 1, 2, 3"):
+        run_check(run.write(tmp_path / "run"), baseline_file)
+
+
+def test_old_baseline_without_evaluation_set_still_checks(baseline_file, tmp_path):
+    def drop_new_fields(content):
+        for name in ("n_pairs", "folds", "max_load_average_1min_while_timing", "cpu_logical_cores"):
+            content.pop(name)
+
+    old = _edited_baseline(baseline_file, tmp_path, drop_new_fields)
+    report = run_check(synthetic_run(1, with_samples=False).write(tmp_path / "same"), old)
+    assert report.exit_code == 0, render_check_markdown(report)
+    fewer_pairs = _with_pairs(synthetic_run(1, with_samples=False), 40).write(tmp_path / "fewer")
+    with pytest.raises(DataError, match="40 pairs.*600 pairs"):
+        run_check(fewer_pairs, old)
+
+
+def test_unknown_reference_is_usage_error(baseline_file, tmp_path):
+    run_dir = synthetic_run(1, with_samples=False).write(tmp_path / "run")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("reference: {pipeline: cloud-raw, variant: nope}\n", encoding="utf-8")
+    with pytest.raises(DataError, match="reference cloud-raw/nope") as caught:
+        run_check(run_dir, baseline_file, policy)
+    assert "cloud-codec/jpeg-q50, cloud-codec/webp-q30" in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def _run_without_cloud_raw(seed: int):
+    run = synthetic_run(seed, with_samples=False)
+    run.results.rows = [row for row in run.results.rows if row.pipeline != "cloud-raw"]
+    return run
+
+
+def test_missing_default_reference_is_usage_error(tmp_path):
+    baseline = write_baseline(_run_without_cloud_raw(0).write(tmp_path / "base"), tmp_path / "baseline.json")
+    run_dir = _run_without_cloud_raw(1).write(tmp_path / "run")
+    with pytest.raises(DataError, match="reference cloud-raw/original.*set `reference` in a --policy file"):
+        run_check(run_dir, baseline)
+
+
+def test_other_reference_gates_ratios(tmp_path):
+    baseline = write_baseline(_run_without_cloud_raw(0).write(tmp_path / "base"), tmp_path / "baseline.json")
+    run_dir = _run_without_cloud_raw(1).write(tmp_path / "run")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("reference: {pipeline: cloud-codec, variant: jpeg-q50}\n", encoding="utf-8")
+    report = run_check(run_dir, baseline, policy)
+    judged = [r for r in report.results if r.kind == "ratio" and r.status != "skipped"]
+    assert len(judged) > 0
+    assert report.exit_code == 0, render_check_markdown(report)
+
+
+def test_no_noisy_gates_need_no_reference(tmp_path):
+    baseline = write_baseline(_run_without_cloud_raw(0).write(tmp_path / "base"), tmp_path / "baseline.json")
+    run_dir = _run_without_cloud_raw(1).write(tmp_path / "run")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("noisy: []\n", encoding="utf-8")
+    report = run_check(run_dir, baseline, policy)
+    assert not [r for r in report.results if r.kind == "ratio"]
+    assert report.exit_code == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Busy hosts
+
+
+def _slow_reference_run(seed: int, factor: float):
+    """A run whose cloud-raw cloud stage alone is ``factor`` times slower, as when other jobs ran during it."""
+    run = synthetic_run(seed, with_samples=False)
+    reference = (run.latency["pipeline"] == "cloud-raw") & (run.latency["stage"] == "cloud")
+    run.latency.loc[reference, "latency_ms"] *= factor
+    return run
+
+
+def _set_load(run, load_1min: float, cpus: int):
+    run.environment["max_load_average_1min_while_timing"] = load_1min
+    run.environment["cpu_logical_cores"] = cpus
+    return run
+
+
+def test_busy_baseline_makes_noisy_gates_inconclusive(tmp_path):
+    base_dir = _set_load(_slow_reference_run(0, 2.3), 5.0, 2).write(tmp_path / "base")
+    baseline = write_baseline(base_dir, tmp_path / "baseline.json")
+    run_dir = _set_load(synthetic_run(1, with_samples=False), 0.5, 2).write(tmp_path / "run")
+    report = run_check(run_dir, baseline)
+    verdict = _verdict(report, "edge_latency_ms", "cloud-codec/jpeg-q50")
+    assert verdict.status == "inconclusive"
+    assert verdict.change == pytest.approx(2.3, rel=0.1)
+    assert "the baseline run (load 5.00 on 2 CPUs)" in verdict.message
+    assert "the reference's cloud_latency_ms itself moved" in verdict.message
+    assert report.exit_code == 0, render_check_markdown(report)
+    summary = check_summary(report)
+    assert "inconclusive" in summary
+    assert "host busy while timing the baseline run (load 5.00 on 2 CPUs)" in summary
+
+
+def test_busy_host_still_gates_deterministic_figures(tmp_path):
+    baseline = write_baseline(_set_load(synthetic_run(0, with_samples=False), 5.0, 2).write(tmp_path / "base"),
+                              tmp_path / "baseline.json")
+    run = _set_load(synthetic_run(1, with_samples=False), 5.0, 2)
+    run.row(*STUDENT).payload_bytes_mean = 300.0
+    report = run_check(run.write(tmp_path / "run"), baseline)
+    assert _statuses(report, "payload_bytes_mean", STUDENT[0]) == ["regression"]
+    assert report.exit_code == 1
+
+
+def test_quiet_hosts_gate_reference_shift(tmp_path):
+    base_dir = _set_load(_slow_reference_run(0, 2.3), 1.0, 8).write(tmp_path / "base")
+    baseline = write_baseline(base_dir, tmp_path / "baseline.json")
+    run_dir = _set_load(synthetic_run(1, with_samples=False), 1.0, 8).write(tmp_path / "run")
+    report = run_check(run_dir, baseline)
+    assert _verdict(report, "edge_latency_ms", "cloud-codec/jpeg-q50").status == "regression"
+    assert report.exit_code == 1
+
+
+def test_busy_host_policy_gate_judges_anyway(tmp_path):
+    base_dir = _set_load(_slow_reference_run(0, 2.3), 5.0, 2).write(tmp_path / "base")
+    baseline = write_baseline(base_dir, tmp_path / "baseline.json")
+    run_dir = _set_load(synthetic_run(1, with_samples=False), 0.5, 2).write(tmp_path / "run")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("on_busy_host: gate\n", encoding="utf-8")
+    report = run_check(run_dir, baseline, policy)
+    assert _verdict(report, "edge_latency_ms", "cloud-codec/jpeg-q50").status == "regression"
+    assert "gated although the host busy" in check_summary(report)
+    assert report.exit_code == 1
+
+
+def test_busy_warning_without_environment_file(baseline_file, tmp_path, monkeypatch):
+    from vqbench import environment
+
+    monkeypatch.setattr(environment.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    monkeypatch.setattr(environment.os, "cpu_count", lambda: 4)
+    _, warning = environment.busy_host_warning()
+    run = synthetic_run(1, with_samples=False)
+    run.results.warnings.append(warning)
+    run_dir = run.write(tmp_path / "run")
+    (run_dir / "environment.json").unlink()
+    report = run_check(run_dir, baseline_file)
+    assert "this run (load 9.00 on 4 CPUs)" in check_summary(report)
+    assert _statuses(report, "cloud_latency_ms", STUDENT[0]) == ["inconclusive"]
+
+
+def test_unknown_host_load_is_noted(baseline_file, tmp_path):
+    report = run_check(synthetic_run(1, with_samples=False).write(tmp_path / "run"), baseline_file)
+    assert any("does not record the host load" in note for note in report.notes)
+    assert any("no host load in environment.json" in note for note in report.notes)
+
+
+def test_inconclusive_renderers(tmp_path):
+    base_dir = _set_load(_slow_reference_run(0, 2.3), 5.0, 2).write(tmp_path / "base")
+    baseline = write_baseline(base_dir, tmp_path / "baseline.json")
+    report = run_check(synthetic_run(1, with_samples=False).write(tmp_path / "run"), baseline)
+    inconclusive = sum(r.status == "inconclusive" for r in report.results)
+    assert inconclusive > 0
+    suite = ET.fromstring(render_check_junit(report).split("?>", 1)[1])
+    assert suite.get("failures") == "0"
+    assert "host busy" in suite.find("system-out").text
+    assert "**Warning:** latency and energy inconclusive" in render_check_markdown(report)
+    assert _table_rows(render_check_table(report)) == inconclusive
+
+
+# ---------------------------------------------------------------------------------------------
+# Output files
+
+
+def test_write_baseline_onto_run_file_rejected(tmp_path):
+    run_dir = synthetic_run(0, with_samples=False).write(tmp_path / "run")
+    for name in ("results.json", "results.csv", "environment.json"):
+        before = (run_dir / name).read_bytes()
+        with pytest.raises(DataError, match=f"would replace {name} of the run folder"):
+            write_baseline(run_dir, run_dir / "sub" / ".." / name)
+        assert (run_dir / name).read_bytes() == before
+
+
+def test_cli_write_baseline_onto_results_exits_2(tmp_path):
+    run_dir = synthetic_run(0, with_samples=False).write(tmp_path / "run")
+    before = (run_dir / "results.json").read_bytes()
+    result = CliRunner().invoke(app, ["check", str(run_dir), "--write-baseline", str(run_dir / "results.json")])
+    assert result.exit_code == 2
+    assert "would replace results.json" in result.output
+    assert (run_dir / "results.json").read_bytes() == before
+
+
+def test_check_outputs_onto_run_or_input_files_rejected(baseline_file, tmp_path):
+    run_dir = synthetic_run(1, with_samples=False).write(tmp_path / "run")
+    report = run_check(run_dir, baseline_file)
+    before = (run_dir / "results.csv").read_bytes()
+    with pytest.raises(DataError, match="--junit .* would replace results.csv"):
+        write_check_outputs(report, {"--junit": run_dir / "results.csv"})
+    assert (run_dir / "results.csv").read_bytes() == before
+    with pytest.raises(DataError, match="--markdown .* is the file given to --baseline"):
+        write_check_outputs(report, {"--markdown": baseline_file})
+    with pytest.raises(DataError, match="--junit and --markdown both name"):
+        check_output_paths(run_dir, {"--junit": tmp_path / "a.xml", "--markdown": tmp_path / "a.xml"}, baseline_file)
+
+
+def test_check_outputs_beside_run_files_written(baseline_file, tmp_path):
+    run_dir = synthetic_run(1, with_samples=False).write(tmp_path / "run")
+    report = run_check(run_dir, baseline_file)
+    outputs = {"--junit": run_dir / "check-junit.xml", "--markdown": run_dir / "check.md", "--benchmark-json": None}
+    assert write_check_outputs(report, outputs) == [run_dir / "check-junit.xml", run_dir / "check.md"]
+    assert (run_dir / "check.md").read_text(encoding="utf-8").startswith("### ✅ vqbench check passed")
+
+
+def test_output_folder_or_unwritable_path_is_usage_error(baseline_file, tmp_path):
+    run_dir = synthetic_run(1, with_samples=False).write(tmp_path / "run")
+    report = run_check(run_dir, baseline_file)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(DataError, match="--junit .* is a folder; give a file path"):
+        write_check_outputs(report, {"--junit": folder})
+    with pytest.raises(DataError, match="--write-baseline .* is a folder"):
+        write_baseline(run_dir, folder)
+    plain_file = tmp_path / "plain"
+    plain_file.write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="--write-baseline .* could not be written"):
+        write_baseline(run_dir, plain_file / "baseline.json")
+    with pytest.raises(DataError, match="--markdown .* could not be written"):
+        write_check_outputs(report, {"--markdown": plain_file / "check.md"})
+
+
+def test_cli_write_baseline_to_folder_exits_2(tmp_path):
+    run_dir = synthetic_run(0, with_samples=False).write(tmp_path / "run")
+    result = CliRunner().invoke(app, ["check", str(run_dir), "--write-baseline", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is a folder" in result.output
+    assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Results schema version and interrupted runs
+
+
+def _write_results_field(run_dir: Path, **fields) -> Path:
+    path = run_dir / "results.json"
+    content = json.loads(path.read_text(encoding="utf-8"))
+    content.update(fields)
+    path.write_text(json.dumps(content), encoding="utf-8")
+    return run_dir
+
+
+def test_unknown_results_schema_is_usage_error(baseline_file, tmp_path):
+    run_dir = _write_results_field(synthetic_run(1, with_samples=False).write(tmp_path / "run"), schema_version=9)
+    with pytest.raises(DataError, match="results schema_version 9 .* reads only version 1") as caught:
+        run_check(run_dir, baseline_file)
+    assert caught.value.exit_code == 2
+    with pytest.raises(DataError, match="schema_version 9"):
+        compare_runs(run_dir, run_dir)
+
+
+class _MarkedResults(RunResults):
+    """RunResults with the interrupted-run marker, for a results schema that does not define it yet."""
+
+    complete: bool = True
+    variants_missing: list[str] = Field(default_factory=list)
+
+
+@pytest.fixture
+def marked_results(monkeypatch):
+    monkeypatch.setattr("vqbench.report.loader.RunResults", _MarkedResults)
+
+
+def _interrupted_run(seed: int, tmp_path: Path) -> Path:
+    run = synthetic_run(seed, with_samples=False)
+    run.results.rows = [row for row in run.results.rows if row.pipeline != "edge-embed"]
+    run_dir = run.write(tmp_path / f"interrupted-{seed}")
+    return _write_results_field(run_dir, complete=False, variants_missing=["edge-embed/int8"])
+
+
+def test_write_baseline_rejects_incomplete_run(marked_results, tmp_path):
+    target = tmp_path / "baseline.json"
+    with pytest.raises(DataError, match="incomplete.*edge-embed/int8") as caught:
+        write_baseline(_interrupted_run(0, tmp_path), target)
+    assert caught.value.exit_code == 2
+    assert not target.exists()
+
+
+def test_check_reports_incomplete_run(marked_results, baseline_file, tmp_path):
+    report = run_check(_interrupted_run(1, tmp_path), baseline_file)
+    assert report.exit_code == 1
+    assert "this run is incomplete (interrupted), variants missing: edge-embed/int8" in check_summary(report)
+    missing = [r for r in report.results if r.status == "missing"]
+    assert [r.row.split(" ")[0] for r in missing] == ["edge-embed/int8"]
+    assert "interrupted before this variant finished" in missing[0].message
+
+
+def test_complete_run_marker_accepted(marked_results, baseline_file, tmp_path):
+    run_dir = _write_results_field(synthetic_run(1, with_samples=False).write(tmp_path / "run"), complete=True)
+    report = run_check(run_dir, baseline_file)
+    assert report.exit_code == 0
+    assert "incomplete" not in check_summary(report)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pydantic import Field
 
 from conftest_report import synthetic_run
 from vqbench.errors import DataError
@@ -17,6 +19,7 @@ from vqbench.report.findings import accuracy_noun, collect_warnings, key_finding
 from vqbench.report.formatting import format_bytes, format_number, format_with_interval
 from vqbench.report.loader import load_run
 from vqbench.report.tables import assumption_tables, readable_header
+from vqbench.results import RunResults
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PDFINFO = shutil.which("pdfinfo")
@@ -157,6 +160,51 @@ def test_invalid_results_raises(tmp_path):
     (tmp_path / "results.json").write_text('{"rows": [{"pipeline": 3}]}', encoding="utf-8")
     with pytest.raises(DataError, match=r"results\.json is not a valid results file"):
         render_reports(tmp_path)
+
+
+def _edit_results(run_dir: Path, **fields) -> Path:
+    path = run_dir / "results.json"
+    content = json.loads(path.read_text(encoding="utf-8"))
+    content.update(fields)
+    path.write_text(json.dumps(content), encoding="utf-8")
+    return run_dir
+
+
+@pytest.mark.parametrize("version", [9, 0, "1", None])
+def test_unknown_results_schema_version_raises(tmp_path, version):
+    run_dir = _edit_results(synthetic_run(0, with_samples=False).write(tmp_path / "run"), schema_version=version)
+    with pytest.raises(DataError, match=f"results schema_version {version!r}") as caught:
+        render_reports(run_dir)
+    assert "reads only version 1" in str(caught.value)
+    assert caught.value.exit_code == 2
+    assert not (run_dir / "report.html").exists()
+
+
+def test_results_without_schema_version_read_as_version_1(tmp_path):
+    run_dir = synthetic_run(0, with_samples=False).write(tmp_path / "run")
+    path = run_dir / "results.json"
+    content = json.loads(path.read_text(encoding="utf-8"))
+    del content["schema_version"]
+    path.write_text(json.dumps(content), encoding="utf-8")
+    assert load_run(run_dir).results.schema_version == 1
+
+
+class _MarkedResults(RunResults):
+    """RunResults with the interrupted-run marker, for a results schema that does not define it yet."""
+
+    complete: bool = True
+    variants_missing: list[str] = Field(default_factory=list)
+
+
+def test_incomplete_run_warned_in_report(tmp_path, monkeypatch):
+    monkeypatch.setattr("vqbench.report.loader.RunResults", _MarkedResults)
+    run = synthetic_run(0, with_samples=False)
+    run.results.rows = [row for row in run.results.rows if row.pipeline != "edge-embed"]
+    run_dir = _edit_results(run.write(tmp_path / "run"), complete=False, variants_missing=["edge-embed/int8"])
+    warnings = collect_warnings(load_run(run_dir))
+    assert "The run is incomplete (it was interrupted), so it has no rows for the variants edge-embed/int8." in warnings
+    complete_dir = _edit_results(synthetic_run(0, with_samples=False).write(tmp_path / "complete"), complete=True)
+    assert not any("incomplete" in warning for warning in collect_warnings(load_run(complete_dir)))
 
 
 def test_findings_cloud_only_compare_codecs():

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
+from rich.markup import escape
 
 from vqbench import __version__
 from vqbench.console import console, output
@@ -48,10 +49,11 @@ def _user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except VqbenchError as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            # Messages quote lists such as [wifi, host], which rich would read as markup.
+            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=error.exit_code) from None
         except PATH_ERRORS as error:
-            console.print(f"[bold red]error:[/] {path_error_message(error)}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(path_error_message(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -270,16 +272,8 @@ def check(
     verbose: Annotated[bool, typer.Option("--verbose", help="List passing and skipped figures too.")] = False,
 ) -> None:
     """Gate a run against a baseline: exit 0 pass, 1 regression, 2 bad input."""
-    from vqbench.check import (
-        render_check_benchmark_json,
-        render_check_junit,
-        render_check_markdown,
-        render_check_table,
-        run_check,
-        write_baseline,
-    )
+    from vqbench.check import check_output_paths, render_check_table, run_check, write_baseline, write_check_outputs
     from vqbench.errors import ScenarioError
-    from vqbench.io import write_text_atomic
 
     if write_baseline_file is not None:
         path = write_baseline(results_dir, write_baseline_file)
@@ -287,12 +281,12 @@ def check(
         return
     if baseline is None:
         raise ScenarioError("pass --baseline FILE to check a run, or --write-baseline FILE to record one")
+    outputs = {"--junit": junit, "--markdown": markdown, "--benchmark-json": benchmark_json}
+    # The output paths are checked first, so a bad one fails before the check and never overwrites a run file.
+    check_output_paths(results_dir, outputs, baseline, policy)
     report = run_check(results_dir, baseline, policy)
     output.print(render_check_table(report, show_passing=verbose))
-    for path, render in ((junit, render_check_junit), (markdown, render_check_markdown),
-                         (benchmark_json, render_check_benchmark_json)):
-        if path is not None:
-            write_text_atomic(path, render(report))
+    write_check_outputs(report, outputs, policy)
     raise typer.Exit(code=report.exit_code)
 
 

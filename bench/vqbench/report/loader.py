@@ -1,7 +1,8 @@
 """Read a run folder into memory: results.json is required, every other file is optional.
 
 A missing or unreadable optional file becomes ``None`` plus a note that the report prints, so
-that a report can always be built from whatever a run left behind.
+that a report can always be built from whatever a run left behind. A results.json of another
+schema version is rejected, because its fields may mean something else.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from vqbench.errors import DataError
-from vqbench.results import ResultRow, RunResults
+from vqbench.results import RESULTS_SCHEMA_VERSION, ResultRow, RunResults
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +64,21 @@ class RunData:
 
 
 def load_results(run_dir: Path) -> RunResults:
-    """Read and validate ``results.json``; raise DataError naming the file when that fails."""
+    """Read and validate ``results.json``; raise DataError naming the file when that fails.
+
+    A file whose ``schema_version`` is not ``RESULTS_SCHEMA_VERSION`` is rejected before its rows
+    are validated. A file without ``schema_version`` reads as version 1, the schema's default.
+    """
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
         raise DataError(f"{path} not found; pass a run folder written by `vqbench run`")
     try:
-        return RunResults.model_validate_json(path.read_bytes())
+        content = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path} could not be read ({error}); check its permissions") from error
+    _check_schema_version(path, content)
+    try:
+        return RunResults.model_validate_json(content)
     except ValidationError as error:
         first = error.errors()[0]
         location = ".".join(str(part) for part in first["loc"])
@@ -76,8 +86,48 @@ def load_results(run_dir: Path) -> RunResults:
             f"{path} is not a valid results file ({error.error_count()} errors, first at "
             f"'{location}': {first['msg']}); rerun `vqbench run` to rewrite it"
         ) from error
-    except OSError as error:
-        raise DataError(f"{path} could not be read ({error}); check its permissions") from error
+
+
+def _check_schema_version(path: Path, content: bytes) -> None:
+    """Raise DataError when results.json declares a schema version other than the supported one."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        # Invalid JSON is left to the schema validation, which reports where it breaks.
+        return
+    if not isinstance(data, dict) or "schema_version" not in data:
+        return
+    version = data["schema_version"]
+    if type(version) is int and version == RESULTS_SCHEMA_VERSION:
+        return
+    writer = data.get("vqbench_version")
+    written_by = f" (written by vqbench {writer})" if isinstance(writer, str) else ""
+    raise DataError(
+        f"{path} has results schema_version {version!r}{written_by}, but this vqbench reads only version "
+        f"{RESULTS_SCHEMA_VERSION}; read it with the vqbench version that wrote it, or rerun `vqbench run`"
+    )
+
+
+def run_completeness(results: RunResults) -> tuple[bool, tuple[str, ...]]:
+    """Return whether the run finished every variant, and the variants an interrupted run lacks.
+
+    An interrupted run marks results.json with ``"complete": false`` and lists the variants it
+    did not finish in ``variants_missing``. A file without the marker reads as complete.
+    """
+    complete = getattr(results, "complete", True)
+    missing = getattr(results, "variants_missing", None) or ()
+    return complete is not False, tuple(str(variant) for variant in missing)
+
+
+def incomplete_run_note(results: RunResults) -> str | None:
+    """Return one sentence saying that the run was interrupted and which variants it lacks, or None."""
+    complete, missing = run_completeness(results)
+    if complete:
+        return None
+    if not missing:
+        return "The run is incomplete (it was interrupted) but does not say which variants are missing."
+    return (f"The run is incomplete (it was interrupted), so it has no rows for the variants "
+            f"{', '.join(missing)}.")
 
 
 def _read_parquet(path: Path, columns: tuple[str, ...], notes: list[str]) -> pd.DataFrame | None:
@@ -135,6 +185,9 @@ def load_run(run_dir: Path) -> RunData:
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     notes: list[str] = []
+    incomplete = incomplete_run_note(results)
+    if incomplete is not None:
+        notes.append(incomplete)
     scores = _read_parquet(run_dir / SCORES_FILE, _SCORES_COLUMNS, notes)
     latency = _read_parquet(run_dir / LATENCY_FILE, _LATENCY_COLUMNS, notes)
     energy = _read_parquet(run_dir / ENERGY_FILE, _ENERGY_COLUMNS, notes)
