@@ -507,23 +507,24 @@ def test_missing_default_reference_is_usage_error(tmp_path):
         run_check(run_dir, baseline)
 
 
-def test_other_reference_gates_ratios(tmp_path):
+def _check_without_cloud_raw(tmp_path, policy_text):
+    """Check a run without cloud-raw against a baseline without it, under the given policy."""
     baseline = write_baseline(_run_without_cloud_raw(0).write(tmp_path / "base"), tmp_path / "baseline.json")
     run_dir = _run_without_cloud_raw(1).write(tmp_path / "run")
     policy = tmp_path / "policy.yaml"
-    policy.write_text("reference: {pipeline: cloud-codec, variant: jpeg-q50}\n", encoding="utf-8")
-    report = run_check(run_dir, baseline, policy)
+    policy.write_text(policy_text, encoding="utf-8")
+    return run_check(run_dir, baseline, policy)
+
+
+def test_other_reference_gates_ratios(tmp_path):
+    report = _check_without_cloud_raw(tmp_path, "reference: {pipeline: cloud-codec, variant: jpeg-q50}\n")
     judged = [r for r in report.results if r.kind == "ratio" and r.status != "skipped"]
     assert len(judged) > 0
     assert report.exit_code == 0, render_check_markdown(report)
 
 
 def test_no_noisy_gates_need_no_reference(tmp_path):
-    baseline = write_baseline(_run_without_cloud_raw(0).write(tmp_path / "base"), tmp_path / "baseline.json")
-    run_dir = _run_without_cloud_raw(1).write(tmp_path / "run")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text("noisy: []\n", encoding="utf-8")
-    report = run_check(run_dir, baseline, policy)
+    report = _check_without_cloud_raw(tmp_path, "noisy: []\n")
     assert not [r for r in report.results if r.kind == "ratio"]
     assert report.exit_code == 0
 

@@ -153,7 +153,8 @@ def test_train_command_writes_verified_model(tmp_path: Path) -> None:
     assert recorded["lfw_view2_sample_training_fit"]["pairs"] == 150
     no_training_people = CliRunner().invoke(app, ["models", "evaluate", str(folder), "--lfw-root", str(held_out), "--training-fit"])
     assert no_training_people.exit_code == 2, no_training_people.output
-    assert "no fold of" in no_training_people.output and "drop --training-fit" in no_training_people.output
+    assert "no fold of" in no_training_people.output
+    assert "drop --training-fit" in no_training_people.output
 
     # A changed file no longer matches the card.
     (folder / "student.onnx").write_bytes(b"not a model")
@@ -218,7 +219,8 @@ def test_codes_without_reconstruction_leave_decoder_to_stage_identity(tmp_path: 
     trainer._resume()
     trainer._run_epoch("joint", 0.0)
     joint = trainer.progress.history[-1]
-    assert "recon" not in joint and "cos" in joint
+    assert "recon" not in joint
+    assert "cos" in joint
     decoder = trainer.models.vqvae.decoder.state_dict()
     assert all(torch.equal(decoder[name], value) for name, value in initial_decoder.items() if value.is_floating_point())
     encoder = trainer.models.vqvae.encoder.state_dict()

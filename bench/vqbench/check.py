@@ -646,7 +646,7 @@ _BUSY_WARNING = re.compile(
 
 @dataclass(frozen=True)
 class HostLoad:
-    """The highest 1-minute load average seen while a run timed its stages, and the host's logical CPU count."""
+    """Host load of a run: the highest 1-minute load average while timing, and the logical CPU count."""
 
     max_load_1min: float
     cpus: int
