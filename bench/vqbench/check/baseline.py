@@ -1,0 +1,205 @@
+"""The baseline file: its schema, ``write_baseline`` and ``load_baseline``.
+
+``load_baseline`` checks the schema version before it validates the content. The evaluation
+set, host load and figure checks of a loaded baseline are here too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vqbench import __version__
+from vqbench.check.host_load import HostLoad, run_host_load
+from vqbench.check.paths import check_output_path, write_output_text
+from vqbench.check.policy import _ENERGY_METHOD_FIELDS, CheckPolicy, _first_error
+from vqbench.check.rows import _key_description, _numeric_figures, _read_latency, _row_key, _row_samples
+from vqbench.check.validation import (
+    EvaluationSetKey,
+    _common_value,
+    _validate_entry,
+    _validate_run,
+    run_evaluation_set,
+)
+from vqbench.errors import DataError
+from vqbench.report.loader import load_results, run_completeness
+
+logger = logging.getLogger(__name__)
+
+BASELINE_SCHEMA_VERSION = 1
+
+
+class BaselineEntry(BaseModel):
+    """One row of the baseline run: its figures and the raw samples behind its noisy figures."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str
+    variant: str
+    link: str | None = None
+    edge_device: str | None = None
+    figures: dict[str, float | None]
+    samples: dict[str, list[float]]
+    methods: dict[str, str | None] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str, str | None, str | None]:
+        return (self.pipeline, self.variant, self.link, self.edge_device)
+
+
+class Baseline(BaseModel):
+    """The content of a baseline file written by ``write_baseline``.
+
+    ``n_pairs``, ``folds`` and the host load fields are None in baselines written before they
+    were recorded. Such baselines still load, and their pair count is read from the entries.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    baseline_schema_version: int = BASELINE_SCHEMA_VERSION
+    vqbench_version: str
+    created_utc: str
+    scenario_name: str
+    source_run: str
+    run_created_utc: str
+    #: Pairs and folds that every row of the source run was scored on.
+    n_pairs: int | None = None
+    folds: list[int] | None = None
+    #: The source run's highest 1-minute load average while timing and its logical CPU count.
+    max_load_average_1min_while_timing: float | None = None
+    cpu_logical_cores: int | None = None
+    entries: list[BaselineEntry]
+
+
+def write_baseline(results_dir: Path, baseline_file: Path, max_samples: int = 256) -> Path:
+    """Store a run's figures and raw noisy samples as a baseline file (JSON), atomically.
+
+    Raises DataError (exit code 2) when ``baseline_file`` is a folder or a file of the run
+    folder, or when it cannot be written. It is also raised for an incomplete run, a run without
+    rows, and a figure of the default policy's gates that ``figure_problem`` rejects.
+    """
+    results_dir, baseline_file = Path(results_dir), Path(baseline_file)
+    check_output_path(results_dir, baseline_file, "--write-baseline")
+    results = load_results(results_dir)
+    complete, variants_missing = run_completeness(results)
+    if not complete:
+        missing = ", ".join(variants_missing) or "(the run does not list them)"
+        raise DataError(
+            f"run {results_dir} is incomplete: it was interrupted before the variants {missing} finished, and a "
+            "baseline from it would not gate them; rerun the scenario to the end and record that run"
+        )
+    if not results.rows:
+        raise DataError(f"run {results_dir} has no rows, so a baseline from it would gate nothing; "
+                        "rerun the scenario and record that run")
+    latency = _read_latency(results_dir)
+    samples = {_row_key(row): _row_samples(row, latency, max_samples) for row in results.rows}
+    _validate_run(results_dir, results, samples, CheckPolicy())
+
+    evaluation = run_evaluation_set(results)
+    load = run_host_load(results_dir, results)
+    entries = [
+        BaselineEntry(
+            pipeline=row.pipeline, variant=row.variant, link=row.link, edge_device=row.edge_device,
+            figures=_numeric_figures(row), samples=samples[_row_key(row)],
+            methods={metric: getattr(row, field) for metric, field in _ENERGY_METHOD_FIELDS.items()},
+        )
+        for row in results.rows
+    ]
+    baseline = Baseline(
+        vqbench_version=__version__,
+        created_utc=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        scenario_name=results.scenario_name,
+        source_run=str(results_dir),
+        run_created_utc=results.created_utc,
+        n_pairs=evaluation.n_pairs,
+        folds=list(evaluation.folds) if evaluation.folds else None,
+        max_load_average_1min_while_timing=None if load is None else load.max_load_1min,
+        cpu_logical_cores=None if load is None else load.cpus,
+        entries=entries,
+    )
+    write_output_text(baseline_file, baseline.model_dump_json(indent=1), "--write-baseline")
+    if load is not None and load.busy:
+        logger.warning(
+            "baseline %s comes from a run timed on a busy host (%s), so checks against it report latency and "
+            "energy as inconclusive; record a run from a quiet host instead", baseline_file, load.describe(),
+        )
+    logger.info("wrote baseline %s from %s (%d rows)", baseline_file, results_dir, len(entries))
+    return baseline_file
+
+
+def _rerecord_hint(path: Path) -> str:
+    return f"re-record it from a complete run with `vqbench check RUN_DIR --write-baseline {path}`"
+
+
+def _check_baseline_version(path: Path, content: bytes) -> None:
+    """Raise DataError unless the file declares ``baseline_schema_version`` 1, the version this module reads."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        # Invalid JSON is left to the schema validation, which reports where it breaks.
+        return
+    if not isinstance(data, dict):
+        return
+    if "baseline_schema_version" not in data:
+        raise DataError(
+            f"baseline file {path} has no baseline_schema_version, and this vqbench reads only version "
+            f"{BASELINE_SCHEMA_VERSION}; {_rerecord_hint(path)}"
+        )
+    version = data["baseline_schema_version"]
+    if type(version) is not int or version != BASELINE_SCHEMA_VERSION:
+        raise DataError(
+            f"baseline file {path} has baseline_schema_version {version!r}, but this vqbench reads only version "
+            f"{BASELINE_SCHEMA_VERSION}; {_rerecord_hint(path)}"
+        )
+
+
+def load_baseline(baseline_file: Path) -> Baseline:
+    """Read a baseline file, raising DataError that names the file when it is missing, unreadable,
+    malformed, of another schema version, or empty.
+    """
+    path = Path(baseline_file)
+    if not path.is_file():
+        raise DataError(f"baseline file {path} not found; create it with `vqbench check --write-baseline`")
+    try:
+        content = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"baseline file {path} could not be read ({error}); check its permissions") from error
+    _check_baseline_version(path, content)
+    try:
+        baseline = Baseline.model_validate_json(content)
+    except ValidationError as error:
+        raise DataError(
+            f"baseline file {path} is malformed: {_first_error(error)}; rewrite it from a good run"
+        ) from error
+    if not baseline.entries:
+        raise DataError(f"baseline file {path} has no entries, so it gates nothing; {_rerecord_hint(path)}")
+    return baseline
+
+
+def _validate_baseline(baseline_file: Path, baseline: Baseline, policy: CheckPolicy) -> None:
+    source = f"baseline file {baseline_file}"
+    for entry in baseline.entries:
+        _validate_entry(source, _key_description(entry.key), entry.figures, entry.samples, policy,
+                        _rerecord_hint(baseline_file))
+
+
+def baseline_evaluation_set(baseline: Baseline) -> EvaluationSetKey:
+    """Return the baseline's evaluation set; older baselines give the pair count of their entries only."""
+    n_pairs = baseline.n_pairs
+    if n_pairs is None:
+        counts = [entry.figures.get("n_pairs") for entry in baseline.entries]
+        common = _common_value(counts)
+        n_pairs = None if common is None else int(common)
+    folds = tuple(baseline.folds) if baseline.folds else None
+    return EvaluationSetKey(baseline.scenario_name, n_pairs, folds)
+
+
+def baseline_host_load(baseline: Baseline) -> HostLoad | None:
+    load, cpus = baseline.max_load_average_1min_while_timing, baseline.cpu_logical_cores
+    if load is None or cpus is None or cpus < 1:
+        return None
+    return HostLoad(load, cpus)

@@ -1,0 +1,154 @@
+"""Gate policy: the reference variant, the gated figures with their limits, and the defaults.
+
+``NOISY_METRICS`` lists the metrics that a noisy gate may name and where the samples of each
+come from. ``load_policy`` reads a YAML policy file, and a field that the file leaves out keeps
+its default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vqbench.errors import DataError
+from vqbench.results import ResultRow
+
+
+#: Noisy metric -> (where its samples come from, the sample source, the row's scalar fallback).
+NOISY_METRICS: dict[str, tuple[str, str, str]] = {
+    "edge_energy_j_per_inference": ("repeats", "edge_energy_j_per_inference_repeats", "edge_energy_j_per_inference"),
+    "cloud_energy_j_per_inference": (
+        "repeats", "cloud_energy_j_per_inference_repeats", "cloud_energy_j_per_inference",
+    ),
+    "edge_latency_ms": ("latency", "edge", "edge_latency_ms_p50"),
+    "cloud_latency_ms": ("latency", "cloud", "cloud_latency_ms_p50"),
+    "transfer_latency_ms": ("latency", "transfer", "transfer_latency_ms_p50"),
+    "end_to_end_latency_ms": ("latency", "end_to_end", "end_to_end_latency_ms_p50"),
+}
+_ENERGY_METHOD_FIELDS = {
+    "edge_energy_j_per_inference": "edge_energy_method",
+    "cloud_energy_j_per_inference": "cloud_energy_method",
+}
+
+
+class ReferenceSpec(BaseModel):
+    """The pipeline variant that noisy figures are divided by."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str = "cloud-raw"
+    variant: str = "original"
+
+
+class DeterministicGate(BaseModel):
+    """A machine-independent figure compared directly with the baseline.
+
+    The allowed change in the worse direction is the larger of ``relative_tolerance`` times the
+    baseline value and ``absolute_tolerance``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str
+    direction: Literal["smaller_is_better", "larger_is_better"] = "smaller_is_better"
+    relative_tolerance: float | None = Field(default=None, ge=0)
+    absolute_tolerance: float | None = Field(default=None, ge=0)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in ResultRow.model_fields:
+            raise ValueError(f"unknown results column {metric!r}; use a numeric column of results.csv")
+        return metric
+
+
+class NoisyGate(BaseModel):
+    """A machine-dependent figure gated as a ratio to the reference's ``reference_metric``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str
+    reference_metric: str
+    max_ratio_growth: float = Field(default=1.2, gt=1.0)
+
+    @field_validator("metric", "reference_metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in NOISY_METRICS:
+            raise ValueError(f"unknown noisy metric {metric!r}; choose one of {sorted(NOISY_METRICS)}")
+        return metric
+
+
+def _default_deterministic() -> list[DeterministicGate]:
+    byte_like = (
+        "payload_bytes_mean", "payload_bytes_p95", "edge_params", "cloud_params", "edge_macs",
+        "cloud_macs", "edge_model_bytes", "cloud_model_bytes",
+    )
+    gates = [DeterministicGate(metric=m, relative_tolerance=0.01) for m in byte_like]
+    gates.append(DeterministicGate(metric="lfw_accuracy_mean", direction="larger_is_better", absolute_tolerance=0.002))
+    return gates
+
+
+#: Default growth limits: per-sample latency ratios move more under machine load than energy ratios.
+DEFAULT_ENERGY_RATIO_GROWTH = 1.2
+DEFAULT_LATENCY_RATIO_GROWTH = 1.5
+#: Edge devices whose figures are measured on the host running the benchmark.
+HOST_DEVICES = (None, "", "host")
+#: Relative tolerance for a modeled device's edge energy, which the profile fixes.
+MODELED_ENERGY_TOLERANCE = 0.01
+#: The figure gated directly on modeled-device rows whose edge time comes from the profile's MAC rate.
+MODELED_EDGE_ENERGY_METRIC = "edge_energy_j_per_inference"
+
+
+def _default_noisy() -> list[NoisyGate]:
+    energy, latency = DEFAULT_ENERGY_RATIO_GROWTH, DEFAULT_LATENCY_RATIO_GROWTH
+    return [
+        NoisyGate(metric="edge_energy_j_per_inference", reference_metric="cloud_energy_j_per_inference",
+                  max_ratio_growth=energy),
+        NoisyGate(metric="cloud_energy_j_per_inference", reference_metric="cloud_energy_j_per_inference",
+                  max_ratio_growth=energy),
+        NoisyGate(metric="edge_latency_ms", reference_metric="cloud_latency_ms", max_ratio_growth=latency),
+        NoisyGate(metric="cloud_latency_ms", reference_metric="cloud_latency_ms", max_ratio_growth=latency),
+    ]
+
+
+class CheckPolicy(BaseModel):
+    """Gate policy: the reference, the test level and the gated figures. Every field has a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
+    p_value_threshold: float = Field(default=0.05, gt=0.0, lt=1.0)
+    #: Per-sample latencies are thinned to this many evenly spaced quantiles before the test.
+    max_samples: int = Field(default=256, ge=2)
+    deterministic: list[DeterministicGate] = Field(default_factory=_default_deterministic)
+    noisy: list[NoisyGate] = Field(default_factory=_default_noisy)
+    #: What noisy gates do when either run was timed with a load average above its CPU count:
+    #: ``inconclusive`` reports them as neither passed nor failed, ``gate`` judges them anyway.
+    on_busy_host: Literal["inconclusive", "gate"] = "inconclusive"
+
+
+def load_policy(policy_file: Path | None) -> CheckPolicy:
+    """Read a YAML policy, or return the built-in default when ``policy_file`` is None."""
+    if policy_file is None:
+        return CheckPolicy()
+    path = Path(policy_file)
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise DataError(f"policy file {path} could not be read ({error}); check the path") from error
+    except yaml.YAMLError as error:
+        raise DataError(f"policy file {path} is not valid YAML ({error}); fix its syntax") from error
+    try:
+        return CheckPolicy.model_validate(content)
+    except ValidationError as error:
+        raise DataError(f"policy file {path} is invalid: {_first_error(error)}; fix that key") from error
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    return f"{first['msg']} at '{location}'"
