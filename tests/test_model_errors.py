@@ -101,6 +101,9 @@ def test_unusable_checkpoint_starts_afresh(tmp_path: Path, write: object) -> Non
     trainer = Trainer.__new__(Trainer)
     trainer.checkpoint_path = checkpoint
     trainer.config = TrainConfig(model_id="unusable")
+    trainer.settings = {}
+    trainer.fingerprint = "0" * 64
+    trainer.legacy_fingerprint = "1" * 64
     trainer.progress = None
     trainer._resume()
     assert trainer.progress is None

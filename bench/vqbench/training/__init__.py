@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vqbench.training.config import TrainConfig
+    from vqbench.training.data import PreparedSet
 
 logger = logging.getLogger(__name__)
 
 
-def train_command(config_path: Path) -> Path:
+def train_command(config_path: Path, overwrite: bool = False) -> Path:
     """Train the model described by ``config_path`` and write its folder; return the folder.
 
     The model folder is ``output_dir`` from the config, else the config file's own folder when
-    it is named after the model id, else ``models/<model_id>``. Checkpoints go to
-    ``<cache>/checkpoints/<model_id>/last.pt``; running the command again with the same config
-    resumes from there (and only re-exports when training had finished).
+    it is named after the model id, else ``models/<model_id>``. A folder that already contains a
+    model card is replaced only with ``overwrite``. The output folder, the shapes and an
+    ``init_from`` model are checked before the data preparation, which takes minutes on a first
+    run. Checkpoints go to ``<cache>/checkpoints/<model_id>/last.pt``, and running the command
+    again with the same settings resumes from there (and only re-exports when training had finished).
     """
     import numpy as np
     import torch
@@ -26,13 +33,10 @@ def train_command(config_path: Path) -> Path:
     from vqbench.console import console
     from vqbench.data.cache import default_cache_dir
     from vqbench.models.teacher_torch import load_torch_teacher
-    from vqbench.models.vq_card import default_models_dir
     from vqbench.scenario import default_data_dir, expand_path
     from vqbench.training.config import load_train_config
-    from vqbench.training.data import (
-        add_teacher_views, prepare_training_set, relabel_tail_inputs, select_training_people, training_image_paths,
-    )
-    from vqbench.training.export import CALIBRATION_CHIPS, export_embed_model, export_model
+    from vqbench.training.data import select_training_people, training_image_paths
+    from vqbench.training.export import CALIBRATION_CHIPS, check_output_folder, export_embed_model, export_model
     from vqbench.training.loop import (
         EmbedTrainer, Trainer, build_embed_models, build_models, check_initial_model, load_initial_weights,
     )
@@ -42,12 +46,7 @@ def train_command(config_path: Path) -> Path:
     base = config_path.parent
     root = expand_path(config.data.root, base) if config.data.root else default_data_dir() / "lfw"
     cache_dir = expand_path(config.data.cache_dir, base) if config.data.cache_dir else default_cache_dir()
-    if config.output_dir:
-        output_dir = expand_path(config.output_dir, base)
-    elif base.name == config.model_id:
-        output_dir = base
-    else:
-        output_dir = default_models_dir() / config.model_id
+    output_dir = _output_dir(config, base)
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -58,31 +57,66 @@ def train_command(config_path: Path) -> Path:
     if config.data.max_images:
         paths = paths[: config.data.max_images]
     logger.info("training %s on %d images of %d eligible people (folds %s)", config.model_id, len(paths), len(people.people), people.train_folds)
-    # The source model is checked before the long data preparation, so a wrong folder fails fast.
+    # Everything that can fail without the data is checked before the long data preparation.
     source = check_initial_model(expand_path(config.init_from, base), people.people, output_dir) if config.init_from else None
-    data = prepare_training_set(paths, cache_dir / "training")
-    data = add_teacher_views(data, config.augment, config.seed, cache_dir / "training")
-    data = relabel_tail_inputs(data, config.student.tail_blocks, cache_dir / "training")
+    check_output_folder(output_dir, overwrite, config)
+    # The models are built right after seeding, so their initial weights depend on the seed alone,
+    # and a config whose shapes do not fit fails here.
+    initial = None
+    if config.kind == "edge-embed":
+        embed_models = build_embed_models(config, load_torch_teacher())
+    else:
+        models = build_models(config, load_torch_teacher())
+        initial = load_initial_weights(models, source, config) if source else None
+    data = _prepare_data(config, paths, cache_dir / "training")
 
     checkpoint = cache_dir / "checkpoints" / config.model_id / "last.pt"
     calibration = data.chips[np.random.default_rng(config.seed).permutation(len(data))[:CALIBRATION_CHIPS]]
     try:
         if config.kind == "edge-embed":
-            embed_models = build_embed_models(config, load_torch_teacher())
             progress = EmbedTrainer(config, data, embed_models, checkpoint).run()  # type: ignore[arg-type]
             export_embed_model(config, embed_models, output_dir, progress, people, len(data), calibration)
         else:
-            models = build_models(config, load_torch_teacher())
-            initial = load_initial_weights(models, source, config) if source else None
             progress = Trainer(config, data, models, checkpoint, initial).run()
             export_model(config, models, output_dir, progress, people, len(data), calibration, initial)
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted:[/] the last checkpoint ({checkpoint}, written every "
-            f"{config.stages.checkpoint_every_steps} steps and after every epoch) is kept; "
-            "run the same command again to resume",
+            f"{config.stages.checkpoint_every_steps} steps and after every epoch) is kept and {output_dir} is "
+            "unchanged; run the same command again to resume",
             highlight=False,
         )
         raise
     logger.info("trained %s in %.0f s and wrote %s", config.model_id, progress.elapsed_s, output_dir)
     return output_dir
+
+
+def _output_dir(config: "TrainConfig", base: Path) -> Path:
+    """Return the model folder to write (see ``train_command``)."""
+    from vqbench.models.vq_card import default_models_dir
+    from vqbench.scenario import expand_path
+
+    if config.output_dir:
+        return expand_path(config.output_dir, base)
+    if base.name == config.model_id:
+        return base
+    return default_models_dir() / config.model_id
+
+
+def _prepare_data(config: "TrainConfig", paths: list[Path], cache_dir: Path) -> "PreparedSet":
+    """Align and label the training images, with augmented views and tail inputs, from or into ``cache_dir``."""
+    from vqbench.console import console
+    from vqbench.training.data import add_teacher_views, prepare_training_set, relabel_tail_inputs
+
+    try:
+        data = prepare_training_set(paths, cache_dir)
+        data = add_teacher_views(data, config.augment, config.seed, cache_dir)
+        return relabel_tail_inputs(data, config.student.tail_blocks, cache_dir)
+    except KeyboardInterrupt:
+        # Each cache file is written whole or not at all, so only the unfinished step is lost.
+        console.print(
+            f"[yellow]interrupted:[/] data preparation stopped; the steps it finished are cached in {cache_dir}, "
+            "and running the same command again repeats only the unfinished one",
+            highlight=False,
+        )
+        raise

@@ -14,12 +14,16 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vqbench.errors import ScenarioError
+
 
 TRAIN_CONFIG_VERSION = 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A bound such as gt=0 lets `.inf` through, and an infinite learning rate or loss weight turns
+    # every weight into NaN, so allow_inf_nan is off.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TrainDataConfig(_Strict):
@@ -60,7 +64,7 @@ class StudentConfig(_Strict):
     """Student: code vectors -> small network -> the teacher's last blocks and fc."""
 
     # Strict types: a YAML `true` is not a block count.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     width: int = Field(128, ge=8, le=1024)
     blocks: int = Field(4, ge=1, le=16, description="Depthwise-separable blocks before the teacher's tail.")
@@ -110,7 +114,7 @@ class AugmentConfig(_Strict):
     """Random views drawn once per image and labelled by the teacher before training."""
 
     # Strict types: a YAML `true` is not a view count, and a quoted "3" is not a shift.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     extra_views: int = Field(
         0, ge=0, le=32, description="Views per image beyond the chip and its flip; each one costs a teacher pass once, before training."
@@ -163,6 +167,32 @@ class TrainConfig(_Strict):
             raise ValueError("stages.joint_epochs is 0, so the encoder would never train; set init_from to a trained model folder or train joint epochs")
         return self
 
+    @model_validator(mode="after")
+    def _check_loss_weights(self) -> "TrainConfig":
+        loss = self.loss
+        distillation = loss.student_cosine + loss.student_feature + loss.student_relational
+        if self.kind == "edge-embed" and distillation == 0:
+            raise ValueError(
+                "loss.student_cosine, loss.student_feature and loss.student_relational are all 0, so the edge embedder "
+                "would learn nothing; give at least one of them a positive weight"
+            )
+        if self.kind != "vq":
+            return self
+        decoded = loss.reconstruction > 0 and loss.reconstruction_fraction > 0
+        if self.stages.joint_epochs > 0 and distillation == 0 and not decoded:
+            raise ValueError(
+                "loss.student_cosine, loss.student_feature, loss.student_relational and loss.reconstruction (or "
+                "loss.reconstruction_fraction) are all 0, so stage joint would train nothing but the commitment term; "
+                "give the student terms or loss.reconstruction a positive weight"
+            )
+        # With zero gradients AdamW still applies weight decay, so such a stage would shrink the decoder.
+        if self.stages.identity_epochs > 0 and loss.reconstruction == 0 and loss.identity == 0:
+            raise ValueError(
+                "loss.reconstruction and loss.identity are both 0, so stage identity would train nothing; "
+                "give one of them a positive weight or set stages.identity_epochs to 0"
+            )
+        return self
+
 
 def portable_settings(config: TrainConfig, exclude: set[str] | None = None) -> dict:
     """Return the config as plain data without machine-specific paths (output, data, cache and init_from folders)."""
@@ -176,6 +206,10 @@ def load_train_config(path: Path) -> TrainConfig:
     """Read and validate a training config, raising ScenarioError naming the bad key."""
     from vqbench.scenario import load_yaml_model
 
+    if path.is_dir():
+        inside = path / "train.yaml"
+        fix = f"pass {inside}" if inside.is_file() else "pass a train.yaml file (see models/*/train.yaml)"
+        raise ScenarioError(f"training config {path} is a folder, not a file; {fix}")
     return load_yaml_model(
         path,
         TrainConfig,

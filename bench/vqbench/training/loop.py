@@ -16,10 +16,15 @@ usage are restarted. Stage ``identity`` freezes encoder and codebook and trains 
 reconstruction + (1 - cos(teacher(reconstruction), teacher embedding of the original)), with
 the gradient passing through the frozen PyTorch teacher.
 
-A checkpoint (models, optimiser, schedule, stage, epoch, step and RNG state) is written every
-``checkpoint_every_steps`` steps and at the end of every epoch. A new run with the same config
-continues from it. The batch order of each epoch depends only on (seed, stage, epoch), so a
-resumed epoch skips exactly the batches already done.
+A checkpoint (models, optimiser, schedule, stage, epoch, step, RNG state and the settings it was
+trained with) is written every ``checkpoint_every_steps`` steps and at the end of every epoch. A
+new run with the same settings continues from it. The batch order of each epoch depends only on
+(seed, stage, epoch), so a resumed epoch skips exactly the batches already done. A checkpoint of
+other settings is renamed ``last.<fingerprint prefix>.pt`` instead of being overwritten, and a
+later run with those settings resumes from it again.
+
+A non-finite loss, or non-finite weights after a step, stops training with
+``TrainingDivergedError`` before the next checkpoint, so the checkpoint on disk keeps finite weights.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from vqbench.errors import ModelError
+from vqbench.errors import ModelError, VqbenchError
 from vqbench.models.edge_embed import EdgeEmbedder
 from vqbench.models.student import Student
 from vqbench.models.teacher_torch import DlibResNet
@@ -56,6 +61,16 @@ logger = logging.getLogger(__name__)
 
 RESTART_EVERY_STEPS = 25
 STAGES = ("joint", "identity")
+#: Hex digits of the old fingerprint in the name a replaced checkpoint is kept under.
+STASH_PREFIX_CHARS = 12
+#: Differing settings named in the message about a checkpoint of other settings.
+MAX_REPORTED_DIFFERENCES = 6
+
+
+class TrainingDivergedError(VqbenchError):
+    """A NaN or infinite loss or weight, which stops training before anything is exported."""
+
+    exit_code = 1
 
 
 def vq_shape(config: TrainConfig) -> VQVAEShape:
@@ -117,7 +132,10 @@ class Trainer:
         self.data = data
         self.models = models
         self.checkpoint_path = checkpoint_path
-        self.fingerprint = config_fingerprint(config, initial)
+        self.settings = fingerprint_settings(config, initial, data)
+        self.fingerprint = settings_fingerprint(self.settings)
+        self.legacy_fingerprint = legacy_config_fingerprint(config, initial)
+        self.saved_at: str | None = None  # position of the last checkpoint written or resumed from
         self.progress = Progress()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.embedding_mean, self.feature_mean = self._target_means()
@@ -311,11 +329,19 @@ class Trainer:
         else:
             losses, indices = self._identity_losses(originals, target_embeddings)
         total = sum(losses.values())
+        if not torch.isfinite(total):
+            terms = " ".join(f"{name}={float(value.detach()):.4g}" for name, value in losses.items())
+            raise self._diverged(stage, f"the loss is {float(total.detach())} ({terms})")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(self._trainable(stage), 5.0)
         self.optimizer.step()
         self.scheduler.step()
+        # A finite loss can still come with an infinite gradient. Checking the weights after every
+        # step keeps NaN weights out of the next checkpoint, which every resumed run would start from.
+        bad = self._non_finite_tensor()
+        if bad is not None:
+            raise self._diverged(stage, f"this step's update made {bad} NaN or infinite")
         return {name: float(value.detach()) for name, value in losses.items()}, indices
 
     def _joint_losses(self, inputs: torch.Tensor, target_embeddings: torch.Tensor, target_features: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -354,15 +380,41 @@ class Trainer:
 
     # ----- checkpoints -------------------------------------------------------------------
 
+    def _diverged(self, stage: str, cause: str) -> TrainingDivergedError:
+        """Build the error for a non-finite value met at the current step of ``stage``."""
+        rate_key = "learning_rate" if stage == "joint" else "identity_learning_rate"
+        rate = getattr(self.config.stages, rate_key)
+        checkpoint_note = (
+            f"the last checkpoint, {self.checkpoint_path} ({self.saved_at}), is kept"
+            if self.saved_at
+            else "no checkpoint was written yet"
+        )
+        return TrainingDivergedError(
+            f"training diverged at stage {stage}, epoch {self.progress.epoch + 1}, step {self.progress.step + 1}: "
+            f"{cause}; nothing was exported and {checkpoint_note}; lower stages.{rate_key} (now {rate:g}) and run again"
+        )
+
+    def _non_finite_tensor(self) -> str | None:
+        """Return the name of the first module state tensor with NaN or infinite values, or None."""
+        for module, state in self._module_states().items():
+            for name, value in state.items():
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    return f"{module}.{name}"
+        return None
+
     def _state(self) -> dict:
         return {
             "config_sha256": self.fingerprint,
+            "config_settings": self.settings,
             **self._module_states(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "progress": vars(self.progress),
             "generator": self.generator.get_state(),
         }
+
+    def _position(self) -> str:
+        return f"stage {self.progress.stage}, epoch {self.progress.epoch + 1}, step {self.progress.step}"
 
     def _save_checkpoint(self) -> None:
         path = self.checkpoint_path
@@ -374,20 +426,80 @@ class Trainer:
             os.replace(temporary, path)
         finally:
             Path(temporary).unlink(missing_ok=True)
+        self.saved_at = self._position()
+
+    def _read_checkpoint(self) -> dict | None:
+        """Return the checkpoint's state, or None when there is none or it cannot be used (logged)."""
+        path = self.checkpoint_path
+        if not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            logger.warning("checkpoint %s is damaged (%s); starting afresh", path, error)
+            return None
+        if not isinstance(state, dict) or "config_sha256" not in state:
+            logger.warning("checkpoint %s is not a vqbench training checkpoint; starting afresh", path)
+            return None
+        return state
+
+    def _matches(self, state: dict) -> bool:
+        """Tell whether a checkpoint was made with this run's settings."""
+        if state["config_sha256"] == self.fingerprint:
+            return True
+        # Checkpoints written before the settings were stored used the older fingerprint.
+        return "config_settings" not in state and state["config_sha256"] == self.legacy_fingerprint
+
+    def _stash_path(self, fingerprint: str) -> Path:
+        return self.checkpoint_path.with_name(f"last.{fingerprint[:STASH_PREFIX_CHARS]}.pt")
+
+    def _stash(self, state: dict) -> None:
+        """Rename a checkpoint of other settings out of the way, so that it is not overwritten."""
+        stash_path = self._stash_path(state["config_sha256"])
+        restorable = any(self._stash_path(fingerprint).is_file() for fingerprint in (self.fingerprint, self.legacy_fingerprint))
+        os.replace(self.checkpoint_path, stash_path)
+        logger.warning(
+            "checkpoint %s was made with other settings (%s); kept it as %s, which a run with those settings "
+            "resumes from, and %s",
+            self.checkpoint_path, self._setting_differences(state), stash_path,
+            "resuming from the checkpoint kept for these settings" if restorable else "starting afresh",
+        )
+
+    def _unstash(self) -> dict | None:
+        """Move back a checkpoint of this run's settings that an earlier run had renamed, and return its state."""
+        for fingerprint in (self.fingerprint, self.legacy_fingerprint):
+            stash_path = self._stash_path(fingerprint)
+            if not stash_path.is_file():
+                continue
+            os.replace(stash_path, self.checkpoint_path)
+            state = self._read_checkpoint()
+            if state is not None and self._matches(state):
+                logger.info("restored the checkpoint of these settings from %s", stash_path)
+                return state
+            if state is not None:
+                self._stash(state)
+        return None
+
+    def _setting_differences(self, state: dict) -> str:
+        recorded = state.get("config_settings")
+        if not isinstance(recorded, dict):
+            return "it does not record its settings, so the keys that differ are unknown"
+        before, now = _flatten(recorded), _flatten(self.settings)
+        keys = sorted(key for key in before.keys() | now.keys() if before.get(key, "unset") != now.get(key, "unset"))
+        if not keys:
+            return "no setting differs, but the fingerprint does"
+        listed = [f"{key} {before.get(key, 'unset')!r} there, {now.get(key, 'unset')!r} here" for key in keys[:MAX_REPORTED_DIFFERENCES]]
+        more = len(keys) - len(listed)
+        return "; ".join(listed) + (f"; and {more} more" if more > 0 else "")
 
     def _resume(self) -> None:
-        if not self.checkpoint_path.is_file():
-            return
-        try:
-            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
-            logger.warning("checkpoint %s is damaged (%s); starting afresh", self.checkpoint_path, error)
-            return
-        if not isinstance(state, dict) or "config_sha256" not in state:
-            logger.warning("checkpoint %s is not a vqbench training checkpoint; starting afresh", self.checkpoint_path)
-            return
-        if state["config_sha256"] != self.fingerprint:
-            logger.warning("checkpoint %s was made with another config; starting afresh", self.checkpoint_path)
+        state = self._read_checkpoint()
+        if state is not None and not self._matches(state):
+            self._stash(state)
+            state = None
+        if state is None:
+            state = self._unstash()
+        if state is None:
             return
         self._load_module_states(state)
         self.progress = Progress(**state["progress"])
@@ -396,7 +508,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
-        logger.info("resumed from %s at stage %s, epoch %d, step %d", self.checkpoint_path, self.progress.stage, self.progress.epoch + 1, self.progress.step)
+        self.saved_at = self._position()
+        logger.info("resumed from %s at %s", self.checkpoint_path, self.saved_at)
 
 
 @dataclass
@@ -511,13 +624,66 @@ def _shape_differences(card: "VQModelCard", config: TrainConfig, error: Exceptio
     return "; ".join(differences) if differences else str(error).splitlines()[0]
 
 
-def config_fingerprint(config: TrainConfig, initial: dict | None = None) -> str:
-    """SHA-256 of the settings that shape training (paths and thread count excluded).
+#: Top-level settings that do not change the trained weights: the thread count and the int8 export.
+_UNTRAINED_SETTINGS = {"threads", "quantize_int8"}
 
-    A run that starts from another model also depends on that model's weights, so their SHA-256
-    counts, while the spelling of the ``init_from`` path does not.
+
+def training_recipe(settings: dict) -> dict:
+    """Return ``portable_settings`` output without the settings that do not change the trained weights.
+
+    Those are the thread count, the int8 export and ``stages.checkpoint_every_steps``.
     """
-    relevant = portable_settings(config, exclude={"threads", "quantize_int8"})
+    recipe = {key: value for key, value in settings.items() if key not in _UNTRAINED_SETTINGS}
+    if isinstance(recipe.get("stages"), dict):
+        recipe["stages"] = {key: value for key, value in recipe["stages"].items() if key != "checkpoint_every_steps"}
+    return recipe
+
+
+def fingerprint_settings(config: TrainConfig, initial: dict | None = None, data: PreparedSet | None = None) -> dict:
+    """Return the settings that shape the trained weights, as plain data.
+
+    Left out: paths (output, data, cache and ``init_from`` folders), the thread count, the int8
+    export and ``stages.checkpoint_every_steps``. A run that starts from another model depends on
+    that model's weights, so their SHA-256 counts, while the spelling of the ``init_from`` path
+    does not. With ``data``, the SHA-256 of its per-image people takes the place of the data folder's path.
+    """
+    settings = training_recipe(portable_settings(config))
+    if initial is not None:
+        settings["init_from_weights_sha256"] = initial["weights_sha256"]
+    if data is not None:
+        names = "".join(f"{name}\n" for name in data.identities.tolist())
+        settings["training_images"] = {"count": len(data), "people_sha256": hashlib.sha256(names.encode()).hexdigest()}
+    return settings
+
+
+def settings_fingerprint(settings: dict) -> str:
+    """Return the SHA-256 of ``fingerprint_settings``' result."""
+    return hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()
+
+
+def config_fingerprint(config: TrainConfig, initial: dict | None = None, data: PreparedSet | None = None) -> str:
+    """Return the SHA-256 of the settings that shape training (see ``fingerprint_settings``)."""
+    return settings_fingerprint(fingerprint_settings(config, initial, data))
+
+
+def legacy_config_fingerprint(config: TrainConfig, initial: dict | None = None) -> str:
+    """Return the fingerprint that checkpoints without stored settings carry.
+
+    It covered ``stages.checkpoint_every_steps`` and not the training images, so such a
+    checkpoint resumes only when that value is unchanged.
+    """
+    relevant = portable_settings(config, exclude=_UNTRAINED_SETTINGS)
     if initial is not None:
         relevant["init_from_weights_sha256"] = initial["weights_sha256"]
     return hashlib.sha256(repr(sorted(relevant.items())).encode()).hexdigest()
+
+
+def _flatten(settings: dict, prefix: str = "") -> dict[str, object]:
+    """Flatten nested settings to dotted keys, such as ``stages.learning_rate``."""
+    flat: dict[str, object] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
