@@ -96,6 +96,15 @@ def test_results_values_plausible(tiny_runs):
     assert raw["grid_intensity_edge_gco2e_per_kwh"] < raw["grid_intensity_cloud_gco2e_per_kwh"]
 
 
+def test_results_record_the_evaluation_set_without_paths(tiny_runs):
+    _, _, out = tiny_runs["cold"]
+    assumptions = json.loads((out / "results.json").read_text())["assumptions"]
+    assert assumptions["dataset"]["kind"] == "lfw"
+    assert assumptions["dataset"]["folds"] == [1, 2] and assumptions["dataset"]["max_pairs"] == 24
+    assert "root" not in assumptions["dataset"]
+    assert assumptions["alignment"]["face_choice"] == "center"
+
+
 def test_scores_and_latency_tables(tiny_runs):
     _, _, out = tiny_runs["cold"]
     scores = pd.read_parquet(out / "scores.parquet")

@@ -117,3 +117,15 @@ def test_format_rejects_bad_layout() -> None:
         PayloadFormat("m", (0, 14), 256)
     with pytest.raises(PayloadError, match="codebook_size"):
         PayloadFormat("m", (14, 14), 1)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_fp16_embedding_with_non_finite_values_is_rejected(bad):
+    from vqbench.pipelines.edge_vq import decode_embedding, encode_embedding
+
+    embedding = np.linspace(-0.5, 0.5, 128, dtype=np.float32)
+    payload = bytearray(encode_embedding(embedding, "fp16"))
+    payload[1 + 2 * 7 : 1 + 2 * 8] = np.array([bad], dtype="<f2").tobytes()
+    with pytest.raises(PayloadError, match=r"NaN or infinite values \(1 of 128 components\)"):
+        decode_embedding(bytes(payload), "fp16")
+    np.testing.assert_allclose(decode_embedding(encode_embedding(embedding, "fp16"), "fp16"), embedding, atol=1e-3)

@@ -151,6 +151,18 @@ def test_missing_optional_files_degrade(tmp_path):
     assert page.counts.get("svg") == 4
 
 
+def test_infinite_environment_figure_printed(tmp_path):
+    # environment.json is not validated, so the report must print what it contains without failing.
+    run_dir = synthetic_run(0, with_samples=False).write(tmp_path / "run")
+    path = run_dir / "environment.json"
+    environment = json.loads(path.read_text(encoding="utf-8"))
+    environment["max_load_average_1min_while_timing"] = float("inf")
+    path.write_text(json.dumps(environment), encoding="utf-8")
+    html_path, _ = render_reports(run_dir, pdf=False)
+    text = _parse(html_path).text
+    assert text[text.index("max_load_average_1min_while_timing") + 1] == "inf"
+
+
 def test_missing_results_raises(tmp_path):
     with pytest.raises(DataError, match="results.json not found"):
         render_reports(tmp_path)
@@ -282,7 +294,8 @@ def test_accuracy_noun():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(1104.2, "1,100"), (0.01234, "0.0123"), (3, "3"), (None, "–"), (0.0004, "4.00e-04"), (True, "yes")],
+    [(1104.2, "1,100"), (0.01234, "0.0123"), (3, "3"), (None, "–"), (0.0004, "4.00e-04"), (True, "yes"),
+     (float("inf"), "inf"), (float("-inf"), "-inf")],
 )
 def test_format_number(value, expected):
     assert format_number(value) == expected

@@ -995,9 +995,10 @@ def test_real_models_over_loopback() -> None:
             assert gray_stats.face_detected is False
 
 
-def test_oversized_body_over_socket_gets_413(served: str) -> None:
-    with HttpCloud(served, token=TOKEN) as cloud:
-        with pytest.raises(HttpPayloadRejected, match="HTTP 413") as caught:
-            cloud.embed("cloud-raw", "original", b"\xff\xd8\xff" + b"\x00" * 3_000_000, content_type="image/jpeg")
-        assert caught.value.status == 413
-        assert cloud.health()["status"] == "ok"
+def test_oversized_body_over_socket_gets_413(pipelines: dict[str, Pipeline]) -> None:
+    with running_server(create_app([pipelines["raw"]], TOKEN, max_request_bytes=1_000_000)) as (url, _server):
+        with HttpCloud(url, token=TOKEN) as cloud:
+            with pytest.raises(HttpPayloadRejected, match="HTTP 413.*--max-request-bytes") as caught:
+                cloud.embed("cloud-raw", "original", b"\xff\xd8\xff" + b"\x00" * 3_000_000, content_type="image/jpeg")
+            assert caught.value.status == 413
+            assert cloud.health()["status"] == "ok"

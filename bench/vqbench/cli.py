@@ -244,14 +244,20 @@ def compare(
     show_all: Annotated[bool, typer.Option("--all", help="Show unchanged figures too.")] = False,
 ) -> None:
     """Show how the figures of two runs differ, variant by variant."""
-    from vqbench.compare import compare_runs, render_comparison_markdown, render_comparison_table
+    from vqbench.check import write_output_text
+    from vqbench.compare import compare_runs, evaluation_set_note, render_comparison_markdown, render_comparison_table
+    from vqbench.errors import DataError
 
+    # A folder is rejected before the comparison, so the mistake is reported before any output.
+    if markdown is not None and markdown.is_dir():
+        raise DataError(f"--markdown {markdown} is a folder; give a file path, such as {markdown / 'compare.md'}")
     comparison = compare_runs(run_a, run_b)
-    output.print(render_comparison_table(comparison, changed_only=not show_all, title=f"{run_a.name} vs {run_b.name}"))
+    note = evaluation_set_note(run_a, run_b)
+    output.print(render_comparison_table(comparison, changed_only=not show_all, title=f"{run_a.name} vs {run_b.name}",
+                                         note=note))
     if markdown:
-        from vqbench.io import write_text_atomic
-
-        write_text_atomic(markdown, render_comparison_markdown(comparison, changed_only=not show_all))
+        write_output_text(markdown, render_comparison_markdown(comparison, changed_only=not show_all, note=note),
+                          "--markdown")
 
 
 @app.command()
@@ -294,12 +300,15 @@ def check(
 @_user_errors
 def train(
     config: Annotated[Path, typer.Argument(help="Training config YAML (see models/*/train.yaml).")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the model in the output folder if it already contains a card.json.")
+    ] = False,
 ) -> None:
     """Train a VQ-VAE and its student, or the edge embedder, and write the model folder."""
     from vqbench.training import train_command
 
     try:
-        folder = train_command(config)
+        folder = train_command(config, overwrite=overwrite)
     except KeyboardInterrupt:
         raise typer.Exit(code=130) from None
     output.print(f"Model written to [bold]{folder}[/]", highlight=False)
@@ -312,6 +321,14 @@ app.add_typer(models_app, name="models")
 @models_app.command("verify")
 @_user_errors
 def models_verify(
+    model_dirs: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="Model folders to check; default: every folder with a card.json under ${VQBENCH_MODELS_DIR}, "
+            "else the repository's models/.",
+            show_default=False,
+        ),
+    ] = None,
     images: Annotated[int, typer.Option("--images", min=1, help="Real LFW chips to compare dlib and the port on.")] = 200,
     lfw_root: Annotated[
         Optional[Path],
@@ -319,13 +336,21 @@ def models_verify(
     ] = None,
     runtime: Annotated[str, typer.Option("--runtime", help="Port runtime to check: torch or onnxruntime.")] = "onnxruntime",
 ) -> None:
-    """Check every committed model file's SHA-256, then the teacher port against dlib."""
-    from vqbench.models.cards import MODELS_DIR, verify_model_cards
+    """Check model folders against their cards as a run does, then the teacher port against dlib."""
     from vqbench.models.verify import compare_port_with_dlib
+    from vqbench.models.vq_card import default_models_dir, load_vq_card, model_folders
     from vqbench.scenario import default_data_dir
 
-    checked = verify_model_cards(MODELS_DIR)
-    output.print(f"{checked} committed model file(s) match the SHA-256 in their cards", highlight=False)
+    if model_dirs:
+        folders, where = model_dirs, ", ".join(str(folder) for folder in model_dirs)
+    else:
+        models_dir = default_models_dir()
+        folders, where = model_folders(models_dir), f"under {models_dir}"
+    # load_vq_card applies every check the runner applies: SHA-256 of each file, people list, payload.
+    checked = sum(len(load_vq_card(folder).data["files"]) for folder in folders)
+    output.print(
+        f"{checked} file(s) of {len(folders)} model folder(s) {where} match their cards", highlight=False
+    )
 
     root = lfw_root or default_data_dir() / "lfw"
     if not (root / "lfw-deepfunneled").is_dir():
@@ -364,11 +389,12 @@ def models_evaluate(
     """Score a trained model on LFW View 2 pairs and write the figures into its card."""
     from vqbench.data.cache import default_cache_dir
     from vqbench.scenario import default_data_dir
-    from vqbench.training.evaluate import evaluate_model, render_metrics_table
+    from vqbench.training.evaluate import evaluate_and_record, render_metrics_table
 
     root = lfw_root or default_data_dir() / "lfw"
-    metrics = evaluate_model(model_dir, root, folds, default_cache_dir() / "evaluation", training_fit)
-    output.print(render_metrics_table(model_dir.name, metrics))
+    recorded = evaluate_and_record(model_dir, root, folds, default_cache_dir() / "evaluation", training_fit)
+    output.print(render_metrics_table(recorded.model_id, recorded.metrics))
+    output.print(f"Recorded in {model_dir / 'card.json'} under metrics.{recorded.metrics_key}", highlight=False)
 
 
 #: Lowest acceptable cosine similarity between dlib's descriptor and the port's.
@@ -386,11 +412,23 @@ def serve(
     token_file: Annotated[
         Optional[Path], typer.Option("--token-file", help="File holding the bearer token clients must send.")
     ] = None,
+    # The default equals vqbench.network.service.DEFAULT_MAX_REQUEST_BYTES (16 MiB), which is
+    # not imported here so that --help stays instant; a test checks that the two agree. The
+    # service checks the value, so that its message names the value and the option.
+    max_request_bytes: Annotated[
+        int,
+        typer.Option("--max-request-bytes",
+                     help="Largest request body accepted, in bytes (at least 1); larger ones get 413. "
+                          "Each body is held in memory while it is read."),
+    ] = 16 * 1024 * 1024,
 ) -> None:
     """Run the cloud half as an HTTP service."""
     from vqbench.network.service import serve_command
 
-    serve_command(host, port, scenario, token_file)
+    def announce(line: str) -> None:
+        console.print(escape(line), highlight=False, soft_wrap=True)
+
+    serve_command(host, port, scenario, token_file, max_request_bytes, announce)
 
 
 @app.command()
@@ -399,7 +437,11 @@ def loadtest(
     url: Annotated[str, typer.Option("--url", help="Base URL of a running `vqbench serve`.")],
     clients: Annotated[int, typer.Option("--clients", min=1, max=256, help="Concurrent edge clients.")] = 8,
     duration_s: Annotated[float, typer.Option("--duration-s", min=1.0, max=3600.0, help="Test length, in seconds.")] = 30.0,
-    scenario: Annotated[Optional[Path], typer.Option("--scenario", help="Build payloads with this scenario's pipelines.")] = None,
+    scenario: Annotated[
+        Optional[Path],
+        typer.Option("--scenario", help="The scenario file the service was started with; payloads come from its pipelines. "
+                                        "Default: the service's default pipelines, aligned with the settings it lists."),
+    ] = None,
     token_file: Annotated[Optional[Path], typer.Option("--token-file", help="File holding the bearer token.")] = None,
     images: Annotated[int, typer.Option("--images", min=1, help="LFW sample images to build payloads from.")] = 16,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,

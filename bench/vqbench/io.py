@@ -15,9 +15,14 @@ from typing import IO, Any
 
 
 def write_atomic(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``writer`` on a temporary binary file beside ``path``, then rename it to ``path``."""
+    """Call ``writer`` on a temporary binary file beside ``path``, then rename it to ``path``.
+
+    An OSError about the temporary file (the folder is not writable, ``path`` is a folder) is
+    raised naming ``path`` instead, so that a message shows the path the caller gave.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = _make_temporary(path)
     try:
         with os.fdopen(handle, "wb") as stream:
             writer(stream)
@@ -26,8 +31,10 @@ def write_atomic(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
         # mkstemp creates files readable by the owner only; give results the usual permissions.
         os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            _raise_naming_target(error, path)
         raise
     return path
 
@@ -35,19 +42,52 @@ def write_atomic(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
 def write_path_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write`` with a temporary path beside ``path``, then rename that file onto ``path``.
 
-    For writers that take a file name rather than a stream (matplotlib's PdfPages, say).
+    For writers that take a file name rather than a stream (matplotlib's PdfPages, say). Errors
+    about the temporary file name ``path``, as in ``write_atomic``.
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    descriptor, temporary_name = _make_temporary(path)
     os.close(descriptor)
     temporary = Path(temporary_name)
     try:
         write(temporary)
         os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
+    except OSError as error:
+        _raise_naming_target(error, path)
+        raise
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def _make_temporary(path: Path) -> tuple[int, str]:
+    """Create the temporary file beside ``path``: ``.NAME.<random>.tmp`` in the same folder."""
+    try:
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        _raise_naming_target(error, path)
+        raise
+
+
+def _is_temporary_of(filename: object, path: Path) -> bool:
+    """Return whether ``filename`` is a temporary file that ``_make_temporary`` creates for ``path``."""
+    if not isinstance(filename, (str, os.PathLike)):
+        return False
+    candidate = Path(filename)
+    return (candidate.parent == path.parent and candidate.name.startswith(f".{path.name}.")
+            and candidate.name.endswith(".tmp"))
+
+
+def _raise_naming_target(error: OSError, path: Path) -> None:
+    """Raise ``error`` again with ``path`` as its file name when it names the temporary file.
+
+    The user never gave the temporary file's name, so an error naming it cannot be acted on.
+    ``OSError(errno, ...)`` returns the subclass for the error number, such as IsADirectoryError.
+    """
+    if _is_temporary_of(error.filename, path):
+        raise OSError(error.errno, error.strerror, str(path)) from error
 
 
 def _current_umask() -> int:

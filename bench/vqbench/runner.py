@@ -89,6 +89,8 @@ class _RunTables:
     energy: list[pd.DataFrame] = field(default_factory=list)
     #: Variants not measured yet, in run order; results.json is marked incomplete while any remain.
     missing: list[str] = field(default_factory=list)
+    #: Variants that raised a VqbenchError and have no rows; they also mark results.json incomplete.
+    failed: list[str] = field(default_factory=list)
 
 
 @contextmanager
@@ -179,11 +181,17 @@ def run_scenario(
 
     On KeyboardInterrupt the variants already measured are kept: results.json is rewritten
     with ``complete`` false and the variants not reached, environment.json is written, and the
-    interrupt is raised again.
+    interrupt is raised again. A variant that raises a VqbenchError is logged and skipped, and
+    results.json lists it in ``variants_failed`` and ``variants_missing`` with ``complete`` false.
+    RunError is raised when every variant failed.
     """
     progress = progress or SilentProgress()
     started = time.perf_counter()
     scenario_dir = scenario_path.resolve().parent
+    # Building the pipelines reads and checks every model card (files, kind, payload), so a
+    # scenario that names a wrong or damaged model fails before the run folder or the data are touched.
+    components = Components(scenario.alignment, scenario.teacher)
+    pipelines = build_pipelines(scenario.pipelines, components)
     prepare_out_dir(out_dir, overwrite)
 
     evaluation = prepare_evaluation(scenario, scenario_dir)
@@ -196,8 +204,6 @@ def run_scenario(
     chip_cache = ArrayCache(cache_root, "chips")
     embedding_cache = ArrayCache(cache_root, "embeddings")
 
-    components = Components(scenario.alignment, scenario.teacher)
-    pipelines = build_pipelines(scenario.pipelines, components)
     check_identity_leakage(pipelines, evaluation)
     check_deployment(scenario.deployment)
     configs = _variant_configs(scenario, components)
@@ -226,8 +232,10 @@ def run_scenario(
             except VqbenchError as error:
                 logger.error("variant %s failed: %s", label, error)
                 failures.append(f"{label}: {error}")
+                tables.failed.append(label)
                 context.warnings.append(f"variant {label} failed and has no results: {error}")
                 tables.missing = labels[position + 1 :]
+                _write_results(context, tables)
                 continue
             tables.missing = labels[position + 1 :]
             _write_results(context, tables)
@@ -362,6 +370,10 @@ def _assumptions(scenario: Scenario, scenario_dir: Path) -> dict:
     from vqbench.carbon import grid_intensity, read_hourly_intensity
 
     assumptions: dict[str, Any] = {
+        # The evaluation set without machine-specific paths, so that `vqbench compare` can tell
+        # runs on other pairs or another alignment apart from runs of the same set elsewhere.
+        "dataset": scenario.dataset.model_dump(exclude={"root", "pairs_file", "download"}),
+        "alignment": scenario.alignment.model_dump(),
         "measurement": scenario.measurement.model_dump(),
         "transport": scenario.transport.model_dump(exclude={"token_file"}),
         "carbon_attribution": "edge and network (radio, transit) energy at the edge's grid intensity; "
@@ -548,8 +560,10 @@ def _write_results(context: _RunContext, tables: _RunTables) -> RunResults:
         rows=tables.rows,
         warnings=list(dict.fromkeys(context.warnings)),
         assumptions=context.assumptions,
-        complete=not tables.missing,
-        variants_missing=tables.missing,
+        complete=not tables.missing and not tables.failed,
+        # Failed variants come before the ones not reached, so the list stays in run order.
+        variants_missing=tables.failed + tables.missing,
+        variants_failed=tables.failed,
     )
     out_dir = context.out_dir
     write_text_atomic(out_dir / "results.json", results.model_dump_json(indent=2) + "\n")

@@ -15,31 +15,7 @@ from typing import Any
 from vqbench.check.policy import MODELED_EDGE_ENERGY_METRIC, CheckPolicy
 from vqbench.check.rows import _key_description, _numeric_figures, _row_key
 from vqbench.errors import DataError
-from vqbench.results import RunResults
-
-
-#: Figures that may be negative: dynamic energy is the measured energy minus the idle energy, so
-#: noise can push it below 0. Every other gated figure is a count, size, time, energy or fraction.
-MAY_BE_NEGATIVE = frozenset({"edge_dynamic_energy_j_per_inference", "cloud_dynamic_energy_j_per_inference"})
-#: Figures that are fractions, so they lie in [0, 1].
-FRACTION_METRICS = frozenset({"lfw_accuracy_mean", "lfw_accuracy_std", "tar_at_far_1e_3", "roc_auc", "eer"})
-
-
-def figure_problem(metric: str, value: float) -> str | None:
-    """Return why ``value`` cannot be a figure of ``metric``, or None when it can.
-
-    A figure that could not be measured is null in results.json, so NaN and infinity are
-    invalid. Only the figures in ``MAY_BE_NEGATIVE`` may be below 0, and fractions may not exceed 1.
-    """
-    if math.isnan(value):
-        return "NaN is not a measurement (a figure that could not be measured is null)"
-    if math.isinf(value):
-        return "an infinite value is not a measurement"
-    if value < 0 and metric not in MAY_BE_NEGATIVE:
-        return f"{metric} cannot be negative"
-    if value > 1 and metric in FRACTION_METRICS:
-        return f"{metric} is a fraction and cannot exceed 1"
-    return None
+from vqbench.results import FRACTION_METRICS, MAY_BE_NEGATIVE, RunResults, figure_problem  # noqa: F401  (re-exported)
 
 
 def _sample_problem(values: list[float]) -> float | None:

@@ -48,10 +48,3 @@ def verify_model_dir(model_dir: Path) -> int:
                 "restore the file from git or retrain and rewrite the card"
             )
     return len(card["files"])
-
-
-def verify_model_cards(models_dir: Path) -> int:
-    """Verify every model folder under ``models_dir``; return the number of files checked."""
-    if not models_dir.is_dir():
-        return 0
-    return sum(verify_model_dir(folder) for folder in sorted(models_dir.iterdir()) if (folder / CARD_FILE).is_file())

@@ -3,8 +3,10 @@
 A card lists every file of the model with its SHA-256, the payload layout, the architecture
 and the footprint counted from the graph. It also records the training data: the View 2 folds
 and the people trained on, listed one name per line in ``training_people.txt``, whose SHA-256
-is also in the card. ``load_vq_card`` verifies all of it, so a model folder whose files were
-changed or swapped is rejected instead of silently measured. ``allowed_folds`` names the folds a model may be scored on.
+is also in the card. ``load_vq_card`` verifies all of it, and checks the card's ``payload``
+block against its ``architecture`` block and the people file against ``training``, so a model
+folder whose files or card were changed or swapped is rejected instead of silently measured.
+``allowed_folds`` names the folds a model may be scored on.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from pathlib import Path
 from vqbench.data.pairs import Pair, people_in_folds
 from vqbench.errors import ModelError
 from vqbench.models.cards import CARD_FILE, MODELS_DIR
+from vqbench.pipelines.payload import bits_for
 
 PEOPLE_FILE = "training_people.txt"
 CARD_FORMAT = 1
 #: A model id is also a file-name prefix, so it must be one plain name without path separators.
 MODEL_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 MODELS_DIR_ENV = "VQBENCH_MODELS_DIR"
+#: Values of a card's ``kind``: a VQ-VAE with its student, or an edge embedder.
+MODEL_KINDS = ("vq", "edge-embed")
 
 
 def default_models_dir() -> Path:
@@ -46,6 +51,26 @@ def resolve_model_folder(model: str) -> Path:
             f"{default_models_dir()} (or set {MODELS_DIR_ENV}) or train it with `vqbench train`"
         )
     return folder
+
+
+def model_folders(models_dir: Path) -> list[Path]:
+    """Return the folders under ``models_dir`` that contain a card, sorted by name.
+
+    A folder without a card (a training still running) is skipped. Raises ModelError when
+    ``models_dir`` is not a folder or contains no card at all.
+    """
+    if not models_dir.is_dir():
+        raise ModelError(
+            f"models folder {models_dir} does not exist or is not a folder; set {MODELS_DIR_ENV} to the folder "
+            "that contains the model folders, or pass model folders as arguments"
+        )
+    folders = [folder for folder in sorted(models_dir.iterdir()) if (folder / CARD_FILE).is_file()]
+    if not folders:
+        raise ModelError(
+            f"no model folder with a {CARD_FILE} under {models_dir}; set {MODELS_DIR_ENV} to the folder that contains "
+            "the model folders, or train one with `vqbench train`"
+        )
+    return folders
 
 
 def sha256_of(path: Path) -> str:
@@ -119,12 +144,17 @@ def _card_from_data(folder: Path, card_path: Path, data: dict) -> VQModelCard:
         if found != expected:
             raise ModelError(f"model file {path} has SHA-256 {found[:12]}..., expected {expected[:12]}... from the card; restore it or retrain")
 
-    people = frozenset(line for line in (folder / PEOPLE_FILE).read_text(encoding="utf-8").splitlines() if line)
+    kind = data["kind"]
+    if kind not in MODEL_KINDS:
+        raise ModelError(f"model card {card_path} has kind {kind!r}, expected one of {list(MODEL_KINDS)}; restore the card from the repository or retrain")
     training = data["training"]
+    people = _read_training_people(folder, card_path, training)
     payload = data["payload"]
+    if kind == "vq":
+        _check_payload_matches_architecture(card_path, payload, data["architecture"]["vq"])
     return VQModelCard(
         model_id=model_id,
-        kind=data["kind"],
+        kind=kind,
         folder=folder,
         grid=tuple(int(side) for side in payload.get("grid", (0, 0))),  # type: ignore[arg-type]
         codebook_size=int(payload.get("codebook_size", 0)),
@@ -132,6 +162,64 @@ def _card_from_data(folder: Path, card_path: Path, data: dict) -> VQModelCard:
         training_people=people,
         data=data,
     )
+
+
+def _read_training_people(folder: Path, card_path: Path, training: dict) -> frozenset[str]:
+    """Read ``training_people.txt`` and check it against the card's ``training`` block.
+
+    The check does not rely on the card's ``files`` entry for the people file, because the fold
+    guard trusts this list. An emptied file whose ``files`` entry was also removed must not
+    switch the guard off.
+    """
+    path = folder / PEOPLE_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ModelError(
+            f"people file {path} of model card {card_path} cannot be read ({error.strerror or error}); the fold guard "
+            "needs the list of training people, so restore the model folder or retrain"
+        ) from error
+    people = frozenset(line for line in text.splitlines() if line)
+    expected_count = training.get("people")
+    if expected_count is not None and len(people) != expected_count:
+        raise ModelError(
+            f"people file {path} lists {len(people)} people, but training.people in {card_path} is {expected_count}; "
+            "restore the model folder or retrain"
+        )
+    expected_sha256 = training.get("people_sha256")
+    found_sha256 = _people_sha256(people)
+    if expected_sha256 is not None and found_sha256 != expected_sha256:
+        raise ModelError(
+            f"people file {path} has people SHA-256 {found_sha256[:12]}..., but training.people_sha256 in {card_path} "
+            f"is {str(expected_sha256)[:12]}...; restore the model folder or retrain"
+        )
+    return people
+
+
+def _people_sha256(people: Iterable[str]) -> str:
+    """Return the SHA-256 of the sorted names, one per line: the card's ``training.people_sha256``."""
+    return hashlib.sha256("".join(f"{name}\n" for name in sorted(people)).encode()).hexdigest()
+
+
+def _check_payload_matches_architecture(card_path: Path, payload: dict, vq: dict) -> None:
+    """Reject a card whose ``payload`` block disagrees with the ``architecture.vq`` the graphs were built from.
+
+    The payload format, and so the bytes a run reports, follows ``payload``, while the ONNX graphs
+    follow the architecture.
+    """
+    codebook_size = int(vq["codebook_size"])
+    expected = {
+        "codebook_size": codebook_size,
+        "bits_per_index": bits_for(codebook_size),
+        "grid": [int(vq["grid"]), int(vq["grid"])],
+    }
+    for key, value in expected.items():
+        found = payload.get(key)
+        if found != value:
+            raise ModelError(
+                f"model card {card_path} has payload.{key} {found!r}, but its architecture.vq gives {value!r}; "
+                "restore the card from the repository or retrain"
+            )
 
 
 def allowed_folds(card: VQModelCard, pairs_all: Iterable[Pair]) -> list[int]:

@@ -7,6 +7,11 @@ response counts as correct only when the service echoes that id and its embeddin
 the embedding expected for that payload, so a lost, duplicated or swapped response shows up
 as an error. Only the URL given is contacted.
 
+The expected embedding of a payload that the service aligns itself (``cloud-raw``) depends on
+the alignment settings. ``loadtest_command`` therefore reads the settings the service lists in
+``/v1/pipelines``. Without ``--scenario`` it builds its pipelines with them. With one, it stops
+when the scenario's settings differ, naming both, rather than count correct responses as wrong.
+
 Latency is the client's whole request time (connect on the first request, send, queue,
 compute, receive). Throughput counts correct responses per second of test time.
 
@@ -26,7 +31,7 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +39,9 @@ from vqbench.errors import DataError, RunError, ScenarioError
 from vqbench.io import write_json_atomic
 from vqbench.metrics.latency import percentile_ms
 from vqbench.network.client import HttpCloud, HttpTransportError, TransferStats, read_token_file
+
+if TYPE_CHECKING:
+    from vqbench.scenario import AlignmentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -294,9 +302,11 @@ def loadtest_command(
 ) -> LoadTestReport:
     """Entry point for ``vqbench loadtest``: build payloads from the LFW sample, then load ``url``.
 
-    The payloads come from the scenario's pipelines (the service's defaults without one),
-    restricted to the variants the service at ``url`` serves. ``json_path``, where the caller
-    will write the report, is checked with ``check_report_path`` before anything else.
+    The payloads come from the scenario's pipelines (the service's defaults without one, aligned
+    with the service's alignment settings), restricted to the variants the service at ``url``
+    serves. ``json_path``, where the caller will write the report, is checked with
+    ``check_report_path`` before anything else. Raises ScenarioError when the scenario aligns
+    differently from the service (``check_alignment``).
     """
     from vqbench.network.service import build_served_pipelines
     from vqbench.scenario import load_scenario
@@ -305,8 +315,12 @@ def loadtest_command(
         check_report_path(json_path)
     token = read_token_file(token_file) if token_file is not None else None
     with HttpCloud(url, token=token, max_connections=1, token_option=TOKEN_OPTION) as cloud:
-        served = {(entry["pipeline"], entry["variant"]) for entry in cloud.pipelines()}
-    pipelines = build_served_pipelines(load_scenario(scenario) if scenario is not None else None)
+        entries = cloud.pipelines()
+    served = {(entry["pipeline"], entry["variant"]) for entry in entries}
+    if scenario is not None:
+        pipelines = build_served_pipelines(load_scenario(scenario))
+    else:
+        pipelines = build_served_pipelines(None, service_alignment(entries, url))
     usable = [pipeline for pipeline in pipelines if (pipeline.kind, pipeline.variant) in served]
     for pipeline in pipelines:
         if pipeline not in usable:
@@ -314,10 +328,72 @@ def loadtest_command(
     if not usable:
         raise RunError(f"the service at {url} serves none of the pipelines to test ({sorted(served)}); "
                        "pass the scenario the service was started with")
+    check_alignment(usable, entries, url, f"--scenario {scenario}" if scenario is not None else "the default settings")
     image_files = sample_image_files(n_images)
     logger.info("building payloads: %d images x %d variants", len(image_files), len(usable))
     payloads = build_payloads(usable, image_files)
     return run_loadtest(url, clients, duration_s, payloads, token)
+
+
+# ---------------------------------------------------------------------------------------------
+# Alignment settings of the service and of the load test.
+
+
+def service_alignment(entries: list[dict[str, Any]], url: str) -> "AlignmentConfig | None":
+    """Return the alignment settings the service lists for the variants it aligns itself.
+
+    ``entries`` is the ``/v1/pipelines`` list. Returns None when no such variant lists its
+    settings (a service that predates the field, or one that aligns nothing itself), or when
+    the variants list different settings, which ``check_alignment`` then reports.
+    """
+    from pydantic import ValidationError
+
+    from vqbench.scenario import AlignmentConfig
+
+    published = [entry.get("alignment") for entry in entries if entry.get("aligned_on") == "cloud"]
+    distinct = {_settings_text(settings) for settings in published if isinstance(settings, dict)}
+    if len(distinct) != 1:
+        return None
+    settings = next(settings for settings in published if isinstance(settings, dict))
+    try:
+        alignment = AlignmentConfig.model_validate(settings)
+    except ValidationError as error:
+        raise ScenarioError(f"the service at {url} lists alignment settings {_settings_text(settings)} that this "
+                            f"vqbench cannot use ({error.errors()[0]['msg']}); pass --scenario with the scenario file "
+                            "the service was started with") from error
+    logger.info("expected embeddings use the service's alignment settings: %s", _settings_text(settings))
+    return alignment
+
+
+def check_alignment(pipelines: list[Any], entries: list[dict[str, Any]], url: str, source: str) -> None:
+    """Raise ScenarioError when a variant that the service aligns itself has other settings here.
+
+    Only such variants matter: for the others, this process runs the edge half that aligns the
+    face, and the service embeds the payload it receives. ``source`` names where the settings
+    here come from (``--scenario FILE``), for the message. A variant whose entry lists no
+    settings (a service that predates the field) is not checked.
+    """
+    by_name = {(entry["pipeline"], entry["variant"]): entry for entry in entries}
+    for pipeline in pipelines:
+        entry = by_name.get((pipeline.kind, pipeline.variant), {})
+        published = entry.get("alignment")
+        components = getattr(pipeline, "components", None)
+        if entry.get("aligned_on") != "cloud" or not isinstance(published, dict) or components is None:
+            continue
+        local = components.alignment_config.model_dump()
+        differing = sorted(key for key in set(local) | set(published) if local.get(key) != published.get(key))
+        if differing:
+            ours = ", ".join(f"{key}={local.get(key)}" for key in differing)
+            theirs = ", ".join(f"{key}={published.get(key)}" for key in differing)
+            raise ScenarioError(
+                f"the service at {url} aligns {pipeline.kind}/{pipeline.variant} with {theirs}, but this load test "
+                f"would compute its expected embeddings with {ours} (from {source}), so correct responses would "
+                "count as wrong; pass --scenario with the scenario file the service was started with"
+            )
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(settings.items()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 ``PAYLOAD_KINDS`` maps each pipeline kind to the media types its payload may be sent as and,
 for image payloads, the maximum pixel count that ``check_image_header`` enforces before any
-pixels are decoded (and, for chips, their fixed side). ``frame_pair`` and ``split_pair`` implement the body framing of
-``/v1/match``: each payload preceded by its uint32 big-endian length.
+pixels are decoded (and, for chips, their fixed side). A kind may also check the decoded
+payload's values (edge embeddings must be finite). ``frame_pair`` and ``split_pair`` implement
+the body framing of ``/v1/match``: each payload preceded by its uint32 big-endian length.
 """
 
 from __future__ import annotations
@@ -34,17 +35,29 @@ class PayloadKind:
     ``cloud()`` decodes the payload; None means the payload is not an image file.
     ``chip_side_px`` returns the width and height, in pixels, that every payload of a variant
     has (the edge sends square chips of one size), or None when sizes vary.
+    ``check_payload`` raises PayloadError for a payload whose values ``cloud()`` must not
+    receive; None means the kind has no such check.
     """
 
     name: str
     content_types: Callable[[Pipeline], tuple[str, ...]]
     max_image_pixels: int | None = None
     chip_side_px: Callable[[Pipeline], int | None] = lambda pipeline: None
+    check_payload: Callable[[Pipeline, bytes], None] | None = None
 
 
 def _codec_content_types(pipeline: Pipeline) -> tuple[str, ...]:
     codec = getattr(pipeline, "codec", None)
     return (f"image/{codec}",) if codec in ("jpeg", "webp", "png") else RAW_IMAGE_TYPES
+
+
+def check_embedding_payload(pipeline: Pipeline, payload: bytes) -> None:
+    """Decode an ``edge-embed`` payload, so that a bad length, format byte or non-finite value
+    is a PayloadError (422) before the request reaches a model worker or a gallery."""
+    from vqbench.pipelines.edge_vq import decode_embedding
+
+    # PAYLOAD_KINDS registers this check for the kind edge-embed only, whose pipelines have a dtype.
+    decode_embedding(payload, pipeline.dtype)  # type: ignore[attr-defined]
 
 
 PAYLOAD_KINDS: dict[str, PayloadKind] = {
@@ -58,6 +71,7 @@ PAYLOAD_KINDS: dict[str, PayloadKind] = {
     ),
     "edge-vq-recon": PayloadKind("vq-codes", lambda pipeline: (VQ_CODES_TYPE, OPAQUE_TYPE)),
     "edge-vq-student": PayloadKind("vq-codes", lambda pipeline: (VQ_CODES_TYPE, OPAQUE_TYPE)),
+    "edge-embed": PayloadKind("embedding", lambda pipeline: (OPAQUE_TYPE,), check_payload=check_embedding_payload),
 }
 OPAQUE_PAYLOAD_KIND = PayloadKind("opaque", lambda pipeline: (OPAQUE_TYPE,))
 

@@ -12,7 +12,7 @@ from vqbench.errors import VqbenchError
 from vqbench.pipelines.base import Components, Pipeline
 
 if TYPE_CHECKING:
-    from vqbench.scenario import Scenario
+    from vqbench.scenario import AlignmentConfig, Scenario
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +31,13 @@ DEFAULT_VQ_PIPELINE_CONFIGS: tuple[dict[str, Any], ...] = (
 )
 
 
-def build_served_pipelines(scenario: "Scenario | None") -> list[Pipeline]:
+def build_served_pipelines(scenario: "Scenario | None", alignment: "AlignmentConfig | None" = None) -> list[Pipeline]:
     """Build the scenario's pipeline variants, or the defaults when ``scenario`` is None.
 
     The defaults are ``DEFAULT_PIPELINE_CONFIGS`` plus each ``DEFAULT_VQ_PIPELINE_CONFIGS``
     entry that this build can construct (its kind is in the scenario schema, its models exist).
+    They align with ``alignment``, or with the scenario schema's default alignment when it is
+    None. ``alignment`` must be None when ``scenario`` is given, which has its own.
     """
     from pydantic import TypeAdapter, ValidationError
 
@@ -43,10 +45,12 @@ def build_served_pipelines(scenario: "Scenario | None") -> list[Pipeline]:
     from vqbench.scenario import AlignmentConfig, PipelineConfig, TeacherConfig
 
     if scenario is not None:
+        if alignment is not None:
+            raise ValueError("pass either a scenario or an alignment for the default pipelines, not both")
         components = Components(scenario.alignment, scenario.teacher)
         return build_pipelines(list(scenario.pipelines), components)
 
-    components = Components(AlignmentConfig(), TeacherConfig())
+    components = Components(alignment or AlignmentConfig(), TeacherConfig())
     adapter = TypeAdapter(PipelineConfig)
     pipelines = build_pipelines([adapter.validate_python(raw) for raw in DEFAULT_PIPELINE_CONFIGS], components)
     for raw in DEFAULT_VQ_PIPELINE_CONFIGS:

@@ -8,7 +8,7 @@ Endpoints (JSON responses; every error body is ``{"error", "detail", "fix"}``):
 
 =========================================  ==================================================
 ``GET /health``                            models loaded, warm-up result, versions (no token)
-``GET /v1/pipelines``                      variants served and the content types they accept
+``GET /v1/pipelines``                      variants served, content types they accept, alignment settings
 ``POST /v1/embed/{pipeline}/{variant}``    body: one payload -> ``{embedding, face_detected, compute_ms}``
 ``POST /v1/match/{pipeline}/{variant}``    body: a payload pair (framing below) -> cosine
 ``POST /v1/gallery/{name}/enrol``          ``?pipeline=&variant=&label=``, body: one payload
@@ -25,6 +25,8 @@ an entry accepts ``application/octet-stream``. Current entries:
 - ``cloud-codec``: the codec's own type, ``image/jpeg``, ``image/webp`` or ``image/png``.
 - ``edge-vq-recon`` and ``edge-vq-student``: ``application/vnd.vqbench.vq-codes`` (or
   ``application/octet-stream``), the versioned header and bit-packed indices.
+- ``edge-embed``: ``application/octet-stream``, the format byte and the embedding. An
+  embedding with a NaN or an infinite component is rejected with 422 ``payload_invalid``.
 
 For image payloads the service reads the image header before decoding: the format must match
 the declared content type and the pixel count must stay under the kind's limit, so a small
@@ -52,11 +54,18 @@ Match framing (``Content-Type: application/vnd.vqbench.pair``, the payloads' own
     uint32 big-endian length of A | A bytes | uint32 big-endian length of B | B bytes
 
 Checks, in order: bearer token (401), pipeline and variant (404), content type (415), body
-size (413, from ``Content-Length`` before the body is read, then while reading it), payload
-validation and decoding (422). A ``PayloadError`` or ``CorruptImageError`` raised by a
+size (413, from ``Content-Length`` before the body is read, then while reading it; the limit
+is ``vqbench serve --max-request-bytes``), payload validation and decoding (422). A ``PayloadError`` or ``CorruptImageError`` raised by a
 pipeline's ``cloud()`` becomes a 422; any other exception becomes a 500 whose traceback is
 logged with the request id. Every response carries ``X-Request-ID``: the client's value when
-it is 1 to 64 characters of ``[A-Za-z0-9._:-]``, otherwise one the service generates.
+it is 1 to 64 characters of ``[A-Za-z0-9._:-]``, otherwise one the service generates. A
+client that closes the connection before its whole body has arrived gets no response: the
+service logs one warning with the request id and counts the request with status 499 in
+``/metrics``.
+
+``/v1/pipelines`` lists, per variant, the ``alignment`` settings of its cloud half (the
+scenario's ``alignment`` section, null for a pipeline without the shared models). A load
+test compares them with its own before it computes the embeddings it expects.
 
 A ``Content-Length`` that is not a decimal number, or two that differ, never reaches the app
 under ``vqbench serve``: uvicorn's HTTP/1.1 parser (h11) rejects the request and uvicorn
@@ -97,7 +106,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -105,6 +114,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from vqbench import __version__
 from vqbench.data.align import CorruptImageError
@@ -135,6 +145,9 @@ from vqbench.network.service_errors import ServiceProblem
 from vqbench.network.service_metrics import EnergyMonitor, EnergyWindow, ServiceMetrics, open_energy_monitor
 from vqbench.pipelines.base import Components, Pipeline
 
+if TYPE_CHECKING:
+    import uvicorn
+
 # Public names, including those re-exported from the modules listed in the docstring.
 __all__ = [
     "DEFAULT_PIPELINE_CONFIGS",
@@ -144,6 +157,7 @@ __all__ = [
     "PAYLOAD_KINDS",
     "PAYLOAD_TYPE_HEADER",
     "RAW_IMAGE_TYPES",
+    "DEFAULT_MAX_REQUEST_BYTES",
     "REQUEST_ID_HEADER",
     "VQ_CODES_TYPE",
     "EnergyMonitor",
@@ -161,8 +175,10 @@ __all__ = [
     "media_type",
     "open_energy_monitor",
     "payload_kind_of",
+    "announcing_server",
     "serve",
     "serve_command",
+    "service_url",
     "split_pair",
     "warm_up",
 ]
@@ -176,6 +192,19 @@ _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _CONTENT_LENGTH_PATTERN = re.compile(r"^[0-9]+$")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_LABEL_CHARS = 128
+
+#: Default largest request body, in bytes (``vqbench serve --max-request-bytes``). cloud-raw
+#: accepts camera images of up to 4096 x 4096 pixels (16 MP). Estimate: a camera JPEG takes
+#: about 0.2 to 0.5 bytes per pixel, so 3 to 8 MB at 16 MP, and 16 MiB admits it with room.
+#: NOTE: a lossless PNG of a 16 MP photo is usually larger than 16 MiB and needs a larger limit.
+#: Bodies are held in memory while they are read, so with uvicorn's limit_concurrency of 1024
+#: in ``serve`` up to 1024 x 16 MiB = 16 GiB could be held at once. Lower the limit on a
+#: smaller host that untrusted clients can reach.
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+#: Status counted in ``/metrics`` for a request whose client disconnected before its body
+#: arrived. No response is sent; 499 is nginx's code for a request the client closed.
+CLIENT_CLOSED_REQUEST_STATUS = 499
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +266,7 @@ def _index_pipelines(pipelines: list[Pipeline]) -> dict[tuple[str, str], Pipelin
 def create_app(
     pipelines: list[Pipeline],
     token: str | None,
-    max_request_bytes: int = 1_000_000,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     *,
     energy: EnergyMonitor | None = None,
     galleries: GalleryStore | None = None,
@@ -297,7 +326,7 @@ def _add_exception_handlers(app: FastAPI) -> None:
 
 
 class _RequestContextMiddleware:
-    """Assign the request id, reject bodies declared too large, and count every response."""
+    """Assign the request id, reject bodies declared too large, count every response, and log client disconnects."""
 
     def __init__(self, app: Any, metrics: ServiceMetrics, max_request_bytes: int) -> None:
         self.app = app
@@ -313,6 +342,7 @@ class _RequestContextMiddleware:
         request_id = presented if _REQUEST_ID_PATTERN.match(presented) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         status = [500]
+        received_bytes = [0]
 
         async def send_with_id(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -320,12 +350,27 @@ class _RequestContextMiddleware:
                 MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
             await send(message)
 
+        async def receive_counted() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                received_bytes[0] += len(message.get("body", b""))
+            return message
+
         try:
             problem = self._declared_length_problem(headers)
             if problem is not None:
                 await problem.response()(scope, receive, send_with_id)
             else:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, receive_counted, send_with_id)
+        except ClientDisconnect:
+            # starlette raises this while the body is read. The connection is gone, so no
+            # response can be sent, and a dropped edge link is not a fault of the service.
+            status[0] = CLIENT_CLOSED_REQUEST_STATUS
+            # uvicorn drops body bytes that arrive together with the disconnect, so the count is
+            # of bytes the app read, which can be fewer than the client sent.
+            logger.warning("request %s: client disconnected before its body was read (%d of %s bytes read) from %s %s; "
+                           "no response sent", request_id, received_bytes[0],
+                           headers.get("content-length", "an undeclared number of"), scope.get("method"), scope.get("path"))
         finally:
             route = scope.get("route")
             self.metrics.record_request(getattr(route, "path", "unmatched"), status[0])
@@ -343,8 +388,10 @@ class _RequestContextMiddleware:
 
 
 def _too_large(size_bytes: int, limit_bytes: int) -> ServiceProblem:
-    return ServiceProblem(413, "payload_too_large", f"request body of {size_bytes} bytes exceeds {limit_bytes} bytes",
-                          "send one payload per request, or restart the service with a larger max_request_bytes")
+    return ServiceProblem(413, "payload_too_large",
+                          f"request body of {size_bytes} bytes exceeds the service's limit of {limit_bytes} bytes",
+                          "send one payload per request, or restart the service with a larger "
+                          f"`vqbench serve --max-request-bytes` (now {limit_bytes})")
 
 
 def _token_dependency(state: _ServiceState) -> Callable[[Request], None]:
@@ -490,9 +537,11 @@ def _describe_components(components: Components) -> dict[str, Any]:
 
 def _describe_pipeline(pipeline: Pipeline) -> dict[str, Any]:
     kind = payload_kind_of(pipeline)
+    components = getattr(pipeline, "components", None)
+    alignment = components.alignment_config.model_dump() if isinstance(components, Components) else None
     return {"pipeline": pipeline.kind, "variant": pipeline.variant, "payload_kind": kind.name,
             "content_types": list(kind.content_types(pipeline)), "max_image_pixels": kind.max_image_pixels,
-            "chip_side_px": kind.chip_side_px(pipeline), "aligned_on": aligned_on(pipeline)}
+            "chip_side_px": kind.chip_side_px(pipeline), "aligned_on": aligned_on(pipeline), "alignment": alignment}
 
 
 def _detection_fields(pipeline: Pipeline, face_detected: bool | None | list[bool | None]) -> dict[str, Any]:
@@ -531,6 +580,11 @@ def _check_content_type(pipeline: Pipeline, declared: str) -> PayloadKind:
 def _validate_payload(pipeline: Pipeline, kind: PayloadKind, payload: bytes, content_type: str) -> None:
     if not payload:
         raise ServiceProblem(422, "payload_invalid", "the payload is empty", "send the bytes produced by the edge half")
+    if kind.check_payload is not None:
+        try:
+            kind.check_payload(pipeline, payload)
+        except PayloadError as error:
+            raise _payload_problem(error) from error
     if kind.max_image_pixels is None:
         return
     try:
@@ -664,21 +718,27 @@ def serve(
     scenario_path: Path | None,
     token_file: Path | None,
     *,
-    max_request_bytes: int = 1_000_000,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     graceful_shutdown_s: float = 30.0,
     energy_window_s: float = 5.0,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
     """Load the models, then serve until SIGINT or SIGTERM.
 
     On shutdown uvicorn stops accepting connections and lets requests in flight finish for up
     to ``graceful_shutdown_s`` before it closes the app (stopping the energy thread and the
-    model worker).
+    model worker). ``announce`` receives one line once the service accepts connections and
+    one once it has stopped; without it the lines are logged at INFO.
     """
     import uvicorn
 
     from vqbench.network.client import read_token_file
     from vqbench.scenario import MetersConfig, load_scenario
 
+    if max_request_bytes < 1:
+        raise ScenarioError(f"--max-request-bytes must be at least 1, got {max_request_bytes}; "
+                            f"give the largest request body to accept, in bytes (default {DEFAULT_MAX_REQUEST_BYTES})")
+    announce = announce or _log_announcement
     token = read_token_file(token_file) if token_file is not None else None
     if token is None and not is_loopback_host(host):
         logger.warning("serving on %s without a token: anyone who can reach it can use it; pass --token-file", host)
@@ -697,10 +757,57 @@ def serve(
         app, log_config=None, access_log=False, timeout_graceful_shutdown=int(math.ceil(graceful_shutdown_s)),
         timeout_keep_alive=5, limit_concurrency=1024,
     )
-    logger.info("listening on http://%s:%d", host, sock.getsockname()[1])
-    uvicorn.Server(config).run(sockets=[sock])
+    announcing_server(config, app, service_url(host, sock.getsockname()[1]), announce).run(sockets=[sock])
 
 
-def serve_command(host: str, port: int, scenario: Path | None, token_file: Path | None) -> None:
+def service_url(host: str, port: int) -> str:
+    """Return the base URL of a service listening on ``host:port`` (an IPv6 address in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def announcing_server(config: "uvicorn.Config", app: FastAPI, url: str, announce: Callable[[str], None]) -> "uvicorn.Server":
+    """Return a uvicorn server for ``app`` that announces when it accepts connections and when it has stopped.
+
+    The stop line is written during uvicorn's shutdown, before uvicorn re-raises a captured
+    SIGINT or SIGTERM, so it appears on either signal.
+    """
+    import uvicorn
+
+    state: _ServiceState = app.state.service
+
+    class AnnouncingServer(uvicorn.Server):
+        # uvicorn 0.55 has no callback for "ready" or "stopped"; Server.serve calls these two steps.
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                announce(f"vqbench serve: listening on {url} with {_count(len(state.pipelines), 'pipeline variant')} "
+                         "(GET /v1/pipelines lists them); press Ctrl-C to stop")
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            try:
+                await super().shutdown(sockets=sockets)
+            finally:
+                requests = sum(state.metrics.snapshot()["requests"].values())
+                announce(f"vqbench serve: stopped listening on {url} after {_count(requests, 'request')}")
+
+    return AnnouncingServer(config)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _log_announcement(line: str) -> None:
+    logger.info("%s", line)
+
+
+def serve_command(
+    host: str,
+    port: int,
+    scenario: Path | None,
+    token_file: Path | None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    announce: Callable[[str], None] | None = None,
+) -> None:
     """Entry point for ``vqbench serve``: run the service in the foreground."""
-    serve(host, port, scenario, token_file)
+    serve(host, port, scenario, token_file, max_request_bytes=max_request_bytes, announce=announce)

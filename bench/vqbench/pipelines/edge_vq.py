@@ -18,7 +18,7 @@ from functools import cached_property
 
 import numpy as np
 
-from vqbench.errors import ModelError, PayloadError
+from vqbench.errors import ModelError, PayloadError, ScenarioError
 from vqbench.models.vq_card import VQModelCard, load_vq_card, resolve_model_folder
 from vqbench.pipelines.base import Components, EdgeOutput, HalfFootprint, Pipeline, VariantInfo
 from vqbench.pipelines.payload import PayloadFormat
@@ -51,12 +51,26 @@ def chips_to_input(chips: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(chips, dtype=np.float32).transpose(0, 3, 1, 2))
 
 
+#: The pipeline kinds that run each kind of model card, and the card kind's name in messages.
+PIPELINE_KINDS_BY_MODEL_KIND = {"vq": ("edge-vq-student", "edge-vq-recon"), "edge-embed": ("edge-embed",)}
+MODEL_KIND_NAMES = {"vq": "a VQ-VAE", "edge-embed": "an edge-embed"}
+
+
 class _TrainedPipeline(Pipeline):
     """Shared loading of a trained model folder and the edge half of aligned-chip pipelines."""
+
+    #: The card ``kind`` this pipeline runs.
+    model_kind: str
 
     def __init__(self, components: Components, model: str, int8: bool = False, threads: int = 1) -> None:
         self.components = components
         self.card: VQModelCard = load_vq_card(resolve_model_folder(model))
+        if self.card.kind != self.model_kind:
+            usable = " or ".join(PIPELINE_KINDS_BY_MODEL_KIND[self.card.kind])
+            raise ScenarioError(
+                f"model {model} is {MODEL_KIND_NAMES[self.card.kind]} model, which pipeline kind {self.kind} cannot run; "
+                f"use kind: {usable} for it, or name {MODEL_KIND_NAMES[self.model_kind]} model"
+            )
         self.int8 = int8
         self.threads = threads
         self.training_people: frozenset[str] = self.card.training_people
@@ -86,6 +100,8 @@ class _TrainedPipeline(Pipeline):
 
 class _EdgeVQPipeline(_TrainedPipeline):
     """Edge half of the VQ pipelines: encoder + quantiser -> payload."""
+
+    model_kind = "vq"
 
     def __init__(self, components: Components, model: str, int8: bool = False, entropy_coding: bool = True, threads: int = 1) -> None:
         super().__init__(components, model, int8, threads)
@@ -190,15 +206,20 @@ def decode_embedding(payload: bytes, dtype: str, dim: int = EMBEDDING_DIM) -> np
         raise PayloadError(f"embedding payload length {len(payload)} bytes does not match {expected} for {dim}-d {dtype}; send the whole payload")
     if payload[0] != EMBED_FORMATS[dtype]:
         raise PayloadError(f"embedding payload format byte {payload[0]} does not match {dtype} ({EMBED_FORMATS[dtype]}); use the same dtype on both halves")
-    if dtype == "fp16":
-        return np.frombuffer(payload[1:], dtype="<f2").astype(np.float32)
-    return np.frombuffer(payload[1:], dtype=np.int8).astype(np.float32) / 127.0
+    if dtype == "int8":
+        return np.frombuffer(payload[1:], dtype=np.int8).astype(np.float32) / 127.0
+    embedding = np.frombuffer(payload[1:], dtype="<f2").astype(np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(embedding)))
+    if bad:
+        raise PayloadError(f"embedding contains NaN or infinite values ({bad} of {dim} components); the edge half must send a finite embedding")
+    return embedding
 
 
 class EdgeEmbedPipeline(_TrainedPipeline):
     """A small embedder on the edge; the embedding is the payload."""
 
     kind = "edge-embed"
+    model_kind = "edge-embed"
 
     def __init__(self, components: Components, model: str, dtype: str = "fp16", int8: bool = False, threads: int = 1) -> None:
         super().__init__(components, model, int8, threads)

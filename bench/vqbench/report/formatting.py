@@ -30,6 +30,9 @@ def format_number(value: float | None, digits: int = 3) -> str:
         return "yes" if value else "no"
     if isinstance(value, int):
         return f"{value:,}" if abs(value) >= _SEPARATOR_FROM else str(value)
+    if math.isinf(value):
+        # The loader rejects infinity in results.json, but environment.json is printed unchecked.
+        return "inf" if value > 0 else "-inf"
     if abs(value) >= 10**digits:
         # Round to ``digits`` significant figures but print every integer digit: 1,100 not 1.1e+03.
         magnitude = math.floor(math.log10(abs(value)))

@@ -18,7 +18,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from vqbench.errors import DataError
-from vqbench.results import RESULTS_SCHEMA_VERSION, ResultRow, RunResults
+from vqbench.results import RESULTS_SCHEMA_VERSION, ResultRow, RunResults, results_problem
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ def load_results(run_dir: Path) -> RunResults:
 
     A file whose ``schema_version`` is not ``RESULTS_SCHEMA_VERSION`` is rejected before its rows
     are validated. A file without ``schema_version`` reads as version 1, the schema's default.
+    After the types, the values are checked with ``results_problem``: an impossible figure (NaN,
+    infinite, out of range) or two rows with the same key make the file invalid.
     """
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
@@ -78,7 +80,7 @@ def load_results(run_dir: Path) -> RunResults:
         raise DataError(f"{path} could not be read ({error}); check its permissions") from error
     _check_schema_version(path, content)
     try:
-        return RunResults.model_validate_json(content)
+        results = RunResults.model_validate_json(content)
     except ValidationError as error:
         first = error.errors()[0]
         location = ".".join(str(part) for part in first["loc"])
@@ -86,6 +88,10 @@ def load_results(run_dir: Path) -> RunResults:
             f"{path} is not a valid results file ({error.error_count()} errors, first at "
             f"'{location}': {first['msg']}); rerun `vqbench run` to rewrite it"
         ) from error
+    problem = results_problem(results)
+    if problem is not None:
+        raise DataError(f"{path} is not a valid results file: {problem}; rerun `vqbench run` to rewrite it")
+    return results
 
 
 def _check_schema_version(path: Path, content: bytes) -> None:

@@ -8,7 +8,8 @@ port, batched), payload bytes and the edge half's latency per face. That latency
 alignment, encoder and packing on one thread. The teacher on the unmodified chips is the
 reference. Folds that contain any of the model's training people are rejected, except in a
 training-fit check, which scores exactly those folds. The figures are written into the card's
-``metrics``.
+``metrics``, under a key that names the data and, for a subset of the eligible folds, those
+folds (``metrics_key``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,11 +126,14 @@ def _edge_latency_ms(card: VQModelCard, paths: list[Path], role: str) -> float:
     return round(float(np.median(times_ms)), 2)
 
 
-def _select_folds(card: VQModelCard, pairs: list[Pair], requested: list[int] | None, pairs_file: Path, training_fit: bool) -> list[int]:
-    """Check the requested folds against the model's training people and return the folds to score.
+def _select_folds(
+    card: VQModelCard, pairs: list[Pair], requested: list[int] | None, pairs_file: Path, training_fit: bool
+) -> tuple[list[int], list[int]]:
+    """Check the requested folds against the model's training people; return the folds to score and the choices.
 
     Held-out scoring takes folds without any training person. A training-fit check takes the
     opposite: folds whose people the model was trained on, to compare against held-out figures.
+    The choices are every fold of that kind in ``pairs``, the default when no fold is requested.
     """
     present = sorted({pair.fold for pair in pairs})
     permitted = allowed_folds(card, pairs)
@@ -154,15 +159,35 @@ def _select_folds(card: VQModelCard, pairs: list[Pair], requested: list[int] | N
             f"folds {folds}: the verification protocol needs at least 2 folds to choose thresholds; "
             f"pass two or more --fold options from the {kind} {choices}"
         )
-    return folds
+    return folds, choices
+
+
+@dataclass(frozen=True)
+class RecordedEvaluation:
+    """The figures of one evaluation, the model they belong to and their key in the card's ``metrics``."""
+
+    model_id: str
+    metrics_key: str
+    metrics: dict
 
 
 def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, cache_dir: Path, training_fit: bool = False) -> dict:
+    """Score a model folder on View 2 folds, record the figures in its card and return them.
+
+    See ``evaluate_and_record`` for the folds and the card key.
+    """
+    return evaluate_and_record(model_dir, data_root, folds, cache_dir, training_fit).metrics
+
+
+def evaluate_and_record(
+    model_dir: Path, data_root: Path, folds: list[int] | None, cache_dir: Path, training_fit: bool = False
+) -> RecordedEvaluation:
     """Score a model folder on View 2 folds (default: every allowed fold) and record the figures in its card.
 
     With ``training_fit`` the folds are those of its training people (default: all of them),
     and the figures measure how well the model fits its own training images. They go under
-    their own key of the card, never beside the held-out figures.
+    their own key of the card, never beside the held-out figures. ``metrics_key`` gives the
+    card key, so that figures on a subset of the folds never replace those on all of them.
     """
     card = load_vq_card(model_dir)
     if not (data_root / "pairs.txt").is_file() or not (data_root / "lfw-deepfunneled").is_dir():
@@ -171,7 +196,7 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, ca
             "(or set VQBENCH_DATA_DIR to the folder above it), or run `vqbench data fetch lfw`"
         )
     pairs_all = read_lfw_pairs(data_root / "pairs.txt", data_root / "lfw-deepfunneled", fold_numbers=sample_fold_numbers(data_root / "pairs.txt"))
-    folds = _select_folds(card, pairs_all, folds, data_root / "pairs.txt", training_fit)
+    folds, choices = _select_folds(card, pairs_all, folds, data_root / "pairs.txt", training_fit)
     pairs = [pair for pair in pairs_all if pair.fold in set(folds)]
     impostors_per_fold = min(sum(1 for pair in pairs if pair.fold == fold and not pair.same) for fold in folds)
     if impostors_per_fold < 1000:
@@ -194,11 +219,12 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, ca
         "alignment": EVALUATION_ALIGNMENT,
         "detection_fallbacks": int((~detected).sum()),
     }
+    key = metrics_key(metrics["dataset"], folds, choices, held_out=not training_fit)
     metrics["teacher_on_chips"] = _score(pairs, index, _teacher_embed(chips))
     if card.kind == "edge-embed":
         metrics.update(_embedder_metrics(card, pairs, index, inputs, paths, host_load))
-        _record_metrics(model_dir, metrics)
-        return metrics
+        _record_metrics(model_dir, key, metrics)
+        return RecordedEvaluation(card.model_id, key, metrics)
 
     fmt = PayloadFormat(card.model_id, card.grid, card.codebook_size)
     student = _session(card.file("student"))
@@ -219,8 +245,8 @@ def evaluate_model(model_dir: Path, data_root: Path, folds: list[int] | None, ca
             "edge_latency_ms_p50": _edge_latency_ms(card, paths, role),
         }
         logger.info("%s %s: %s", card.model_id, role, metrics[role])
-    _record_metrics(model_dir, metrics)
-    return metrics
+    _record_metrics(model_dir, key, metrics)
+    return RecordedEvaluation(card.model_id, key, metrics)
 
 
 def _embedder_metrics(
@@ -285,16 +311,27 @@ def _dataset_label(data_root: Path) -> str:
     return "LFW View 2" if folds is None else f"LFW View 2 sample of folds {folds}"
 
 
-def _record_metrics(model_dir: Path, metrics: dict) -> None:
+def metrics_key(dataset: str, folds: list[int], choices: list[int], held_out: bool) -> str:
+    """Return the card ``metrics`` key for figures on ``folds`` out of the eligible ``choices``.
+
+    Figures from a sample, from the training people or from a subset of the eligible folds each
+    get their own key. So none of them replaces the held-out figures on every allowed fold of
+    the full View 2 set (``lfw_view2``). A subset's key ends in its folds, as in
+    ``lfw_view2_folds_9_10`` and ``lfw_view2_training_fit_folds_1_2``.
+    """
+    key = "lfw_view2" if dataset == "LFW View 2" else "lfw_view2_sample"
+    if not held_out:
+        key += "_training_fit"
+    if sorted(folds) != sorted(choices):
+        key += "_folds_" + "_".join(str(fold) for fold in sorted(folds))
+    return key
+
+
+def _record_metrics(model_dir: Path, key: str, metrics: dict) -> None:
     from vqbench.training.export import write_card
 
     card = json.loads((model_dir / CARD_FILE).read_text(encoding="utf-8"))
     recorded = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
-    # Figures from a sample or from the training people go under their own key, so they never
-    # replace held-out figures on the full View 2 set.
-    key = "lfw_view2" if metrics["dataset"] == "LFW View 2" else "lfw_view2_sample"
-    if not metrics["held_out"]:
-        key += "_training_fit"
     recorded[key] = metrics
     recorded["note"] = "measured by vqbench models evaluate, with the PyTorch teacher port for reconstructions"
     card["metrics"] = recorded

@@ -1,0 +1,219 @@
+"""Faults on the client's side that the service must report as such: non-finite edge
+embeddings (422, not 500), a client that disconnects mid-body (one warning, no traceback),
+and bodies over the size limit (413 naming ``--max-request-bytes``)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import socket
+import time
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+with warnings.catch_warnings():
+    # starlette 1.x warns at import that its TestClient will move from httpx to httpx2.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+from test_service import CodesPipeline, FakeComponents, running_server
+from vqbench.network.service import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    PAIR_CONTENT_TYPE,
+    PAYLOAD_KINDS,
+    create_app,
+    frame_pair,
+)
+from vqbench.pipelines.cloud import CloudRawPipeline
+from vqbench.pipelines.edge_vq import EdgeEmbedPipeline
+
+OCTET = {"content-type": "application/octet-stream"}
+FP16_EMBED = "/v1/embed/edge-embed/edge-embed-s-fp16"
+
+
+def _fp16_payload(values: np.ndarray) -> bytes:
+    """An edge-embed fp16 payload: format byte 1, then 128 little-endian float16 values."""
+    return bytes([1]) + np.asarray(values, dtype="<f2").tobytes()
+
+
+def _int8_payload(values: np.ndarray) -> bytes:
+    """An edge-embed int8 payload: format byte 2, then 128 int8 values."""
+    return bytes([2]) + np.asarray(values, dtype=np.int8).tobytes()
+
+
+def _with_one(value: float) -> np.ndarray:
+    """127 ones and one ``value``, so that a single bad component must be found."""
+    return np.r_[np.ones(127), value]
+
+
+@pytest.fixture()
+def embed_client() -> Iterator[TestClient]:
+    components = FakeComponents()
+    pipelines = [EdgeEmbedPipeline(components, "edge-embed-s", dtype=dtype) for dtype in ("fp16", "int8")]
+    with TestClient(create_app(pipelines, None)) as test_client:
+        yield test_client
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite edge embeddings.
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "minus-inf"])
+def test_non_finite_embedding_is_422_on_embed(embed_client: TestClient, value: float, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        response = embed_client.post(FP16_EMBED, content=_fp16_payload(_with_one(value)), headers=OCTET)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "payload_invalid"
+    assert "embedding contains NaN or infinite values" in body["detail"]
+    assert "1 of 128 components" in body["detail"]
+    assert body["fix"]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf], ids=["nan", "inf"])
+def test_non_finite_embedding_is_422_on_match(embed_client: TestClient, value: float) -> None:
+    headers = {"content-type": PAIR_CONTENT_TYPE, "x-payload-type": "application/octet-stream"}
+    good = _fp16_payload(np.ones(128))
+    bad = _fp16_payload(_with_one(value))
+    for pair in (frame_pair(bad, good), frame_pair(good, bad)):
+        response = embed_client.post("/v1/match/edge-embed/edge-embed-s-fp16", content=pair, headers=headers)
+        assert response.status_code == 422, response.text
+        assert "embedding contains NaN or infinite values" in response.json()["detail"]
+
+
+def test_non_finite_embedding_not_enrolled(embed_client: TestClient) -> None:
+    query = "pipeline=edge-embed&variant=edge-embed-s-fp16"
+    response = embed_client.post(f"/v1/gallery/staff/enrol?{query}&label=bad", content=_fp16_payload(_with_one(np.nan)),
+                                 headers=OCTET)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "payload_invalid"
+    assert "embedding contains NaN or infinite values" in response.json()["detail"]
+    assert embed_client.get("/v1/gallery/staff").status_code == 404
+
+    identified = embed_client.post(f"/v1/gallery/staff/identify?{query}", content=_fp16_payload(_with_one(np.inf)),
+                                   headers=OCTET)
+    assert identified.status_code == 422, identified.text
+
+
+def test_finite_embeddings_still_accepted(embed_client: TestClient) -> None:
+    # The largest fp16 value, zeros and int8 extremes are finite and must pass.
+    for path, payload in [
+        (FP16_EMBED, _fp16_payload(np.full(128, 65504.0))),
+        (FP16_EMBED, _fp16_payload(np.zeros(128))),
+        ("/v1/embed/edge-embed/edge-embed-s-int8", _int8_payload(np.r_[np.full(64, -127), np.full(64, 127)])),
+    ]:
+        response = embed_client.post(path, content=payload, headers=OCTET)
+        assert response.status_code == 200, response.text
+        assert len(response.json()["embedding"]) == 128
+
+
+def test_embedding_kind_listed(embed_client: TestClient) -> None:
+    entries = embed_client.get("/v1/pipelines").json()["pipelines"]
+    assert {entry["payload_kind"] for entry in entries} == {"embedding"}
+    assert all(entry["content_types"] == ["application/octet-stream"] for entry in entries)
+
+
+# ---------------------------------------------------------------------------------------------
+# A client that disconnects before its body has arrived.
+
+
+def _asgi_exchange(app, path: str, headers: list[tuple[bytes, bytes]], messages: list[dict]) -> list[dict]:
+    """Send ``messages`` to the ASGI app as one POST request and return what it sent back."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    pending = list(messages)
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_disconnect_mid_body_logs_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app([CodesPipeline()], None)
+    headers = [(b"content-type", b"application/octet-stream"), (b"content-length", b"131"), (b"x-request-id", b"edge-7")]
+    messages = [{"type": "http.request", "body": b"TC\x01" + b"\x00" * 47, "more_body": True}, {"type": "http.disconnect"}]
+    with caplog.at_level(logging.INFO):
+        sent = _asgi_exchange(app, "/v1/embed/test-codes/v1", headers, messages)
+    assert sent == []
+    warnings_logged = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings_logged) == 1
+    message = warnings_logged[0].getMessage()
+    assert "edge-7" in message
+    assert "disconnected" in message
+    assert "50 of 131 bytes" in message
+    assert warnings_logged[0].exc_info is None
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    statuses = app.state.service.metrics.snapshot()["statuses"]
+    assert statuses["/v1/embed/{kind}/{variant}"] == {"499": 1}
+
+
+def test_disconnect_over_socket_has_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    # A flaky edge link: a declared Content-Length, part of the body, then the client closes.
+    with running_server(create_app([CodesPipeline()], None)) as (url, _server):
+        port = int(url.rsplit(":", 1)[1])
+        with caplog.at_level(logging.INFO):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+                connection.sendall(b"POST /v1/embed/test-codes/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                   b"Content-Type: application/octet-stream\r\nContent-Length: 131\r\n"
+                                   b"X-Request-ID: flaky-link-1\r\n\r\n" + b"TC\x01" + b"\x00" * 47)
+                connection.shutdown(socket.SHUT_WR)
+                assert connection.recv(65536) == b""
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not any("flaky-link-1" in r.getMessage() for r in caplog.records):
+                time.sleep(0.02)
+    mentions = [record for record in caplog.records if "flaky-link-1" in record.getMessage()]
+    assert len(mentions) == 1
+    assert mentions[0].levelno == logging.WARNING
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert not [record for record in caplog.records if "Exception in ASGI application" in record.getMessage()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Body size limit.
+
+
+def test_413_names_serve_option_and_limit() -> None:
+    with TestClient(create_app([CodesPipeline()], None, max_request_bytes=1_000)) as small_client:
+        response = small_client.post("/v1/embed/test-codes/v1", content=b"\x00" * 2_000, headers=OCTET)
+    assert response.status_code == 413
+    body = response.json()
+    assert body["error"] == "payload_too_large"
+    assert "2000 bytes" in body["detail"]
+    assert "1000 bytes" in body["detail"]
+    assert "vqbench serve --max-request-bytes" in body["fix"]
+
+
+def test_default_body_limit_fits_pixel_limit() -> None:
+    # Estimate: a camera JPEG takes about 0.2 to 0.5 bytes per pixel. A JPEG at cloud-raw's
+    # pixel limit and at the top of that range must still fit under the default body limit.
+    max_pixels = PAYLOAD_KINDS["cloud-raw"].max_image_pixels
+    assert max_pixels is not None
+    assert DEFAULT_MAX_REQUEST_BYTES >= 0.5 * max_pixels
+
+
+def test_default_limit_accepts_3mb_camera_jpeg() -> None:
+    # A 2000 x 2000 JPEG of about 3 MB is well under the pixel limit, so the body limit must admit it too.
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 255, (2000, 2000, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=80)
+    jpeg = buffer.getvalue()
+    assert len(jpeg) > 2_000_000
+    with TestClient(create_app([CloudRawPipeline(FakeComponents())], None)) as default_client:
+        pipelines = default_client.get("/v1/pipelines").json()
+        response = default_client.post("/v1/embed/cloud-raw/original", content=jpeg, headers={"content-type": "image/jpeg"})
+    assert pipelines["max_request_bytes"] == DEFAULT_MAX_REQUEST_BYTES
+    assert response.status_code == 200, response.text

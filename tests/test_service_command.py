@@ -1,0 +1,145 @@
+"""``vqbench serve`` as a command: the ``--max-request-bytes`` option, and the console lines
+it prints once it listens and once it has stopped."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from test_service import CodesPipeline
+from vqbench.cli import app
+from vqbench.network.service import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    announcing_server,
+    create_app,
+    listen_socket,
+    service_url,
+)
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def captured_serve(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Replace the service entry point, recording the arguments the command passes."""
+    calls: list[tuple] = []
+    monkeypatch.setattr("vqbench.network.service.serve_command", lambda *args: calls.append(args))
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------
+# --max-request-bytes.
+
+
+def test_serve_help_lists_max_request_bytes() -> None:
+    result = runner.invoke(app, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "--max-request-bytes" in result.output
+
+
+def test_serve_default_body_limit_is_service_default(captured_serve: list[tuple]) -> None:
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 0, result.output
+    assert captured_serve[0][4] == DEFAULT_MAX_REQUEST_BYTES
+
+
+def test_serve_passes_max_request_bytes(captured_serve: list[tuple]) -> None:
+    result = runner.invoke(app, ["serve", "--max-request-bytes", "25000000"])
+    assert result.exit_code == 0, result.output
+    assert captured_serve[0][4] == 25_000_000
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_serve_rejects_non_positive_limit(value: str) -> None:
+    # The check comes before any model is loaded, so the real entry point returns at once.
+    result = runner.invoke(app, ["serve", "--max-request-bytes", value])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert f"--max-request-bytes must be at least 1, got {value}" in message
+    assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Console lines.
+
+
+def test_service_url_brackets_ipv6() -> None:
+    assert service_url("127.0.0.1", 8080) == "http://127.0.0.1:8080"
+    assert service_url("::1", 8080) == "http://[::1]:8080"
+
+
+def test_server_announces_listening_and_stop() -> None:
+    lines: list[str] = []
+    service = create_app([CodesPipeline()], None)
+    sock = listen_socket("127.0.0.1", 0)
+    url = service_url("127.0.0.1", sock.getsockname()[1])
+    server = announcing_server(uvicorn.Config(service, log_config=None, access_log=False), service, url, lines.append)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.started, "uvicorn did not start within 10 s"
+        assert lines == [f"vqbench serve: listening on {url} with 1 pipeline variant "
+                         "(GET /v1/pipelines lists them); press Ctrl-C to stop"]
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+    assert lines[1:] == [f"vqbench serve: stopped listening on {url} after 1 request"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_prints_ready_and_stopped_lines(tmp_path: Path) -> None:
+    # A whole `vqbench serve` process without -v, stopped with SIGTERM as a service manager would.
+    # edge-embed loads only its small ONNX embedder, so the process is ready in seconds.
+    scenario = tmp_path / "embed.yaml"
+    scenario.write_text("name: embed-only\npipelines: [{kind: edge-embed, model: edge-embed-s, dtypes: [fp16]}]\n"
+                        "meters: {host: [rapl]}\n")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-c", "from vqbench.cli import app; app()", "serve", "--scenario", str(scenario),
+               "--port", str(port), "--max-request-bytes", "5000"]
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr_lines: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("listening on" in line for line in stderr_lines) and time.monotonic() < deadline:
+            assert process.poll() is None, "".join(stderr_lines)
+            time.sleep(0.1)
+        assert any(f"vqbench serve: listening on {url} with 1 pipeline variant" in line for line in stderr_lines), stderr_lines
+
+        with urllib.request.urlopen(f"{url}/v1/pipelines", timeout=10) as response:
+            assert json.load(response)["max_request_bytes"] == 5000
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    reader.join(timeout=10)
+
+    assert any(f"vqbench serve: stopped listening on {url} after 1 request" in line for line in stderr_lines), stderr_lines
+    assert not any("Traceback" in line for line in stderr_lines), stderr_lines
