@@ -94,6 +94,23 @@ def test_http_transport_counts_wire_bytes(sample_lfw, tmp_path):
     assert "transfer" in set(latency["stage"])
 
 
+def test_http_transport_rejects_other_service_alignment(sample_lfw, tmp_path):
+    from vqbench.errors import ScenarioError
+    from vqbench.network.service import create_app
+    from vqbench.pipelines.base import Components
+    from vqbench.pipelines.registry import build_pipelines
+
+    served_scenario = _scenario(sample_lfw, pipelines=[{"kind": "cloud-raw"}], alignment={"upsample": 0})
+    served = build_pipelines(served_scenario.pipelines, Components(served_scenario.alignment, served_scenario.teacher))
+    with running_server(create_app(served, token=None)) as (url, _server):
+        scenario = _scenario(
+            sample_lfw, pipelines=[{"kind": "cloud-raw"}], alignment={"upsample": 1}, meters={"host": []},
+            transport={"mode": "http", "url": url},
+        )
+        with pytest.raises(ScenarioError, match=r"aligns cloud-raw/original with upsample=0, but this run's results would record upsample=1"):
+            run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+
+
 def test_links_and_devices_expand_rows(sample_lfw, tmp_path):
     scenario = _scenario(
         sample_lfw,

@@ -215,7 +215,7 @@ def run_scenario(
     context = _RunContext(scenario, scenario_path, out_dir, evaluation, _assumptions(scenario, scenario_dir))
     context.warnings.extend(f"image skipped: {path}: {reason}" for path, reason in evaluation.skipped_images.items())
     meter = context.open_meter()
-    context.open_transport(scenario_dir)
+    context.open_transport(scenario_dir, pipelines)
     tables = _RunTables()
     failures: list[str] = []
     try:
@@ -323,17 +323,27 @@ class _RunContext:
         if warning:
             self.warnings.append(warning)
 
-    def open_transport(self, scenario_dir: Path) -> None:
-        """Connect to `vqbench serve` when the scenario sends payloads over HTTP."""
+    def open_transport(self, scenario_dir: Path, pipelines: list[Pipeline]) -> None:
+        """Connect to `vqbench serve` when the scenario sends payloads over HTTP.
+
+        Raises ScenarioError when the service aligns a variant it serves with other settings than
+        the scenario's, because the run would then score other chips than its results record.
+        """
         transport = self.scenario.transport
         if transport.mode != "http":
             return
         from vqbench.network.client import HttpCloud
+        from vqbench.network.loadtest import check_alignment
 
         if not transport.url:
             raise ScenarioError("transport.mode is http but transport.url is not set; give the service's base URL")
         self.http = HttpCloud.from_config(transport, scenario_dir)
         self.http.health()
+        check_alignment(
+            pipelines, self.http.pipelines(), transport.url, f"scenario {self.scenario_path}",
+            consequence="this run's results would record",
+            fix="set the scenario's alignment to the service's, or start the service with this scenario",
+        )
         logger.info("posting payloads to %s", transport.url)
 
     def open_meter(self) -> Any:

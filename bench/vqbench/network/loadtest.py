@@ -365,13 +365,18 @@ def service_alignment(entries: list[dict[str, Any]], url: str) -> "AlignmentConf
     return alignment
 
 
-def check_alignment(pipelines: list[Any], entries: list[dict[str, Any]], url: str, source: str) -> None:
+def check_alignment(
+    pipelines: list[Any], entries: list[dict[str, Any]], url: str, source: str,
+    consequence: str = "this load test would compute its expected embeddings with",
+    fix: str = "pass --scenario with the scenario file the service was started with",
+) -> None:
     """Raise ScenarioError when a variant that the service aligns itself has other settings here.
 
     Only such variants matter: for the others, this process runs the edge half that aligns the
     face, and the service embeds the payload it receives. ``source`` names where the settings
-    here come from (``--scenario FILE``), for the message. A variant whose entry lists no
-    settings (a service that predates the field) is not checked.
+    here come from (``--scenario FILE``), and ``consequence`` and ``fix`` complete the message
+    for the caller (the load test by default). A variant whose entry lists no settings (a
+    service that predates the field) is not checked.
     """
     by_name = {(entry["pipeline"], entry["variant"]): entry for entry in entries}
     for pipeline in pipelines:
@@ -386,9 +391,8 @@ def check_alignment(pipelines: list[Any], entries: list[dict[str, Any]], url: st
             ours = ", ".join(f"{key}={local.get(key)}" for key in differing)
             theirs = ", ".join(f"{key}={published.get(key)}" for key in differing)
             raise ScenarioError(
-                f"the service at {url} aligns {pipeline.kind}/{pipeline.variant} with {theirs}, but this load test "
-                f"would compute its expected embeddings with {ours} (from {source}), so correct responses would "
-                "count as wrong; pass --scenario with the scenario file the service was started with"
+                f"the service at {url} aligns {pipeline.kind}/{pipeline.variant} with {theirs}, but {consequence} "
+                f"{ours} (from {source}); {fix}"
             )
 
 
