@@ -100,7 +100,8 @@ def test_results_record_the_evaluation_set_without_paths(tiny_runs):
     _, _, out = tiny_runs["cold"]
     assumptions = json.loads((out / "results.json").read_text())["assumptions"]
     assert assumptions["dataset"]["kind"] == "lfw"
-    assert assumptions["dataset"]["folds"] == [1, 2] and assumptions["dataset"]["max_pairs"] == 24
+    assert assumptions["dataset"]["folds"] == [1, 2]
+    assert assumptions["dataset"]["max_pairs"] == 24
     assert "root" not in assumptions["dataset"]
     assert assumptions["alignment"]["face_choice"] == "center"
 
