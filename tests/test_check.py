@@ -747,10 +747,10 @@ def test_write_baseline_rejects_incomplete_run(marked_results, tmp_path):
 def test_check_reports_incomplete_run(marked_results, baseline_file, tmp_path):
     report = run_check(_interrupted_run(1, tmp_path), baseline_file)
     assert report.exit_code == 1
-    assert "this run is incomplete (interrupted), variants missing: edge-embed/int8" in check_summary(report)
+    assert "this run is incomplete (it was interrupted), variants missing: edge-embed/int8" in check_summary(report)
     missing = [r for r in report.results if r.status == "missing"]
     assert [r.row.split(" ")[0] for r in missing] == ["edge-embed/int8"]
-    assert "interrupted before this variant finished" in missing[0].message
+    assert "which is incomplete because it was interrupted" in missing[0].message
 
 
 def test_complete_run_marker_accepted(marked_results, baseline_file, tmp_path):

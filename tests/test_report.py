@@ -219,6 +219,16 @@ def test_incomplete_run_warned_in_report(tmp_path, monkeypatch):
     assert not any("incomplete" in warning for warning in collect_warnings(load_run(complete_dir)))
 
 
+def test_failed_variants_named_in_report(tmp_path):
+    run = synthetic_run(0, with_samples=False)
+    run.results.rows = [row for row in run.results.rows if row.pipeline != "edge-embed"]
+    run_dir = _edit_results(run.write(tmp_path / "run"), complete=False, variants_missing=["edge-embed/int8"],
+                            variants_failed=["edge-embed/int8"])
+    warnings = collect_warnings(load_run(run_dir))
+    assert ("The run is incomplete (the variants edge-embed/int8 failed), so it has no rows for the variants "
+            "edge-embed/int8.") in warnings
+
+
 def test_findings_cloud_only_compare_codecs():
     run = synthetic_run(0, with_samples=False)
     rows = [r for r in run.results.rows if r.pipeline.startswith("cloud")]

@@ -26,7 +26,7 @@ from vqbench.check.validation import (
     run_evaluation_set,
 )
 from vqbench.errors import DataError
-from vqbench.report.loader import load_results, run_completeness
+from vqbench.report.loader import incomplete_cause, load_results, run_completeness
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def write_baseline(results_dir: Path, baseline_file: Path, max_samples: int = 25
     if not complete:
         missing = ", ".join(variants_missing) or "(the run does not list them)"
         raise DataError(
-            f"run {results_dir} is incomplete: it was interrupted before the variants {missing} finished, and a "
-            "baseline from it would not gate them; rerun the scenario to the end and record that run"
+            f"run {results_dir} is incomplete ({incomplete_cause(results)}) and has no rows for the variants "
+            f"{missing}, so a baseline from it would not gate them; rerun the scenario to the end and record that run"
         )
     if not results.rows:
         raise DataError(f"run {results_dir} has no rows, so a baseline from it would gate nothing; "

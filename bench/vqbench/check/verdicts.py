@@ -12,7 +12,7 @@ Two kinds of gates:
   ratio grows past ``max_ratio_growth`` relative to the baseline's, and a one-sided Mann-Whitney U test of
   the per-repeat (energy) or per-sample (latency) ratios against the baseline's is significant
   at ``p_value_threshold``. With so few repeats that the test can never reach that level, the
-  ratio threshold decides alone and the result says so.
+  ratio threshold decides alone and the result states this.
 
 Host-measured figures repeat on every link and modeled-device row of a pipeline variant (the
 cloud stage and the host's edge stage run once per variant). They are gated once per (pipeline,
@@ -83,7 +83,7 @@ from vqbench.check.rows import _key_label, _read_latency, _row_key, _row_samples
 from vqbench.check.stats import mann_whitney_greater, smallest_p_value
 from vqbench.check.validation import _check_same_evaluation_set, _validate_run, run_evaluation_set
 from vqbench.errors import DataError
-from vqbench.report.loader import LATENCY_FILE, load_results, run_completeness
+from vqbench.report.loader import LATENCY_FILE, incomplete_cause, load_results, run_completeness
 from vqbench.results import ResultRow, RunResults
 
 logger = logging.getLogger(__name__)
@@ -377,12 +377,13 @@ def plural(count: int, singular: str, plural_form: str | None = None) -> str:
     return f"{count} {singular if count == 1 else (plural_form or singular + 's')}"
 
 
-def _missing_row_message(key: tuple, complete: bool, variants_missing: tuple[str, ...]) -> str:
+def _missing_row_message(key: tuple, complete: bool, variants_missing: tuple[str, ...], cause: str) -> str:
+    """Explain a baseline row that the run lacks; ``cause`` is ``incomplete_cause`` of an incomplete run."""
     if complete:
         return "this row is in the baseline but not in the run; was a pipeline removed?"
     if f"{key[0]}/{key[1]}" in variants_missing:
-        return "this row is in the baseline but not in the run, which was interrupted before this variant finished"
-    return "this row is in the baseline but not in the run; the run was interrupted, which may explain it"
+        return f"this row is in the baseline but not in the run, which is incomplete because {cause}"
+    return f"this row is in the baseline but not in the run, which is incomplete because {cause}; that may explain it"
 
 
 def run_check(results_dir: Path, baseline_file: Path, policy_file: Path | None = None) -> CheckReport:
@@ -411,7 +412,7 @@ def run_check(results_dir: Path, baseline_file: Path, policy_file: Path | None =
     complete, variants_missing = run_completeness(results)
     if not complete:
         missing = ", ".join(variants_missing) or "not listed"
-        summary_notes.append(f"this run is incomplete (interrupted), variants missing: {missing}")
+        summary_notes.append(f"this run is incomplete ({incomplete_cause(results)}), variants missing: {missing}")
     context = {"policy": policy, "current_rows": current_rows, "current_samples": current_samples,
                "baseline_entries": baseline_entries, "primary_keys": primary_keys(list(baseline_entries)),
                "busy_reason": busy_reason}
@@ -425,7 +426,7 @@ def run_check(results_dir: Path, baseline_file: Path, policy_file: Path | None =
         row = current_rows.get(key)
         if row is None:
             verdicts.append(CheckResult(_key_label(key), "(row)", "row", "missing", None, None, None, "",
-                                        _missing_row_message(key, complete, variants_missing)))
+                                        _missing_row_message(key, complete, variants_missing, incomplete_cause(results))))
             continue
         verdicts.extend(_check_row(entry, row, context))
     for key in current_rows.keys() - baseline_entries.keys():

@@ -125,14 +125,22 @@ def run_completeness(results: RunResults) -> tuple[bool, tuple[str, ...]]:
     return complete is not False, tuple(str(variant) for variant in missing)
 
 
+def incomplete_cause(results: RunResults) -> str:
+    """Name why an incomplete run lacks variants: the variants that failed, else an interruption."""
+    failed = getattr(results, "variants_failed", None) or ()
+    if failed:
+        return f"the variants {', '.join(str(variant) for variant in failed)} failed"
+    return "it was interrupted"
+
+
 def incomplete_run_note(results: RunResults) -> str | None:
-    """Return one sentence saying that the run was interrupted and which variants it lacks, or None."""
+    """Return one sentence stating why the run is incomplete and which variants it lacks, or None."""
     complete, missing = run_completeness(results)
     if complete:
         return None
     if not missing:
-        return "The run is incomplete (it was interrupted) but does not say which variants are missing."
-    return (f"The run is incomplete (it was interrupted), so it has no rows for the variants "
+        return f"The run is incomplete ({incomplete_cause(results)}) but does not list the missing variants."
+    return (f"The run is incomplete ({incomplete_cause(results)}), so it has no rows for the variants "
             f"{', '.join(missing)}.")
 
 
