@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from vqbench.cli import app
 from vqbench.errors import ModelError, RunError, ScenarioError
-from vqbench.models.vq_card import load_vq_card
+from vqbench.models.vq_card import load_vq_card, sha256_of
 from vqbench.pipelines.base import Components
 from vqbench.pipelines.edge_vq import EdgeEmbedPipeline, EdgeVQReconPipeline, EdgeVQStudentPipeline
 from vqbench.scenario import AlignmentConfig, Scenario, TeacherConfig
@@ -324,3 +324,47 @@ def test_evaluate_subset_keeps_full_record(sample_lfw: Path, tmp_path: Path) -> 
     assert "renamed-copy on folds" not in output
     assert "under metrics.lfw_view2_folds_9_10" in output
     load_vq_card(folder)
+
+
+# ----- graphs that read the indices against the payload block --------------------------------
+
+
+def swap_file(folder: Path, name: str, source: Path) -> None:
+    """Replace a model file and update its SHA-256 in the card, so only the graph check can notice."""
+    shutil.copyfile(source, folder / name)
+    card = read_card(folder)
+    card["files"][name]["sha256"] = sha256_of(folder / name)
+    write_card(folder, card)
+
+
+@pytest.mark.parametrize("name", ["student.onnx", "decoder.onnx"])
+def test_graph_of_other_grid_rejected(vq_copy: Path, name: str) -> None:
+    swap_file(vq_copy, name, MODELS / "vq-g14-k256-aug" / name)
+    with pytest.raises(ModelError) as caught:
+        load_vq_card(vq_copy)
+    message = one_line(str(caught.value))
+    assert f"{name} takes indices of shape ['?', 14, 14]" in message
+    assert "payload.grid" in message and "[10, 10]" in message
+
+
+def test_graph_of_other_codebook_rejected(vq_copy: Path) -> None:
+    # The card and the graphs agree on a 9x9 grid, but the graphs look up 1,024 codes where the
+    # card's payload sends 8-bit indices.
+    card = read_card(vq_copy)
+    card["payload"]["grid"] = [9, 9]
+    card["architecture"]["vq"]["grid"] = 9
+    write_card(vq_copy, card)
+    for name in ("student.onnx", "decoder.onnx"):
+        swap_file(vq_copy, name, MODELS / "vq-g9-k1024-long" / name)
+    with pytest.raises(ModelError, match=r"codebook of 1024 rows, but the payload.codebook_size .* is 256"):
+        load_vq_card(vq_copy)
+
+
+def test_corrupt_graph_rejected(vq_copy: Path) -> None:
+    student = vq_copy / "student.onnx"
+    student.write_bytes(student.read_bytes()[:5000])
+    card = read_card(vq_copy)
+    card["files"]["student.onnx"]["sha256"] = sha256_of(student)
+    write_card(vq_copy, card)
+    with pytest.raises(ModelError, match="cannot read ONNX graph .*student.onnx"):
+        load_vq_card(vq_copy)

@@ -61,6 +61,18 @@ def onnx_cache_path(cache_dir: Path | None = None, opset: int = ONNX_OPSET) -> P
 
 def _export(model: nn.Module, path: str, opset: int) -> None:
     sample = torch.zeros(2, 3, CHIP_SIZE_PX, CHIP_SIZE_PX)
+    # The exporter logs one warning per torchvision operator it cannot register when torchvision
+    # is missing; the teacher uses none of them, so those lines would only alarm the user.
+    registration_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration_logger.level
+    registration_logger.setLevel(logging.ERROR)
+    try:
+        _export_quietly(model, sample, path, opset)
+    finally:
+        registration_logger.setLevel(level)
+
+
+def _export_quietly(model: nn.Module, sample: torch.Tensor, path: str, opset: int) -> None:
     with warnings.catch_warnings():
         # torch 2.13's exporter trips its own pytree deprecation warning (LeafSpec); it is harmless.
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)

@@ -31,6 +31,8 @@ MODEL_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 MODELS_DIR_ENV = "VQBENCH_MODELS_DIR"
 #: Values of a card's ``kind``: a VQ-VAE with its student, or an edge embedder.
 MODEL_KINDS = ("vq", "edge-embed")
+#: The graphs of a VQ model that read the payload's code indices.
+INDEX_GRAPH_ROLES = ("student", "decoder")
 
 
 def default_models_dir() -> Path:
@@ -152,6 +154,10 @@ def _card_from_data(folder: Path, card_path: Path, data: dict) -> VQModelCard:
     payload = data["payload"]
     if kind == "vq":
         _check_payload_matches_architecture(card_path, payload, data["architecture"]["vq"])
+        for role in INDEX_GRAPH_ROLES:
+            name = data["onnx"].get(role)
+            if name is not None:
+                _check_index_graph(folder / name, card_path, payload)
     return VQModelCard(
         model_id=model_id,
         kind=kind,
@@ -220,6 +226,49 @@ def _check_payload_matches_architecture(card_path: Path, payload: dict, vq: dict
                 f"model card {card_path} has payload.{key} {found!r}, but its architecture.vq gives {value!r}; "
                 "restore the card from the repository or retrain"
             )
+
+
+def _check_index_graph(path: Path, card_path: Path, payload: dict) -> None:
+    """Reject a graph whose ``indices`` input does not take the payload's grid and index range.
+
+    The graph reads the indices through a Gather from its codebook, so the codebook's row count
+    is the index range it accepts. An index past that range would fail inside onnxruntime with
+    a message about Gather, and a larger codebook would accept indices the encoder never sends.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except (OSError, DecodeError) as error:
+        raise ModelError(f"cannot read ONNX graph {path}: {error}; restore the model folder or retrain") from error
+    inputs = {value.name: value for value in graph.input}
+    if "indices" not in inputs:
+        raise ModelError(
+            f"ONNX graph {path} has no input named 'indices' (inputs: {sorted(inputs)}), so it cannot read the "
+            f"payloads of model card {card_path}; restore the model folder or retrain"
+        )
+    dims = [dim.dim_value if dim.HasField("dim_value") else None for dim in inputs["indices"].type.tensor_type.shape.dim]
+    grid = [int(side) for side in payload["grid"]]
+    if len(dims) != 3 or any(found is not None and found != side for found, side in zip(dims[1:], grid)):
+        shown = ["?" if dim is None else dim for dim in dims]
+        raise ModelError(
+            f"ONNX graph {path} takes indices of shape {shown}, but the payload.grid of {card_path} is {grid}; "
+            "restore the model folder or retrain"
+        )
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    gathers = [node for node in graph.node if node.op_type == "Gather" and node.input[1] == "indices" and node.input[0] in initializers]
+    if not gathers:
+        raise ModelError(
+            f"ONNX graph {path} does not look up its 'indices' input in a codebook, so its index range cannot be "
+            f"checked against {card_path}; restore the model folder or retrain"
+        )
+    rows = int(initializers[gathers[0].input[0]].dims[0])
+    if rows != int(payload["codebook_size"]):
+        raise ModelError(
+            f"ONNX graph {path} looks up indices in a codebook of {rows} rows, but the payload.codebook_size of "
+            f"{card_path} is {payload['codebook_size']}; restore the model folder or retrain"
+        )
 
 
 def allowed_folds(card: VQModelCard, pairs_all: Iterable[Pair]) -> list[int]:
