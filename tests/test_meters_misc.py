@@ -182,7 +182,7 @@ def test_create_meter_unknown_name_lists_valid():
 def test_create_meter_with_options(tmp_path):
     meter = create_meter("rapl", root=tmp_path)
     assert meter.root == tmp_path
-    with pytest.raises(ScenarioError, match="invalid options"):
+    with pytest.raises(ScenarioError, match="unknown option 'bogus' for meter 'rapl'"):
         create_meter("rapl", bogus=1)
 
 

@@ -47,7 +47,9 @@ def test_rapl_wraparound(tmp_path):
     paths = make_powercap_tree(
         tmp_path, layout="amd", energy_uj=9_500_000, max_energy_range_uj=max_range_uj
     )
-    meter = RaplMeter(tmp_path)
+    # A clock that never advances: at the 1000 W ceiling a 10 J range could wrap twice in a
+    # window longer than a few milliseconds, which the meter would reject as ambiguous.
+    meter = RaplMeter(tmp_path, clock=lambda: 0.0)
     token = meter.begin()
     write_counter(paths["package-0"], 300_000)
     reading = meter.end(token)

@@ -9,8 +9,11 @@ the difference is the energy of that window. A meter that cannot read its counte
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from vqbench.meters.options import OptionSpec
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class EnergyMeter(abc.ABC):
     name: str
     #: Label attached to every figure this meter produces, e.g. ``"measured-rapl"``.
     method: str
+    #: Constructor options that a scenario's ``meters.options`` may set, checked by the registry.
+    option_specs: ClassVar[Mapping[str, OptionSpec]] = {}
 
     @abc.abstractmethod
     def probe(self) -> Availability:
@@ -50,6 +55,14 @@ class EnergyMeter(abc.ABC):
     @abc.abstractmethod
     def end(self, token: Any) -> EnergyReading:
         """Close the window started by ``begin`` and return its energy."""
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Check option values beyond their kind (e.g. that a named profile exists).
+
+        The registry calls this after every option has passed its ``option_specs`` kind check;
+        raise ScenarioError for a bad value. The default checks nothing more.
+        """
 
     def close(self) -> None:
         """Release resources (threads, library handles); the default has none."""

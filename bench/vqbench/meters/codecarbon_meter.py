@@ -30,6 +30,7 @@ from typing import Any
 
 from vqbench.errors import MeterError
 from vqbench.meters.base import Availability, EnergyMeter, EnergyReading
+from vqbench.meters.options import POSITIVE_NUMBER, STRING, OptionSpec
 from vqbench.meters.rapl import DEFAULT_POWERCAP_ROOT, RaplMeter
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,14 @@ class CodecarbonMeter(EnergyMeter):
 
     name = "codecarbon"
     method = "estimated-codecarbon"
+    option_specs = {
+        "country_iso_code": OptionSpec(
+            STRING, "ISO 3166 alpha-3 country for codecarbon's own CO2 figure, e.g. 'FRA'"
+        ),
+        "measure_power_secs": OptionSpec(
+            POSITIVE_NUMBER, "interval between codecarbon's power samples, in seconds"
+        ),
+    }
 
     def __init__(self, country_iso_code: str = "USA", measure_power_secs: float = 1.0):
         self.country_iso_code = country_iso_code

@@ -9,13 +9,15 @@ on the meter's clock) and ``power_w``. A window runs between two host wall-clock
 and integrates power over that span with the trapezoid rule, interpolating at the window
 edges. A trace logger may still be appending while the benchmark runs, so the file is read
 again when a window ends after its last sample. A window that the trace does not cover raises
-``MeterError``: a missing span is never taken as 0 W.
+``MeterError``: a missing span is never taken as 0 W. A trace with a NaN, infinite or negative
+value is rejected as a whole, with the line number.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ import numpy as np
 
 from vqbench.errors import MeterError
 from vqbench.meters.base import Availability, EnergyMeter, EnergyReading
+from vqbench.meters.options import NON_NEGATIVE_NUMBER, NUMBER, PATH, OptionSpec
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +46,40 @@ class PowerTrace:
         return float(self.timestamps_s[0]), float(self.timestamps_s[-1])
 
 
+def _parse_sample(path: Path, line_number: int, row: dict[str, str | None]) -> tuple[float, float]:
+    """Parse one trace row; raise MeterError naming the line for a missing or invalid value."""
+    values = []
+    for column in TRACE_COLUMNS:
+        text = row.get(column)
+        if text is None or not text.strip():
+            raise MeterError(f"power trace {path} line {line_number}: no {column} value")
+        try:
+            value = float(text)
+        except ValueError as error:
+            raise MeterError(
+                f"power trace {path} line {line_number}: {column} {text!r} is not a number"
+            ) from error
+        if not math.isfinite(value):
+            raise MeterError(
+                f"power trace {path} line {line_number}: {column} is {text!r}; every value "
+                "must be a finite number"
+            )
+        values.append(value)
+    timestamp_s, power_w = values
+    if power_w < 0:
+        raise MeterError(
+            f"power trace {path} line {line_number}: power_w is {power_w:g}, but power cannot be "
+            "negative; check the meter's sign convention or its export"
+        )
+    return timestamp_s, power_w
+
+
 def read_power_trace(path: Path) -> PowerTrace:
-    """Read a ``timestamp_s, power_w`` CSV file; raise MeterError on a malformed file."""
+    """Read a ``timestamp_s, power_w`` CSV file; raise MeterError on a malformed file.
+
+    Every value must be a finite number and every power non-negative; the error names the
+    first line that is not.
+    """
     try:
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle, skipinitialspace=True)
@@ -53,11 +88,9 @@ def read_power_trace(path: Path) -> PowerTrace:
                     f"power trace {path} must have the header 'timestamp_s,power_w', "
                     f"found {reader.fieldnames}"
                 )
-            rows = [(float(row["timestamp_s"]), float(row["power_w"])) for row in reader]
+            rows = [_parse_sample(path, reader.line_num, row) for row in reader]
     except OSError as error:
         raise MeterError(f"cannot read power trace {path}: {error}") from error
-    except (TypeError, ValueError) as error:
-        raise MeterError(f"power trace {path} has a non-numeric value: {error}") from error
     if len(rows) < 2:
         raise MeterError(f"power trace {path} needs at least two samples, found {len(rows)}")
     data = np.asarray(rows, dtype=float)
@@ -91,6 +124,15 @@ class ExternalTraceMeter(EnergyMeter):
 
     name = "external"
     method = "measured-external"
+    option_specs = {
+        "trace_path": OptionSpec(
+            PATH, "CSV trace (timestamp_s, power_w) written by the power meter", required=True
+        ),
+        "clock_offset_s": OptionSpec(NUMBER, "trace clock minus host clock, in seconds"),
+        "max_wait_s": OptionSpec(
+            NON_NEGATIVE_NUMBER, "how long a window waits for a live trace to cover it, in seconds"
+        ),
+    }
 
     def __init__(
         self,
@@ -125,7 +167,16 @@ class ExternalTraceMeter(EnergyMeter):
         end_s = host_end_s + self.clock_offset_s
         trace = self._trace_covering(end_s)
         energy_j = integrate_power_j(trace, start_s, end_s)
-        return EnergyReading(energy_j, host_end_s - token.host_start_s, self.method)
+        duration_s = host_end_s - token.host_start_s
+        if energy_j < 0 or (energy_j == 0 and duration_s > 0):
+            # Negative energy cannot come from a trace that read_power_trace accepted; 0 J means
+            # the trace reads 0 W over the whole window, so the meter is not measuring this host.
+            raise MeterError(
+                f"power trace {self.trace_path} gives {energy_j} J over {start_s:.3f}.."
+                f"{end_s:.3f} s (trace time); a window must have positive energy, so check "
+                "that the meter is wired to this host and logging"
+            )
+        return EnergyReading(energy_j, duration_s, self.method)
 
     def _trace_covering(self, end_s: float) -> PowerTrace:
         deadline_s = time.monotonic() + self.max_wait_s

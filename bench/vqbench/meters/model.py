@@ -14,11 +14,14 @@ use ``vqbench.devices.model_stage_on_device`` instead.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from vqbench.devices import METHOD, DeviceProfile, get_device_profile
 from vqbench.errors import ScenarioError
 from vqbench.meters.base import Availability, EnergyMeter, EnergyReading
+from vqbench.meters.options import POSITIVE_NUMBER, STRING, OptionSpec
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,25 @@ class DeviceModelMeter(EnergyMeter):
 
     name = "model"
     method = METHOD
+    option_specs = {
+        "device": OptionSpec(STRING, "name of a modeled edge device profile", required=True),
+        "speed_ratio": OptionSpec(POSITIVE_NUMBER, "device time / host time for the same work"),
+    }
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        device = options.get("device")
+        if not isinstance(device, str):
+            return
+        try:
+            profile = get_device_profile(device)
+        except ScenarioError as error:
+            raise ScenarioError(f"meter 'model' option device: {error}") from error
+        if profile.measured:
+            raise ScenarioError(
+                f"meter 'model' option device: {device!r} is measured with a meter, not "
+                "modeled; name a modeled edge device profile"
+            )
 
     def __init__(self, device: str | DeviceProfile, speed_ratio: float = 1.0):
         self.profile = get_device_profile(device) if isinstance(device, str) else device

@@ -25,6 +25,13 @@ from typing import Any
 
 from vqbench.errors import MeterError
 from vqbench.meters.base import Availability, EnergyMeter, EnergyReading
+from vqbench.meters.options import (
+    BOOLEAN,
+    INDEX_LIST,
+    NON_NEGATIVE_NUMBER,
+    POSITIVE_NUMBER,
+    OptionSpec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +99,20 @@ class NvmlMeter(EnergyMeter):
     name = "nvml"
     method = "measured-nvml"
     sampling_method = "measured-nvml-power-sampling"
+    option_specs = {
+        "device_indices": OptionSpec(
+            INDEX_LIST, "NVML indices of the GPUs to measure (default: all)", nullable=True
+        ),
+        "sample_interval_s": OptionSpec(
+            POSITIVE_NUMBER, "interval between power samples, in seconds"
+        ),
+        "min_counter_window_s": OptionSpec(
+            NON_NEGATIVE_NUMBER, "shortest window that uses the energy counter, in seconds"
+        ),
+        "force_power_sampling": OptionSpec(
+            BOOLEAN, "integrate sampled power even where the energy counter exists"
+        ),
+    }
 
     def __init__(
         self,

@@ -29,7 +29,8 @@ windows of many inferences instead, all with the same meter::
    Student's t over the ``repeats`` windows (none with one window).
 
 A ``MeterError`` from any step propagates: the caller records the figure as missing with the
-error's reason and never as 0 J.
+error's reason and never as 0 J. A window whose energy or duration is negative, NaN or
+infinite, from any meter, raises ``MeterError`` too.
 """
 
 from __future__ import annotations
@@ -125,9 +126,20 @@ def _check_settings(n_items: int, settings: WindowSettings) -> None:
         )
 
 
+def _checked(reading: EnergyReading, meter: EnergyMeter, window: str) -> EnergyReading:
+    """Return ``reading``, or raise MeterError when its energy or duration cannot be real."""
+    for field, value in (("energy_j", reading.energy_j), ("duration_s", reading.duration_s)):
+        if not math.isfinite(value) or value < 0:
+            raise MeterError(
+                f"{meter.name} meter returned {field}={value} for the {window}; a window's "
+                "energy and duration must be finite and non-negative, so it has no figure"
+            )
+    return reading
+
+
 def _measure_overhead_s(meter: EnergyMeter, clock: Callable[[], float]) -> float:
     start_s = clock()
-    meter.end(meter.begin())
+    _checked(meter.end(meter.begin()), meter, "empty overhead window")
     return clock() - start_s
 
 
@@ -139,7 +151,7 @@ def _measure_idle_power_w(
         return math.nan
     token = meter.begin()
     sleep(idle_s)
-    reading = meter.end(token)
+    reading = _checked(meter.end(token), meter, "idle window")
     if reading.duration_s <= 0:
         raise MeterError(f"{meter.name} meter returned a non-positive idle window duration")
     return reading.energy_j / reading.duration_s
@@ -161,7 +173,7 @@ def _run_window(
         count += 1
         if clock() - start_s >= min_window_s:
             break
-    return meter.end(token), count
+    return _checked(meter.end(token), meter, "measured window"), count
 
 
 def _combined_method(readings: list[EnergyReading]) -> str:

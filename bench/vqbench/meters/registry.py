@@ -2,12 +2,15 @@
 
 ``create_meter("rapl", root=...)`` builds a meter from its name and options;
 ``probe_all()`` reports to ``vqbench env`` which meters work here and why the others do not.
+``check_meters_config(host, options)`` checks a scenario's ``meters`` section without building
+or reading anything, so a run can reject a bad meter name or option before it measures.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from vqbench.errors import ScenarioError
 from vqbench.meters.base import Availability, EnergyMeter
@@ -15,6 +18,7 @@ from vqbench.meters.codecarbon_meter import CodecarbonMeter
 from vqbench.meters.external import ExternalTraceMeter
 from vqbench.meters.model import DeviceModelMeter
 from vqbench.meters.nvml import NvmlMeter
+from vqbench.meters.options import describe_value
 from vqbench.meters.pyjoules_meter import PyJoulesMeter
 from vqbench.meters.rapl import RaplMeter
 from vqbench.meters.replay import ReplayMeter
@@ -47,32 +51,89 @@ METERS: dict[str, type[EnergyMeter]] = build_registry(
     ]
 )
 
-# Meters that cannot be built without options; probe_all reports them instead of building them.
-_NEEDS_OPTIONS = {
-    "external": "needs trace_path: a CSV trace (timestamp_s, power_w) from a power meter",
-    "model": "needs device: an edge device profile name",
-    "replay": "test meter: needs a counter or power trace",
-}
 
-
-def create_meter(name: str, **options: object) -> EnergyMeter:
-    """Build the meter registered as ``name`` with ``options`` as constructor arguments."""
+def _meter_class(name: str) -> type[EnergyMeter]:
     if name not in METERS:
         raise ScenarioError(f"unknown meter {name!r}; valid meters: {', '.join(sorted(METERS))}")
-    try:
-        return METERS[name](**options)
-    except TypeError as error:
-        raise ScenarioError(
-            f"invalid options {sorted(options)} for meter {name!r}: {error}"
-        ) from error
+    return METERS[name]
+
+
+def check_meter_options(name: str, options: Mapping[str, Any]) -> None:
+    """Check one meter's name and options against its ``option_specs``; raise ScenarioError.
+
+    The error names the meter, the option, the value and the expected kind of value, for an
+    unknown meter, an unknown option, a missing required option or a value of the wrong kind.
+    Nothing is built or read, so this is cheap enough to call before a run starts.
+    """
+    meter_class = _meter_class(name)
+    specs = meter_class.option_specs
+    valid = ", ".join(specs) if specs else "none"
+    for option, value in options.items():
+        if option not in specs:
+            raise ScenarioError(
+                f"unknown option {option!r} for meter {name!r}; valid options: {valid}"
+            )
+        spec = specs[option]
+        if not spec.accepts(value):
+            raise ScenarioError(
+                f"meter {name!r} option {option}: expected a {spec.kind} "
+                f"({spec.description}), got {describe_value(value)}"
+            )
+    for option, spec in specs.items():
+        if spec.required and option not in options:
+            raise ScenarioError(
+                f"meter {name!r} needs option {option!r} ({spec.kind}: {spec.description}); "
+                f"set it under meters.options.{name}"
+            )
+    meter_class.check_options(options)
+
+
+def check_meters_config(
+    host: Sequence[str], options: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """Check a scenario's ``meters.host`` list and ``meters.options``; raise ScenarioError.
+
+    Every listed meter must exist and have valid options, and every ``options`` key must name
+    a meter. Options for a known meter that ``host`` does not list have no effect: each such
+    case is logged as a warning and returned as a message, for the run's warnings.
+    """
+    for name in options:
+        _meter_class(name)
+    for name in host:
+        check_meter_options(name, options.get(name, {}))
+    unused = [
+        f"meters.options.{name} has no effect because meters.host does not list {name!r}"
+        for name in options
+        if name not in host
+    ]
+    for message in unused:
+        logger.warning("%s", message)
+    return unused
+
+
+def create_meter(name: str, **options: Any) -> EnergyMeter:
+    """Build the meter registered as ``name`` from options checked by ``check_meter_options``."""
+    check_meter_options(name, options)
+    return METERS[name](**options)
+
+
+def _required_options_reason(meter_class: type[EnergyMeter]) -> str | None:
+    """Return why a meter cannot be probed without options, or None when it can."""
+    required = [
+        f"needs option {option}: {spec.description}"
+        for option, spec in meter_class.option_specs.items()
+        if spec.required
+    ]
+    return "; ".join(required) if required else None
 
 
 def probe_all() -> dict[str, Availability]:
     """Probe every registered meter with its default options."""
     results = {}
-    for name in METERS:
-        if name in _NEEDS_OPTIONS:
-            results[name] = Availability(False, _NEEDS_OPTIONS[name])
+    for name, meter_class in METERS.items():
+        needs_options = _required_options_reason(meter_class)
+        if needs_options is not None:
+            results[name] = Availability(False, needs_options)
             continue
         meter = create_meter(name)
         try:

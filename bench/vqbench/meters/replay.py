@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from vqbench.errors import MeterError
 from vqbench.meters.base import Availability, EnergyMeter, EnergyReading
+from vqbench.meters.options import CALLABLE, OptionSpec
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,15 @@ class ReplayMeter(EnergyMeter):
 
     name = "replay"
     method = "replay"
+    option_specs = {
+        "counter_j": OptionSpec(
+            CALLABLE,
+            "a function that returns cumulative joules; the replay meter is for tests and a "
+            "scenario file cannot configure it",
+            required=True,
+        ),
+        "clock": OptionSpec(CALLABLE, "the clock that times the windows, in seconds"),
+    }
 
     def __init__(
         self,
