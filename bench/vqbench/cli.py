@@ -266,7 +266,9 @@ def check(
     results_dir: Annotated[Path, typer.Argument(help="Run folder holding results.json.")],
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="Baseline JSON to compare against.")] = None,
     write_baseline_file: Annotated[
-        Optional[Path], typer.Option("--write-baseline", help="Record this run as a baseline file and exit.")
+        Optional[Path], typer.Option("--write-baseline",
+                                     help="Record this run as a baseline file instead of checking it; "
+                                          "not allowed with --baseline, --policy or the report options.")
     ] = None,
     policy: Annotated[Optional[Path], typer.Option("--policy", help="Gate policy YAML; default: built in.")] = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here.")] = None,
@@ -282,6 +284,15 @@ def check(
     from vqbench.errors import ScenarioError
 
     if write_baseline_file is not None:
+        # Recording skips the check, so a CI step that passed both options would always pass.
+        check_options = {"--baseline": baseline, "--policy": policy, "--junit": junit, "--markdown": markdown,
+                         "--benchmark-json": benchmark_json}
+        conflicting = [option for option, value in check_options.items() if value is not None]
+        if conflicting:
+            raise ScenarioError(
+                f"--write-baseline records the run without checking it, so {', '.join(conflicting)} would be ignored; "
+                "use --baseline to check a run, or --write-baseline to record one, in separate commands"
+            )
         path = write_baseline(results_dir, write_baseline_file)
         output.print(f"Baseline written to {path}", highlight=False)
         return

@@ -5,7 +5,7 @@ Modules, each importing only modules listed above it:
 * ``policy``: the gate policy, its defaults and ``load_policy``.
 * ``stats``: the one-sided Mann-Whitney U test.
 * ``rows``: row keys and labels, and the figures and noisy samples read from a run's rows.
-* ``validation``: checks of gated figures and samples, and of the evaluation set.
+* ``validation``: checks of gated figures and samples, and of the evaluation set and settings.
 * ``host_load``: a run's host load and the busy-host rule.
 * ``paths``: checks and atomic writes of output paths.
 * ``baseline``: the baseline file, ``write_baseline`` and ``load_baseline``.
@@ -44,6 +44,7 @@ from vqbench.check.policy import (
     MODELED_EDGE_ENERGY_METRIC,
     MODELED_ENERGY_TOLERANCE,
     NOISY_METRICS,
+    NUMERIC_COLUMNS,
     CheckPolicy,
     DeterministicGate,
     NoisyGate,
@@ -59,16 +60,19 @@ from vqbench.check.stats import (
     smallest_p_value,
 )
 from vqbench.check.validation import (
+    CHECKED_SETTINGS,
     FRACTION_METRICS,
     MAY_BE_NEGATIVE,
     EvaluationSetKey,
     figure_problem,
     run_evaluation_set,
+    run_settings,
 )
 from vqbench.check.verdicts import FAILING, CheckReport, CheckResult, Status, plural, primary_keys, run_check
 
 __all__ = [
     "BASELINE_SCHEMA_VERSION",
+    "CHECKED_SETTINGS",
     "CHECK_RENDERERS",
     "DEFAULT_ENERGY_RATIO_GROWTH",
     "DEFAULT_LATENCY_RATIO_GROWTH",
@@ -80,6 +84,7 @@ __all__ = [
     "MODELED_EDGE_ENERGY_METRIC",
     "MODELED_ENERGY_TOLERANCE",
     "NOISY_METRICS",
+    "NUMERIC_COLUMNS",
     "QUIET_STATUSES",
     "Baseline",
     "BaselineEntry",
@@ -113,6 +118,7 @@ __all__ = [
     "run_check",
     "run_evaluation_set",
     "run_host_load",
+    "run_settings",
     "smallest_p_value",
     "write_baseline",
     "write_check_outputs",

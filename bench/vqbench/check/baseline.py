@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -22,8 +23,10 @@ from vqbench.check.validation import (
     EvaluationSetKey,
     _common_value,
     _validate_entry,
+    _validate_entry_samples,
     _validate_run,
     run_evaluation_set,
+    run_settings,
 )
 from vqbench.errors import DataError
 from vqbench.report.loader import incomplete_cause, load_results, run_completeness
@@ -54,8 +57,10 @@ class BaselineEntry(BaseModel):
 class Baseline(BaseModel):
     """The content of a baseline file written by ``write_baseline``.
 
-    ``n_pairs``, ``folds`` and the host load fields are None in baselines written before they
-    were recorded. Such baselines still load, and their pair count is read from the entries.
+    ``n_pairs``, ``folds``, ``settings`` and the host load fields are None in baselines written
+    before they were recorded. Such baselines still load, and their pair count is read from the
+    entries. A check against a baseline without ``settings`` notes that the settings were not
+    compared.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -69,6 +74,9 @@ class Baseline(BaseModel):
     #: Pairs and folds that every row of the source run was scored on.
     n_pairs: int | None = None
     folds: list[int] | None = None
+    #: The source run's ``CHECKED_SETTINGS`` entries of results.json ``assumptions``: data set,
+    #: alignment and measurement settings.
+    settings: dict[str, Any] | None = None
     #: The source run's highest 1-minute load average while timing and its logical CPU count.
     max_load_average_1min_while_timing: float | None = None
     cpu_logical_cores: int | None = None
@@ -117,6 +125,7 @@ def write_baseline(results_dir: Path, baseline_file: Path, max_samples: int = 25
         run_created_utc=results.created_utc,
         n_pairs=evaluation.n_pairs,
         folds=list(evaluation.folds) if evaluation.folds else None,
+        settings=run_settings(results),
         max_load_average_1min_while_timing=None if load is None else load.max_load_1min,
         cpu_logical_cores=None if load is None else load.cpus,
         entries=entries,
@@ -181,10 +190,13 @@ def load_baseline(baseline_file: Path) -> Baseline:
 
 
 def _validate_baseline(baseline_file: Path, baseline: Baseline, policy: CheckPolicy) -> None:
+    """Raise DataError when an entry has an invalid gated figure or sample, or lacks the samples of a noisy figure."""
     source = f"baseline file {baseline_file}"
     for entry in baseline.entries:
-        _validate_entry(source, _key_description(entry.key), entry.figures, entry.samples, policy,
-                        _rerecord_hint(baseline_file))
+        label = _key_description(entry.key)
+        _validate_entry(source, label, entry.figures, entry.samples, policy, _rerecord_hint(baseline_file))
+        _validate_entry_samples(source, label, entry.figures, entry.samples, policy,
+                                f"the file was edited or damaged; {_rerecord_hint(baseline_file)}")
 
 
 def baseline_evaluation_set(baseline: Baseline) -> EvaluationSetKey:

@@ -7,6 +7,7 @@ its default.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vqbench.errors import DataError
+from vqbench.scenario import describe_yaml_error
 from vqbench.results import ResultRow
 
 
@@ -32,6 +34,22 @@ _ENERGY_METHOD_FIELDS = {
     "edge_energy_j_per_inference": "edge_energy_method",
     "cloud_energy_j_per_inference": "cloud_energy_method",
 }
+
+
+def _is_number_type(annotation: object) -> bool:
+    """Return True for ``int`` and ``float``, optionally nullable; False for bool, str and lists."""
+    if typing.get_origin(annotation) is typing.Union:
+        kinds = {kind for kind in typing.get_args(annotation) if kind is not type(None)}
+    else:
+        kinds = {annotation}
+    return all(kind in (int, float) for kind in kinds)
+
+
+#: The results columns that hold one number (or null), in results.csv order: the columns that a
+#: deterministic gate can compare.
+NUMERIC_COLUMNS: tuple[str, ...] = tuple(
+    name for name, field in ResultRow.model_fields.items() if _is_number_type(field.annotation)
+)
 
 
 class ReferenceSpec(BaseModel):
@@ -61,7 +79,11 @@ class DeterministicGate(BaseModel):
     @classmethod
     def _known_metric(cls, metric: str) -> str:
         if metric not in ResultRow.model_fields:
-            raise ValueError(f"unknown results column {metric!r}; use a numeric column of results.csv")
+            raise ValueError(f"unknown results column {metric!r}; use a numeric column of results.csv "
+                             f"({', '.join(NUMERIC_COLUMNS)})")
+        if metric not in NUMERIC_COLUMNS:
+            raise ValueError(f"results column {metric!r} is not numeric, so a gate cannot compare it with a "
+                             f"tolerance; use a numeric column of results.csv ({', '.join(NUMERIC_COLUMNS)})")
         return metric
 
 
@@ -130,6 +152,29 @@ class CheckPolicy(BaseModel):
     #: ``inconclusive`` reports them as neither passed nor failed, ``gate`` judges them anyway.
     on_busy_host: Literal["inconclusive", "gate"] = "inconclusive"
 
+    @field_validator("deterministic")
+    @classmethod
+    def _one_deterministic_gate_per_metric(cls, gates: list[DeterministicGate]) -> list[DeterministicGate]:
+        for metric in _repeated([gate.metric for gate in gates]):
+            directions = sorted({gate.direction for gate in gates if gate.metric == metric})
+            conflict = ("in both directions, which contradict each other" if len(directions) > 1
+                        else "more than once, so it is unclear which tolerance applies")
+            raise ValueError(f"metric {metric!r} is gated {conflict}; keep one deterministic gate per metric")
+        return gates
+
+    @field_validator("noisy")
+    @classmethod
+    def _one_noisy_gate_per_metric(cls, gates: list[NoisyGate]) -> list[NoisyGate]:
+        for metric in _repeated([gate.metric for gate in gates]):
+            raise ValueError(f"noisy metric {metric!r} is gated more than once, so it is unclear which reference "
+                             "and growth limit apply; keep one noisy gate per metric")
+        return gates
+
+
+def _repeated(names: list[str]) -> list[str]:
+    """Return the names that occur more than once in ``names``, each once, in order of first occurrence."""
+    return [name for name in dict.fromkeys(names) if names.count(name) > 1]
+
 
 def load_policy(policy_file: Path | None) -> CheckPolicy:
     """Read a YAML policy, or return the built-in default when ``policy_file`` is None."""
@@ -140,8 +185,13 @@ def load_policy(policy_file: Path | None) -> CheckPolicy:
         content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as error:
         raise DataError(f"policy file {path} could not be read ({error}); check the path") from error
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"policy file {path} is not UTF-8 text: byte 0x{error.object[error.start]:02x} at offset {error.start} "
+            "cannot be decoded; save the file as UTF-8"
+        ) from error
     except yaml.YAMLError as error:
-        raise DataError(f"policy file {path} is not valid YAML ({error}); fix its syntax") from error
+        raise DataError(f"policy file {path} is not valid YAML ({describe_yaml_error(error)}); fix its syntax") from error
     try:
         return CheckPolicy.model_validate(content)
     except ValidationError as error:

@@ -1,7 +1,8 @@
 """Input checks that raise DataError.
 
-A gated figure or sample must be a possible measurement (``figure_problem``), and a run and a
-baseline must have scored the same face pairs (``EvaluationSetKey``).
+A gated figure or sample must be a possible measurement (``figure_problem``), and a baseline
+entry must keep the samples behind each noisy figure it records. A run and a baseline must have
+scored the same face pairs (``EvaluationSetKey``) with the same settings (``CHECKED_SETTINGS``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vqbench.check.policy import MODELED_EDGE_ENERGY_METRIC, CheckPolicy
+from vqbench.check.policy import MODELED_EDGE_ENERGY_METRIC, NOISY_METRICS, CheckPolicy
 from vqbench.check.rows import _key_description, _numeric_figures, _row_key
 from vqbench.errors import DataError
 from vqbench.results import FRACTION_METRICS, MAY_BE_NEGATIVE, RunResults, figure_problem  # noqa: F401  (re-exported)
@@ -44,6 +45,31 @@ def _validate_entry(source: str, label: str, figures: Mapping[str, float | None]
         if bad is not None:
             raise DataError(f"{source}: row {label} has a {metric} sample of {bad:g}, but a time or energy per "
                             f"inference cannot be NaN, infinite or negative; {fix}")
+
+
+def _validate_entry_samples(source: str, label: str, figures: Mapping[str, float | None],
+                            samples: Mapping[str, list[float]], policy: CheckPolicy, fix: str) -> None:
+    """Raise DataError when a baseline entry lacks the samples behind a noisy figure that it records.
+
+    ``write_baseline`` stores samples for every noisy metric and falls back to the row's scalar
+    figure, so samples are empty only where that figure is null (not measured). Missing samples
+    next to a recorded figure mean an edited or damaged file, and gating without them would drop
+    or skip verdicts silently.
+    """
+    _, noisy = _gated_metrics(policy)
+    absent = [metric for metric in sorted(noisy) if metric not in samples]
+    if absent:
+        raise DataError(f"{source}: row {label} has no samples entry for {', '.join(absent)}, which the noisy gates "
+                        f"read; {fix}")
+    empty = []
+    for metric in sorted(noisy):
+        figure_name = NOISY_METRICS[metric][2]
+        figure = figures.get(figure_name)
+        if not samples[metric] and figure is not None:
+            empty.append(f"{metric} ({figure_name} = {figure:g})")
+    if empty:
+        raise DataError(f"{source}: row {label} records figures but no samples for {', '.join(empty)}, and the "
+                        f"noisy gates need those samples; {fix}")
 
 
 def _validate_run(results_dir: Path, results: RunResults, samples: Mapping[tuple, dict[str, list[float]]],
@@ -104,3 +130,64 @@ def _check_same_evaluation_set(results_dir: Path, current: EvaluationSetKey, bas
             f"from {recorded.describe()}; check the run against a baseline of the same scenario, or record one with "
             f"`vqbench check {results_dir} --write-baseline FILE`"
         )
+
+
+#: Entries of results.json ``assumptions`` that change what a run measures, so a baseline stores
+#: them and ``vqbench check`` compares them: the data set and alignment (the entries that
+#: ``vqbench compare`` compares, ``vqbench.compare.EVALUATION_ASSUMPTIONS``) and the measurement
+#: settings (latency samples, warm-up, repeats, window lengths).
+CHECKED_SETTINGS = ("dataset", "alignment", "measurement")
+
+
+def run_settings(results: RunResults) -> dict[str, Any]:
+    """Return the ``CHECKED_SETTINGS`` entries that the run's results.json records."""
+    return {name: results.assumptions[name] for name in CHECKED_SETTINGS if name in results.assumptions}
+
+
+def _check_same_settings(results_dir: Path, current: Mapping[str, Any], baseline_file: Path,
+                         recorded: Mapping[str, Any] | None) -> list[str]:
+    """Raise DataError when the run and the baseline differ in a setting of ``CHECKED_SETTINGS``.
+
+    A setting that either side does not record is not compared, and the returned notes name it.
+    ``recorded`` is None for baselines written before vqbench stored these settings.
+    """
+    # Imported here because vqbench.compare imports this module.
+    from vqbench.compare import _settings_difference
+
+    differences, unknown_in_baseline, unknown_in_run, one_sided = [], [], [], []
+    for name in CHECKED_SETTINGS:
+        base = None if recorded is None else recorded.get(name)
+        run = current.get(name)
+        if base is None:
+            unknown_in_baseline.append(name)
+        if run is None:
+            unknown_in_run.append(name)
+        if base is None or run is None:
+            continue
+        if isinstance(base, dict) and isinstance(run, dict):
+            # A key that only one side records (one written by another vqbench version) is unknown, not different.
+            one_sided += [f"{name}.{key}" for key in sorted(base.keys() ^ run.keys())]
+            base = {key: value for key, value in base.items() if key in run}
+            run = {key: value for key, value in run.items() if key in base}
+        if base != run:
+            differences.append(f"{name}: {_settings_difference(base, run)}")
+    if differences:
+        raise DataError(
+            f"run {results_dir} was made with other settings than the run of baseline file {baseline_file}, so "
+            f"their figures are not comparable. Differences, baseline value first: {'; '.join(differences)}. Check "
+            f"the run against a baseline recorded with the same settings, or record one with "
+            f"`vqbench check {results_dir} --write-baseline FILE`"
+        )
+
+    notes = []
+    if unknown_in_baseline:
+        notes.append(f"baseline file {baseline_file} does not record the {', '.join(unknown_in_baseline)} settings "
+                     "of its run, so they were not compared with this run's; re-record the baseline with this "
+                     "vqbench version to compare them")
+    if unknown_in_run:
+        notes.append(f"run {results_dir} does not record its {', '.join(unknown_in_run)} settings in results.json, "
+                     "so they were not compared with the baseline's")
+    if one_sided:
+        notes.append(f"settings recorded by only one of the run and the baseline were not compared: "
+                     f"{', '.join(one_sided)}")
+    return notes

@@ -20,7 +20,11 @@ variant), on its first row whose edge device is the host. A modeled device's edg
 rows is gated as a deterministic figure when it comes from the profile's MAC rate (basis ``macs``)
 and is not gated again when it is the host time scaled by a speed ratio.
 
-A figure or row that the baseline has and the current run lacks is a failure, never a pass.
+A figure or row that the baseline has and the current run lacks is a failure, never a pass. A
+noisy figure that the baseline's run did not measure (null, so without samples) gives a skipped
+verdict, and so does a ratio whose baseline reference figure is 0, because a ratio to 0 is
+undefined. Each skipped verdict's message gives the reason, and the summary line also names the
+gates skipped because of a reference of 0.
 
 Busy hosts. A ratio cancels a machine that is uniformly slower, but not load that comes and goes
 while a run times its stages one after another. The reference's cloud stage may be timed while
@@ -43,11 +47,13 @@ so a burst of load shorter than a minute may go unnoticed.
 
 Bad input raises DataError (exit code 2) rather than producing verdicts. That covers a results
 file or baseline of another schema version, an empty baseline, and a baseline of another
-evaluation set (scenario name, pair count, folds). It also covers a policy reference that the
-baseline lacks and a gated figure that is NaN, infinite, negative, or a fraction above 1. Such
-values break the results schema's rule that a figure which could not be measured is null, so no
-comparison with them means anything. Output files may not replace a file of the run folder being
-checked, nor the baseline or policy file.
+evaluation set (scenario name, pair count, folds) or other settings (data set, alignment,
+measurement; see ``CHECKED_SETTINGS``). It also covers a policy reference that the baseline lacks
+and a gated figure that is NaN, infinite, negative, or a fraction above 1. Such values break the
+results schema's rule that a figure which could not be measured is null, so no comparison with
+them means anything. A baseline entry that records a noisy figure without the samples behind it
+was edited or damaged, and is bad input too. Output files may not replace a file of the run
+folder being checked, nor the baseline or policy file.
 """
 
 from __future__ import annotations
@@ -81,7 +87,13 @@ from vqbench.check.policy import (
 )
 from vqbench.check.rows import _key_label, _read_latency, _row_key, _row_samples
 from vqbench.check.stats import mann_whitney_greater, smallest_p_value
-from vqbench.check.validation import _check_same_evaluation_set, _validate_run, run_evaluation_set
+from vqbench.check.validation import (
+    _check_same_evaluation_set,
+    _check_same_settings,
+    _validate_run,
+    run_evaluation_set,
+    run_settings,
+)
 from vqbench.errors import DataError
 from vqbench.report.loader import LATENCY_FILE, incomplete_cause, load_results, run_completeness
 from vqbench.results import ResultRow, RunResults
@@ -187,17 +199,17 @@ def _check_deterministic(label: str, gate: DeterministicGate, base: float, curre
                        unit=_unit(gate.metric))
 
 
-def _ratios(values: list[float], reference: list[float]) -> np.ndarray | None:
-    """Divide each value by the reference's median; None when the reference is unusable."""
-    if not values or not reference:
-        return None
-    reference_median = float(np.median(reference))
-    if reference_median <= 0:
-        return None
-    return np.asarray(values, dtype=float) / reference_median
+def _ratios(values: list[float], reference: list[float]) -> np.ndarray:
+    """Divide each value by the reference's median, which must be above 0."""
+    return np.asarray(values, dtype=float) / float(np.median(reference))
 
 
-_NO_REFERENCE_FIGURE = "the baseline has no usable reference figure for this ratio"
+def _zero_reference_message(reference_metric: str, side: str) -> str:
+    return f"the reference {reference_metric} is 0 in {side}, and a ratio to 0 is undefined"
+
+
+_NO_REFERENCE_FIGURE = "the baseline's reference row has no figure for this ratio (it was not measured in that run)"
+_ZERO_REFERENCE_SKIP = ", so this ratio is not gated"
 
 
 @dataclass(frozen=True)
@@ -214,18 +226,25 @@ class _NoisyInputs:
 def _check_noisy(inputs: _NoisyInputs, p_threshold: float) -> CheckResult:
     gate, label = inputs.gate, inputs.label
     limit = f"median ratio to reference {gate.reference_metric} may grow at most {gate.max_ratio_growth:g}x"
-    base_ratios = _ratios(inputs.base_values, inputs.base_reference)
-    if base_ratios is None:
+    if not inputs.base_reference:
         return CheckResult(label, gate.metric, "ratio", "skipped", None, None, None, limit, _NO_REFERENCE_FIGURE)
+    if float(np.median(inputs.base_reference)) <= 0:
+        return CheckResult(label, gate.metric, "ratio", "skipped", None, None, None, limit,
+                           _zero_reference_message(gate.reference_metric, "the baseline") + _ZERO_REFERENCE_SKIP)
+    base_ratios = _ratios(inputs.base_values, inputs.base_reference)
     base_median = float(np.median(base_ratios))
     if not inputs.current_values:
         return CheckResult(label, gate.metric, "ratio", "missing", base_median, None, None, limit,
                            f"{gate.metric} is in the baseline but missing from this run")
-    current_ratios = _ratios(inputs.current_values, inputs.current_reference)
-    if current_ratios is None:
+    if not inputs.current_reference:
         return CheckResult(label, gate.metric, "ratio", "missing", base_median, None, None, limit,
                            f"the reference {gate.reference_metric} is missing from this run, so {gate.metric} "
                            "cannot be normalised")
+    if float(np.median(inputs.current_reference)) <= 0:
+        return CheckResult(label, gate.metric, "ratio", "missing", base_median, None, None, limit,
+                           _zero_reference_message(gate.reference_metric, "this run")
+                           + f", so {gate.metric} cannot be normalised; check how the reference was measured")
+    current_ratios = _ratios(inputs.current_values, inputs.current_reference)
     current_median = float(np.median(current_ratios))
     growth = current_median / base_median if base_median > 0 else math.inf
 
@@ -334,6 +353,9 @@ def _check_row(entry: BaselineEntry, row: ResultRow, context: dict) -> list[Chec
     current_samples = context["current_samples"][entry.key]
     for gate in policy.noisy:
         if not entry.samples.get(gate.metric):
+            # _validate_baseline has ensured that the baseline's figure is null, so it was not measured.
+            verdicts.append(CheckResult(label, gate.metric, "ratio", "skipped", None, None, None, "",
+                                        f"{gate.metric} was not measured in the baseline's run, so it is not gated"))
             continue
         if is_reference and gate.metric == gate.reference_metric:
             verdicts.append(CheckResult(label, gate.metric, "ratio", "skipped", None, None, None, "",
@@ -390,8 +412,9 @@ def run_check(results_dir: Path, baseline_file: Path, policy_file: Path | None =
     """Gate the run in ``results_dir`` against ``baseline_file`` under a policy (default built in).
 
     Raises DataError (exit code 2) for bad input: a missing, malformed or unsupported results,
-    baseline or policy file, an empty baseline, a baseline of another evaluation set, a policy
-    reference that the baseline lacks, or a gated figure that ``figure_problem`` rejects.
+    baseline or policy file, an empty baseline, a baseline of another evaluation set or other
+    settings, a policy reference that the baseline lacks, a gated figure that ``figure_problem``
+    rejects, or a baseline entry that records a noisy figure without its samples.
     """
     results_dir, baseline_file = Path(results_dir), Path(baseline_file)
     policy = load_policy(policy_file)
@@ -399,6 +422,7 @@ def run_check(results_dir: Path, baseline_file: Path, policy_file: Path | None =
     results: RunResults = load_results(results_dir)
     _check_same_evaluation_set(results_dir, run_evaluation_set(results), baseline_file,
                                baseline_evaluation_set(baseline))
+    settings_notes = _check_same_settings(results_dir, run_settings(results), baseline_file, baseline.settings)
     latency = _read_latency(results_dir)
     current_rows = {_row_key(row): row for row in results.rows}
     current_samples = {key: _row_samples(row, latency, policy.max_samples) for key, row in current_rows.items()}
@@ -409,6 +433,7 @@ def run_check(results_dir: Path, baseline_file: Path, policy_file: Path | None =
 
     busy_reason, notes, summary_notes = _host_load_notes(
         run_host_load(results_dir, results), baseline_host_load(baseline), policy)
+    notes.extend(settings_notes)
     complete, variants_missing = run_completeness(results)
     if not complete:
         missing = ", ".join(variants_missing) or "not listed"
@@ -436,6 +461,12 @@ def run_check(results_dir: Path, baseline_file: Path, policy_file: Path | None =
     if unreferenced:
         notes.append(f"{plural(unreferenced, 'ratio gate')} skipped because the baseline's reference row has no "
                      "figure for them")
+    zero_reference = sum(result.message.endswith(_ZERO_REFERENCE_SKIP) for result in verdicts)
+    if zero_reference:
+        # A summary note, because these gates are off although the baseline records a figure.
+        summary_notes.append(f"{plural(zero_reference, 'ratio gate')} skipped because the baseline's reference "
+                             "figure is 0 and a ratio to 0 is undefined; re-record the baseline from a run whose "
+                             "reference was measured")
     report = CheckReport(str(results_dir), str(baseline_file), policy, tuple(verdicts), tuple(notes),
                          tuple(summary_notes))
     logger.info("check of %s: %d verdicts, %d failures", results_dir, len(verdicts), len(report.failures))
