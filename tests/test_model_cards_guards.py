@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from typer.testing import CliRunner
 
 from vqbench.cli import app
 from vqbench.errors import ModelError, RunError, ScenarioError
-from vqbench.models.vq_card import load_vq_card, sha256_of
+from vqbench.models.vq_card import check_index_graphs, load_vq_card, sha256_of
 from vqbench.pipelines.base import Components
 from vqbench.pipelines.edge_vq import EdgeEmbedPipeline, EdgeVQReconPipeline, EdgeVQStudentPipeline
 from vqbench.scenario import AlignmentConfig, Scenario, TeacherConfig
@@ -123,6 +125,13 @@ def test_missing_people_file_rejected(vq_copy: Path) -> None:
     drop_people_entry(vq_copy)
     (vq_copy / "training_people.txt").unlink()
     with pytest.raises(ModelError, match="cannot be read .* fold guard"):
+        load_vq_card(vq_copy)
+
+
+def test_people_file_not_utf8_rejected(vq_copy: Path) -> None:
+    drop_people_entry(vq_copy)
+    (vq_copy / "training_people.txt").write_bytes(b"Jane\xff_Doe\n")
+    with pytest.raises(ModelError, match="cannot be read .it is not UTF-8 text."):
         load_vq_card(vq_copy)
 
 
@@ -340,8 +349,9 @@ def swap_file(folder: Path, name: str, source: Path) -> None:
 @pytest.mark.parametrize("name", ["student.onnx", "decoder.onnx"])
 def test_graph_of_other_grid_rejected(vq_copy: Path, name: str) -> None:
     swap_file(vq_copy, name, MODELS / "vq-g14-k256-aug" / name)
+    card = load_vq_card(vq_copy)  # the edge half's checks pass; the graphs are the cloud half's
     with pytest.raises(ModelError) as caught:
-        load_vq_card(vq_copy)
+        check_index_graphs(card)
     message = one_line(str(caught.value))
     assert f"{name} takes indices of shape ['?', 14, 14]" in message
     assert "payload.grid" in message and "[10, 10]" in message
@@ -357,7 +367,7 @@ def test_graph_of_other_codebook_rejected(vq_copy: Path) -> None:
     for name in ("student.onnx", "decoder.onnx"):
         swap_file(vq_copy, name, MODELS / "vq-g9-k1024-long" / name)
     with pytest.raises(ModelError, match=r"codebook of 1024 rows, but the payload.codebook_size .* is 256"):
-        load_vq_card(vq_copy)
+        check_index_graphs(load_vq_card(vq_copy))
 
 
 def test_corrupt_graph_rejected(vq_copy: Path) -> None:
@@ -367,4 +377,31 @@ def test_corrupt_graph_rejected(vq_copy: Path) -> None:
     card["files"]["student.onnx"]["sha256"] = sha256_of(student)
     write_card(vq_copy, card)
     with pytest.raises(ModelError, match="cannot read ONNX graph .*student.onnx"):
-        load_vq_card(vq_copy)
+        check_index_graphs(load_vq_card(vq_copy))
+
+
+def test_student_pipeline_checks_graph_before_opening_it(vq_copy: Path) -> None:
+    swap_file(vq_copy, "student.onnx", MODELS / "vq-g14-k256-aug" / "student.onnx")
+    pipeline = EdgeVQStudentPipeline(components(), str(vq_copy))
+    with pytest.raises(ModelError, match=r"takes indices of shape \['\?', 14, 14\]"):
+        pipeline.cloud([b""])
+
+
+def test_verify_checks_index_graphs(vq_copy: Path) -> None:
+    swap_file(vq_copy, "decoder.onnx", MODELS / "vq-g14-k256-aug" / "decoder.onnx")
+    result = cli.invoke(app, ["models", "verify", str(vq_copy)])
+    assert result.exit_code == 2
+    assert "decoder.onnx takes indices" in one_line(result.output)
+
+
+def test_edge_half_does_not_import_onnx() -> None:
+    # The graph check needs the onnx package; the edge half's peak RSS must not pay for it.
+    code = (
+        "import sys; from vqbench.pipelines.base import Components; "
+        "from vqbench.scenario import AlignmentConfig, TeacherConfig; "
+        "from vqbench.pipelines.edge_vq import EdgeVQStudentPipeline; "
+        f"EdgeVQStudentPipeline(Components(AlignmentConfig(), TeacherConfig()), {VQ_MODEL!r}); "
+        "print('onnx' in sys.modules)"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False"

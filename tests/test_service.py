@@ -677,6 +677,9 @@ def test_read_token_file(tmp_path: Path) -> None:
         read_token_file(tmp_path / "empty")
     with pytest.raises(ScenarioError, match="not found"):
         read_token_file(tmp_path / "missing")
+    (tmp_path / "binary").write_bytes(b"\xff\xfe token\n")
+    with pytest.raises(ScenarioError, match="not UTF-8 text"):
+        read_token_file(tmp_path / "binary")
 
 
 def _small_report() -> LoadTestReport:

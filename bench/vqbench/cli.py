@@ -349,7 +349,7 @@ def models_verify(
 ) -> None:
     """Check model folders against their cards as a run does, then the teacher port against dlib."""
     from vqbench.models.verify import compare_port_with_dlib
-    from vqbench.models.vq_card import default_models_dir, load_vq_card, model_folders
+    from vqbench.models.vq_card import check_index_graphs, default_models_dir, load_vq_card, model_folders
     from vqbench.scenario import default_data_dir
 
     if model_dirs:
@@ -357,8 +357,13 @@ def models_verify(
     else:
         models_dir = default_models_dir()
         folders, where = model_folders(models_dir), f"under {models_dir}"
-    # load_vq_card applies every check the runner applies: SHA-256 of each file, people list, payload.
-    checked = sum(len(load_vq_card(folder).data["files"]) for folder in folders)
+    # The checks the runner applies: SHA-256 of each file, people list, payload block and the
+    # graphs that read the payload.
+    checked = 0
+    for folder in folders:
+        card = load_vq_card(folder)
+        check_index_graphs(card)
+        checked += len(card.data["files"])
     output.print(
         f"{checked} file(s) of {len(folders)} model folder(s) {where} match their cards", highlight=False
     )

@@ -192,6 +192,8 @@ def run_scenario(
     # scenario that names a wrong or damaged model fails before the run folder or the data are touched.
     components = Components(scenario.alignment, scenario.teacher)
     pipelines = build_pipelines(scenario.pipelines, components)
+    for pipeline in pipelines:
+        pipeline.check_cloud_model()
     prepare_out_dir(out_dir, overwrite)
 
     evaluation = prepare_evaluation(scenario, scenario_dir)

@@ -6,6 +6,7 @@ and the people trained on, listed one name per line in ``training_people.txt``, 
 is also in the card. ``load_vq_card`` verifies all of it, and checks the card's ``payload``
 block against its ``architecture`` block and the people file against ``training``, so a model
 folder whose files or card were changed or swapped is rejected instead of silently measured.
+``check_index_graphs`` checks the graphs that read the payload against the payload block.
 ``allowed_folds`` names the folds a model may be scored on.
 """
 
@@ -154,10 +155,6 @@ def _card_from_data(folder: Path, card_path: Path, data: dict) -> VQModelCard:
     payload = data["payload"]
     if kind == "vq":
         _check_payload_matches_architecture(card_path, payload, data["architecture"]["vq"])
-        for role in INDEX_GRAPH_ROLES:
-            name = data["onnx"].get(role)
-            if name is not None:
-                _check_index_graph(folder / name, card_path, payload)
     return VQModelCard(
         model_id=model_id,
         kind=kind,
@@ -180,9 +177,10 @@ def _read_training_people(folder: Path, card_path: Path, training: dict) -> froz
     path = folder / PEOPLE_FILE
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
+        reason = "it is not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror or str(error)
         raise ModelError(
-            f"people file {path} of model card {card_path} cannot be read ({error.strerror or error}); the fold guard "
+            f"people file {path} of model card {card_path} cannot be read ({reason}); the fold guard "
             "needs the list of training people, so restore the model folder or retrain"
         ) from error
     people = frozenset(line for line in text.splitlines() if line)
@@ -226,6 +224,21 @@ def _check_payload_matches_architecture(card_path: Path, payload: dict, vq: dict
                 f"model card {card_path} has payload.{key} {found!r}, but its architecture.vq gives {value!r}; "
                 "restore the card from the repository or retrain"
             )
+
+
+def check_index_graphs(card: VQModelCard, roles: Iterable[str] = INDEX_GRAPH_ROLES) -> None:
+    """Check the graphs of ``roles`` that a VQ card lists against its payload block.
+
+    ``load_vq_card`` leaves this out because it needs the ``onnx`` package, about 11 MB of
+    memory that the edge half, which only runs the encoder, does not otherwise load. The cloud
+    half calls it before opening a graph, and ``vqbench models verify`` for every model.
+    """
+    if card.kind != "vq":
+        return
+    for role in roles:
+        name = card.data["onnx"].get(role)
+        if name is not None:
+            _check_index_graph(card.folder / name, card.folder / CARD_FILE, card.data["payload"])
 
 
 def _check_index_graph(path: Path, card_path: Path, payload: dict) -> None:

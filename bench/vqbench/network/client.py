@@ -200,6 +200,8 @@ def read_token_file(path: Path) -> str:
         raise ScenarioError(f"token file not found: {path}; create it with one line holding the token") from error
     except OSError as error:
         raise ScenarioError(f"cannot read token file {path}: {error.strerror}; check its permissions") from error
+    except UnicodeDecodeError as error:
+        raise ScenarioError(f"token file {path} is not UTF-8 text; write the token on its first line as plain text") from error
     token = text.strip().splitlines()[0].strip() if text.strip() else ""
     if not token:
         raise ScenarioError(f"token file {path} is empty; write the token on its first line")

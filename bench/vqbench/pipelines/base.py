@@ -114,3 +114,10 @@ class Pipeline(abc.ABC):
     def reconstruct(self, payloads: list[bytes]) -> np.ndarray | None:
         """Return the uint8 chips (N, H, W, 3) the cloud rebuilds from payloads, or None if it rebuilds none."""
         return None
+
+    def check_cloud_model(self) -> None:
+        """Raise ModelError when the cloud half's model files do not fit what the edge sends.
+
+        The runner calls this before any data is read; the cloud half also calls it before
+        opening its model. Pipelines whose cloud half has nothing to check keep this default.
+        """

@@ -19,7 +19,7 @@ from functools import cached_property
 import numpy as np
 
 from vqbench.errors import ModelError, PayloadError, ScenarioError
-from vqbench.models.vq_card import VQModelCard, load_vq_card, resolve_model_folder
+from vqbench.models.vq_card import VQModelCard, check_index_graphs, load_vq_card, resolve_model_folder
 from vqbench.pipelines.base import Components, EdgeOutput, HalfFootprint, Pipeline, VariantInfo
 from vqbench.pipelines.payload import PayloadFormat
 
@@ -128,8 +128,12 @@ class EdgeVQReconPipeline(_EdgeVQPipeline):
 
     kind = "edge-vq-recon"
 
+    def check_cloud_model(self) -> None:
+        check_index_graphs(self.card, ("decoder",))
+
     @cached_property
     def decoder_session(self) -> object:
+        self.check_cloud_model()
         return _session(self.card.file("decoder"), self.threads)
 
     def reconstruct(self, payloads: list[bytes]) -> np.ndarray:
@@ -163,8 +167,12 @@ class EdgeVQStudentPipeline(_EdgeVQPipeline):
 
     kind = "edge-vq-student"
 
+    def check_cloud_model(self) -> None:
+        check_index_graphs(self.card, ("student",))
+
     @cached_property
     def student_session(self) -> object:
+        self.check_cloud_model()
         return _session(self.card.file("student"), self.threads)
 
     def cloud(self, payloads: list[bytes]) -> np.ndarray:
