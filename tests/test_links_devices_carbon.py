@@ -205,3 +205,41 @@ def test_hourly_intensity(tmp_path):
     assert at.gco2e_per_kwh == 80
     with pytest.raises(DataError, match="no value"):
         hourly.at(datetime(2024, 5, 2, 0, 0, tzinfo=timezone.utc))
+
+
+def test_hourly_intensity_off_the_hour(tmp_path):
+    path = tmp_path / "hourly.csv"
+    path.write_text("timestamp_utc,gco2e_per_kwh\n2024-05-01T10:00:00Z,120\n2024-05-01T11:07:00Z,80\n")
+    with pytest.raises(DataError, match=r"2024-05-01T11:07:00\+00:00, which is not on a whole hour"):
+        read_hourly_intensity(path)
+
+
+@dataclasses.dataclass
+class _StubPipeline:
+    kind: str
+    variant: str
+    edge_macs: int | None
+
+    def footprint(self):
+        from vqbench.pipelines.base import HalfFootprint
+
+        return HalfFootprint(macs=self.edge_macs), HalfFootprint()
+
+
+def test_device_without_ratio_rejected_before_measuring():
+    from vqbench.deployment import check_deployment
+    from vqbench.scenario import DeploymentConfig
+
+    pipelines = [_StubPipeline("edge-vq-student", "known", 1_000_000), _StubPipeline("cloud-codec", "jpeg-q30", None)]
+    config = DeploymentConfig(edge_devices=["host", "raspberry-pi-4"])
+    with pytest.raises(ScenarioError) as raised:
+        check_deployment(config, pipelines)
+    message = str(raised.value)
+    assert message.startswith("edge device raspberry-pi-4 has no speed_ratio")
+    assert "cloud-codec/jpeg-q30" in message
+    assert "edge-vq-student/known" not in message
+    assert "deployment.edge_devices[1].speed_ratio" in message
+
+    # Known MACs, or a speed ratio, are enough to model the device.
+    check_deployment(config, pipelines[:1])
+    check_deployment(DeploymentConfig(edge_devices=[{"name": "raspberry-pi-4", "speed_ratio": 4.0}]), pipelines)

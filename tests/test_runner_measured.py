@@ -137,6 +137,12 @@ def test_links_and_devices_expand_rows(sample_lfw, tmp_path):
     assert lora.link_infeasible_reason
     assert lora.network_energy_j_per_inference is None
     assert lora.total_energy_j_per_inference is None
+    # Without a transfer time there is no end-to-end time, so sorting by latency cannot pick this row.
+    assert lora.transfer_latency_ms_p50 is None
+    assert lora.end_to_end_latency_ms_p50 is None
+    assert lora.end_to_end_latency_ms_p95 is None
+    assert lora.end_to_end_latency_ms_p99 is None
+    assert wifi_pi.end_to_end_latency_ms_p50 > wifi_pi.edge_latency_ms_p50
 
 
 def test_unknown_link_rejected_before_measuring(sample_lfw, tmp_path):
@@ -147,7 +153,7 @@ def test_unknown_link_rejected_before_measuring(sample_lfw, tmp_path):
 
 def test_device_without_macs_needs_speed_ratio(sample_lfw, tmp_path):
     scenario = _scenario(sample_lfw, meters={"host": []}, deployment={"edge_devices": ["raspberry-pi-4"]})
-    with pytest.raises(Exception, match="speed_ratio"):
+    with pytest.raises(ScenarioError, match=r"raspberry-pi-4 has no speed_ratio.*cloud-codec/jpeg-q30"):
         run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
 
 

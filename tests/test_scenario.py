@@ -123,3 +123,73 @@ def test_duplicate_yaml_key_rejected(tmp_path):
     path = _write(tmp_path, "name: s\npipelines: [{kind: cloud-raw}]\nname: t\n")
     with pytest.raises(ScenarioError, match="found the key 'name' twice"):
         load_scenario(path)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = _write(tmp_path, "name: x\npipelines: [\n")
+    with pytest.raises(ScenarioError) as raised:
+        load_scenario(path)
+    message = str(raised.value)
+    assert str(path) in message
+    assert "line 3, column 1" in message
+    assert "<unicode string>" not in message
+
+
+def test_non_utf8_scenario_names_file(tmp_path):
+    path = tmp_path / "scenario.yaml"
+    path.write_bytes(b"name: x\npipelines: [{kind: cloud-raw}]\ndescription: caf\xe9\n")
+    with pytest.raises(ScenarioError, match=re.escape(f"{path} is not UTF-8 text: byte 0xe9 on line 3")):
+        load_scenario(path)
+
+
+def test_folder_given_as_scenario(tmp_path):
+    with pytest.raises(ScenarioError, match="is a folder, not a file"):
+        load_scenario(tmp_path)
+
+
+def test_validator_value_shown_once(tmp_path):
+    path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-codec, qualities: [0]}]\n")
+    with pytest.raises(ScenarioError) as raised:
+        load_scenario(path)
+    assert str(raised.value).count("got [0]") == 1
+
+
+def test_builtin_check_still_shows_value(tmp_path):
+    path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-raw}]\nmeasurement: {min_window_s: 0}\n")
+    with pytest.raises(ScenarioError, match=re.escape("greater than 0 (got 0)")):
+        load_scenario(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("deployment: {edge_devices: [{name: host, speed_ratio: 4.0}]}\n", "the host is the measured machine"),
+        ("deployment: {edge_devices: []}\n", "no edge device is listed"),
+        ("alignment: {upsample: true}\n", "'alignment.upsample': Input should be a valid integer"),
+        ("alignment: {upsample: 1.0}\n", "'alignment.upsample': Input should be a valid integer"),
+        ("meters: {host: [rapl], options: {wattmeter: {x: 1}}}\n", "options for 'wattmeter', which meters.host does not list"),
+        ("meters: {host: [rapl], options: {codecarbon: {measure_power_secs: 2}}}\n", "options for 'codecarbon'"),
+    ],
+)
+def test_contradictory_values_rejected(tmp_path, text, message):
+    path = _write(tmp_path, "name: s\npipelines: [{kind: cloud-raw}]\n" + text)
+    with pytest.raises(ScenarioError, match=re.escape(message)):
+        load_scenario(path)
+
+
+def test_meter_path_options_resolve(tmp_path, monkeypatch):
+    from vqbench.scenario import resolve_meter_options
+
+    monkeypatch.setenv("VQ_TEST_TRACES", "/data/traces")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    base = tmp_path / "scenarios"
+    options = {
+        "trace_path": "../traces/power.csv", "root": "${VQ_TEST_TRACES}/powercap", "log_path": "~/meter.log",
+        "clock_offset_s": 1.5,
+    }
+    assert resolve_meter_options(options, base) == {
+        "trace_path": str(tmp_path / "traces" / "power.csv"),
+        "root": "/data/traces/powercap",
+        "log_path": str(tmp_path / "meter.log"),
+        "clock_offset_s": 1.5,
+    }

@@ -215,11 +215,14 @@ def _parse_utc(text: str) -> datetime:
 def read_hourly_intensity(path: Path) -> HourlyIntensity:
     """Read a CSV with columns ``timestamp_utc`` (ISO 8601) and ``gco2e_per_kwh``."""
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle, skipinitialspace=True))
         pairs = [(_parse_utc(row["timestamp_utc"]), float(row["gco2e_per_kwh"])) for row in rows]
     except OSError as error:
-        raise DataError(f"cannot read hourly intensity file {path}: {error}") from error
+        raise DataError(
+            f"cannot read hourly intensity file {path}: {error.strerror or error}; "
+            "check the carbon.edge_hourly_csv or carbon.cloud_hourly_csv path"
+        ) from error
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(
             f"hourly intensity file {path} must have columns timestamp_utc, gco2e_per_kwh with "
@@ -228,6 +231,13 @@ def read_hourly_intensity(path: Path) -> HourlyIntensity:
     if not pairs or any(not math.isfinite(value) or value < 0 for _, value in pairs):
         raise DataError(
             f"hourly intensity file {path} is empty or contains a negative or non-finite value"
+        )
+    # A run looks up the value of the hour it starts in, so a timestamp between hours would never match.
+    off_hour = next((stamp for stamp, _ in pairs if (stamp.minute, stamp.second, stamp.microsecond) != (0, 0, 0)), None)
+    if off_hour is not None:
+        raise DataError(
+            f"hourly intensity file {path} has the timestamp {off_hour.isoformat()}, which is not on a whole hour; "
+            "each timestamp_utc must fall on a whole hour (such as 2024-05-01T10:00:00Z), one row per hour"
         )
     pairs.sort()
     return HourlyIntensity(tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), str(path))

@@ -6,7 +6,7 @@ speed ratio the scenario gives, else from the edge half's MACs and the profile's
 For a link, each payload's size (the bytes counted on the wire when payloads went over HTTP)
 gives its transfer time, the radio energy on the device and the network's transit energy
 (``modeled-link``). A payload the link cannot carry marks the row infeasible and leaves its
-network figures empty.
+network figures, its end-to-end latency and its totals empty.
 
 CO2e per inference counts edge energy at the edge's grid intensity, cloud energy at the
 cloud's, and network energy (radio and transit) at the edge's. The device's embodied CO2e is a
@@ -15,6 +15,7 @@ separate column.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 from vqbench.errors import ScenarioError
 from vqbench.measure import HalfEnergy, latency_summary
 from vqbench.metrics.verification import VerificationResult
-from vqbench.pipelines.base import HalfFootprint
+from vqbench.pipelines.base import HalfFootprint, Pipeline
 from vqbench.results import ResultRow
 from vqbench.scenario import DeploymentConfig, EdgeDeviceChoice
 
@@ -80,8 +81,12 @@ class _Network:
     reason: str | None
 
 
-def check_deployment(config: DeploymentConfig) -> None:
-    """Reject unknown link and device names before anything is measured."""
+def check_deployment(config: DeploymentConfig, pipelines: Sequence[Pipeline] = ()) -> None:
+    """Reject unknown link and device names, and modeled devices that lack a needed speed ratio.
+
+    Runs before anything is measured. A device without ``speed_ratio`` is modeled from the edge
+    half's MACs, so every pipeline whose edge MACs are unknown needs the ratio.
+    """
     from vqbench.devices import get_device_profile
     from vqbench.network.links import get_link_profile
 
@@ -90,6 +95,21 @@ def check_deployment(config: DeploymentConfig) -> None:
     for device in config.edge_devices:
         if device.name != HOST:
             get_device_profile(device.name)
+
+    without_ratio = [
+        (index, device) for index, device in enumerate(config.edge_devices)
+        if device.name != HOST and device.speed_ratio is None
+    ]
+    if not without_ratio:
+        return
+    unknown_macs = [f"{pipeline.kind}/{pipeline.variant}" for pipeline in pipelines if pipeline.footprint()[0].macs is None]
+    if unknown_macs:
+        index, device = without_ratio[0]
+        raise ScenarioError(
+            f"edge device {device.name} has no speed_ratio, and the edge half of {', '.join(unknown_macs)} has no MAC "
+            f"count (dlib alignment) to model it from; set deployment.edge_devices[{index}].speed_ratio to the "
+            "device's time divided by this host's time for the edge half"
+        )
 
 
 def build_rows(
@@ -125,8 +145,8 @@ def _edge_on_device(measured: VariantMeasurement, device: EdgeDeviceChoice, conf
     macs = measured.edge_footprint.macs
     if device.speed_ratio is None and macs is None:
         raise ScenarioError(
-            f"{measured.pipeline}/{measured.variant}: the edge half's MACs are unknown (dlib alignment), so "
-            f"modeling it on {device.name} needs deployment.edge_devices[].speed_ratio (device time / host time)"
+            f"the edge half's MACs are unknown (dlib alignment), so modeling it on {device.name} "
+            "needs deployment.edge_devices[].speed_ratio (device time / host time)"
         )
     host_ms = float(np.median(measured.edge_ms)) if measured.edge_ms else 0.0
     cost = model_stage_on_device(profile, host_ms / 1000, None if device.speed_ratio else macs, device.speed_ratio)
@@ -200,9 +220,10 @@ def _row(
     cloud = measured.cloud_energy.energy
     cloud_j = getattr(cloud, "energy_j_per_inference", None)
 
-    # End to end per timed sample: edge, transfer (when known), cloud.
+    # End to end per timed sample: edge, transfer (when known), cloud. A link that cannot carry
+    # the payload has no transfer time, so it has no end-to-end time either.
     transfer = network.transfer_ms if len(network.transfer_ms) == len(measured.cloud_ms) else []
-    end_to_end = [
+    end_to_end = [] if network.feasible is False else [
         e + c + (transfer[i] if transfer else 0.0) for i, (e, c) in enumerate(zip(edge.latency_ms, measured.cloud_ms))
     ]
     edge_lat, cloud_lat = latency_summary(edge.latency_ms), latency_summary(measured.cloud_ms)

@@ -2,13 +2,17 @@
 
 Phases, in order:
 
-1. resolve the data set (download LFW when the scenario allows it) and read the images;
-2. align every image once (cached) and embed the originals with the teacher (cached);
-3. for each pipeline variant: score every pair (``vqbench.accuracy``), then time, meter and
-   size each half (``vqbench.measure``);
-4. after each variant, rewrite the results files atomically, so an interrupted run keeps
+1. check every input that needs no measurement: model cards, the run folder, links, devices
+   and their speed ratios, grid locations and hourly files, meters and their options, and the
+   HTTP service's variants;
+2. resolve the data set (download LFW when the scenario allows it) and read the images;
+3. align every image once (cached) and embed the originals with the teacher (cached);
+4. remove an old run from the run folder (``--overwrite``), then for each pipeline variant:
+   score every pair (``vqbench.accuracy``), then time, meter and size each half
+   (``vqbench.measure``);
+5. after each variant, rewrite the results files atomically, so an interrupted run keeps
    every variant it finished;
-5. render the HTML and PDF reports from the results files.
+6. render the HTML and PDF reports from the results files.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from vqbench.metrics.verification import evaluate_verification
 from vqbench.pipelines.base import Components, Pipeline
 from vqbench.pipelines.registry import build_pipelines
 from vqbench.results import RESULT_COLUMNS, ResultRow, RunResults
-from vqbench.scenario import Scenario, expand_path
+from vqbench.scenario import Scenario, expand_path, resolve_meter_options
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +97,15 @@ class _RunTables:
     failed: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _VariantFrames:
+    """One variant's per-pair scores, per-sample latencies and energy windows."""
+
+    scores: pd.DataFrame
+    latency: pd.DataFrame
+    energy: pd.DataFrame
+
+
 @contextmanager
 def _phase(progress: ProgressReporter, description: str, total: int | None) -> Iterator[Any]:
     task = progress.phase(description, total)
@@ -131,7 +144,7 @@ def prepare_evaluation(scenario: Scenario, scenario_dir: Path) -> EvaluationSet:
     return evaluation
 
 
-#: Files a run writes into its folder; ``--overwrite`` removes them before a new run.
+#: Files a run writes into its folder; ``--overwrite`` removes them before a new run writes.
 RUN_FILES = (
     "results.json", "results.csv", "scores.parquet", "latency.parquet", "energy.parquet", "environment.json",
     "report.html", "report.pdf",
@@ -139,24 +152,61 @@ RUN_FILES = (
 SAMPLES_DIR = "samples"
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool = False) -> None:
-    """Create the run folder; raise ScenarioError if it is a file or already contains a run (unless ``overwrite``)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ScenarioError(f"--out {out_dir} is a file, not a folder; pass a folder for the run's files")
-    if (out_dir / "results.json").exists():
-        if not overwrite:
+class RunFolder:
+    """The run folder: checked before the run starts, and cleared of an old run only when the new one writes.
+
+    ``check`` raises ScenarioError when the folder is a file, cannot be created, or already
+    contains a run without ``overwrite``. ``claim`` removes the old run's files just before the
+    new run writes its first one, so a scenario that fails its checks or its data loading
+    leaves the old run as it was. ``discard`` removes the folders that ``check`` created when
+    the run stops before ``claim``.
+    """
+
+    def __init__(self, path: Path, overwrite: bool = False) -> None:
+        self.path = path
+        self.overwrite = overwrite
+        self.claimed = False
+        self._created: Path | None = None
+
+    def check(self) -> None:
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise ScenarioError(f"--out {path} is a file, not a folder; pass a folder for the run's files")
+        if (path / "results.json").exists() and not self.overwrite:
             raise ScenarioError(
-                f"{out_dir} already contains a run (results.json); choose another --out folder, "
+                f"{path} already contains a run (results.json); choose another --out folder, "
                 "or pass --overwrite to replace that run"
             )
-        logger.warning("replacing the run in %s", out_dir)
+        missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ScenarioError(
+                f"cannot create the run folder {path}: {error.strerror or error}; pass a writable --out folder"
+            ) from error
+        self._created = missing[-1] if missing else None
+
+    def claim(self) -> None:
+        if self.claimed:
+            return
+        self.claimed = True
+        if not (self.path / "results.json").exists():
+            return
+        logger.warning("replacing the run in %s", self.path)
         for name in RUN_FILES:
-            (out_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(out_dir / SAMPLES_DIR, ignore_errors=True)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ScenarioError(f"cannot create the run folder {out_dir}: {error.strerror or error}; pass a writable --out folder") from error
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / SAMPLES_DIR, ignore_errors=True)
+
+    def discard(self) -> None:
+        if self.claimed or self._created is None:
+            return
+        for folder in (self.path, *self.path.parents):
+            try:
+                folder.rmdir()  # removes only an empty folder
+            except OSError:
+                return
+            if folder == self._created:
+                return
 
 
 def _cache_root(scenario: Scenario, scenario_dir: Path) -> Path:
@@ -179,11 +229,15 @@ def run_scenario(
 ) -> RunOutcome:
     """Run every pipeline variant of a scenario and write results and reports into ``out_dir``.
 
-    On KeyboardInterrupt the variants already measured are kept: results.json is rewritten
-    with ``complete`` false and the variants not reached, environment.json is written, and the
-    interrupt is raised again. A variant that raises a VqbenchError is logged and skipped, and
-    results.json lists it in ``variants_failed`` and ``variants_missing`` with ``complete`` false.
-    RunError is raised when every variant failed.
+    Every input that can be checked without measuring is checked before the data set is read:
+    models, the run folder, links and devices, grid locations, the cache folder, meters and
+    their options, and the HTTP service. An old run in ``out_dir`` is removed only when the new
+    run is about to write its first file. On KeyboardInterrupt the variants already
+    measured are kept: results.json is rewritten with ``complete`` false and the variants not
+    reached, environment.json is written, and the interrupt is raised again. A variant that
+    raises a VqbenchError is logged and skipped, and results.json lists it in
+    ``variants_failed`` and ``variants_missing`` with ``complete`` false. RunError is raised
+    when every variant failed.
     """
     progress = progress or SilentProgress()
     started = time.perf_counter()
@@ -194,30 +248,76 @@ def run_scenario(
     pipelines = build_pipelines(scenario.pipelines, components)
     for pipeline in pipelines:
         pipeline.check_cloud_model()
-    prepare_out_dir(out_dir, overwrite)
+    run_folder = RunFolder(out_dir, overwrite)
+    run_folder.check()
 
-    evaluation = prepare_evaluation(scenario, scenario_dir)
+    meters: list[Any] = []
+    http: Any = None
+    try:
+        # Inputs that need no measurement are checked before the data set is read and the faces aligned.
+        check_deployment(scenario.deployment, pipelines)
+        assumptions = _assumptions(scenario, scenario_dir)
+        cache_root = _cache_root(scenario, scenario_dir)
+        meters = _create_meters(scenario, scenario_dir)
+        meter, meter_status, meter_warnings = _select_meter(meters)
+        http = _open_transport(scenario, scenario_path, scenario_dir, pipelines)
+
+        evaluation = prepare_evaluation(scenario, scenario_dir)
+        logger.info(
+            "%d pairs in folds %s, %d images (%d unreadable, %d pairs skipped)",
+            len(evaluation.pairs), evaluation.folds, len(evaluation.images),
+            len(evaluation.skipped_images), evaluation.skipped_pairs,
+        )
+        chip_cache = ArrayCache(cache_root, "chips")
+        embedding_cache = ArrayCache(cache_root, "embeddings")
+        check_identity_leakage(pipelines, evaluation)
+        configs = _variant_configs(scenario, components)
+
+        with _phase(progress, "Aligning faces", len(evaluation.images)) as task:
+            aligned = align_all(evaluation, components, chip_cache, lambda n: progress.advance(task, n))
+        detection_fallbacks = _count_fallbacks(evaluation, aligned.detected)
+
+        context = _RunContext(scenario, scenario_path, out_dir, evaluation, assumptions)
+        context.warnings.extend(f"image skipped: {path}: {reason}" for path, reason in evaluation.skipped_images.items())
+        context.meter_status = meter_status
+        context.warnings.extend(meter_warnings)
+        context.http = http
+        # Every check has passed, so an old run in the folder is replaced only now.
+        run_folder.claim()
+        tables, failures = _run_variants(pipelines, configs, context, aligned, embedding_cache, meter, progress,
+                                         detection_fallbacks)
+    finally:
+        for created in meters:
+            created.close()
+        if http is not None:
+            http.close()
+        run_folder.discard()
+
+    results = _write_results(context, tables)
+    context.write_environment()
+    _render_reports(scenario, out_dir)
+    duration_s = time.perf_counter() - started
     logger.info(
-        "%d pairs in folds %s, %d images (%d unreadable, %d pairs skipped)",
-        len(evaluation.pairs), evaluation.folds, len(evaluation.images),
-        len(evaluation.skipped_images), evaluation.skipped_pairs,
+        "run finished in %.1f s (chip cache: %d hits, embedding cache: %d hits)",
+        duration_s, chip_cache.hits, embedding_cache.hits,
     )
-    cache_root = _cache_root(scenario, scenario_dir)
-    chip_cache = ArrayCache(cache_root, "chips")
-    embedding_cache = ArrayCache(cache_root, "embeddings")
+    if not tables.rows:
+        raise RunError(f"every pipeline variant failed; see {out_dir / 'results.json'}: {'; '.join(failures)}")
+    return RunOutcome(out_dir=out_dir, results=results, failures=failures, duration_s=duration_s)
 
-    check_identity_leakage(pipelines, evaluation)
-    check_deployment(scenario.deployment)
-    configs = _variant_configs(scenario, components)
 
-    with _phase(progress, "Aligning faces", len(evaluation.images)) as task:
-        aligned = align_all(evaluation, components, chip_cache, lambda n: progress.advance(task, n))
-    detection_fallbacks = _count_fallbacks(evaluation, aligned.detected)
-
-    context = _RunContext(scenario, scenario_path, out_dir, evaluation, _assumptions(scenario, scenario_dir))
-    context.warnings.extend(f"image skipped: {path}: {reason}" for path, reason in evaluation.skipped_images.items())
-    meter = context.open_meter()
-    context.open_transport(scenario_dir, pipelines)
+def _run_variants(
+    pipelines: list[Pipeline],
+    configs: dict[tuple[str, str], dict],
+    context: "_RunContext",
+    aligned: Any,
+    embedding_cache: ArrayCache,
+    meter: Any,
+    progress: ProgressReporter,
+    detection_fallbacks: int,
+) -> tuple[_RunTables, list[str]]:
+    """Measure each variant in turn, rewriting the results files after each; return the tables and failures."""
+    scenario = context.scenario
     tables = _RunTables()
     failures: list[str] = []
     try:
@@ -225,12 +325,18 @@ def run_scenario(
         for position, (pipeline, label) in enumerate(zip(pipelines, labels)):
             tables.missing = labels[position:]
             try:
-                measured = _run_variant(
+                measured, frames = _run_variant(
                     pipeline, configs[(pipeline.kind, pipeline.variant)], context, aligned, embedding_cache,
-                    meter, tables, progress,
+                    meter, progress,
                 )
                 measured.detection_fallbacks = detection_fallbacks
-                tables.rows.extend(build_rows(measured, scenario.deployment, context.intensities))
+                rows = build_rows(measured, scenario.deployment, context.intensities)
+                # The per-pair and per-sample tables join the results only with the variant's rows,
+                # so a variant that fails or is interrupted leaves no trace in the Parquet files.
+                tables.rows.extend(rows)
+                tables.scores.append(frames.scores)
+                tables.latency.append(frames.latency)
+                tables.energy.append(frames.energy)
             except VqbenchError as error:
                 logger.error("variant %s failed: %s", label, error)
                 failures.append(f"{label}: {error}")
@@ -244,23 +350,7 @@ def run_scenario(
     except KeyboardInterrupt:
         _keep_interrupted_run(context, tables)
         raise
-    finally:
-        if meter is not None:
-            meter.close()
-        if context.http is not None:
-            context.http.close()
-
-    results = _write_results(context, tables)
-    context.write_environment()
-    _render_reports(scenario, out_dir)
-    duration_s = time.perf_counter() - started
-    logger.info(
-        "run finished in %.1f s (chip cache: %d hits, embedding cache: %d hits)",
-        duration_s, chip_cache.hits, embedding_cache.hits,
-    )
-    if not tables.rows:
-        raise RunError(f"every pipeline variant failed; see {out_dir / 'results.json'}: {'; '.join(failures)}")
-    return RunOutcome(out_dir=out_dir, results=results, failures=failures, duration_s=duration_s)
+    return tables, failures
 
 
 def _variant_configs(scenario: Scenario, components: Components) -> dict[tuple[str, str], dict]:
@@ -325,56 +415,90 @@ class _RunContext:
         if warning:
             self.warnings.append(warning)
 
-    def open_transport(self, scenario_dir: Path, pipelines: list[Pipeline]) -> None:
-        """Connect to `vqbench serve` when the scenario sends payloads over HTTP.
-
-        Raises ScenarioError when the service aligns a variant it serves with other settings than
-        the scenario's, because the run would then score other chips than its results record.
-        """
-        transport = self.scenario.transport
-        if transport.mode != "http":
-            return
-        from vqbench.network.client import HttpCloud
-        from vqbench.network.loadtest import check_alignment
-
-        if not transport.url:
-            raise ScenarioError("transport.mode is http but transport.url is not set; give the service's base URL")
-        self.http = HttpCloud.from_config(transport, scenario_dir)
-        self.http.health()
-        check_alignment(
-            pipelines, self.http.pipelines(), transport.url, f"scenario {self.scenario_path}",
-            consequence="this run's results would record",
-            fix="set the scenario's alignment to the service's, or start the service with this scenario",
-        )
-        logger.info("posting payloads to %s", transport.url)
-
-    def open_meter(self) -> Any:
-        """Return the first available host meter of the scenario's list, or None."""
-        from vqbench.meters.registry import create_meter
-
-        for name in self.scenario.meters.host:
-            meter = create_meter(name, **self.scenario.meters.options.get(name, {}))
-            availability = meter.probe()
-            self.meter_status[name] = {"available": availability.available, "reason": availability.reason}
-            if availability.available:
-                logger.info("measuring host energy with %s (%s)", name, meter.method)
-                if meter.method.startswith("estimated"):
-                    self.warnings.append(
-                        f"host energy is an estimate ({meter.method}): {availability.reason}"
-                    )
-                return meter
-            logger.warning("energy meter %s unavailable: %s", name, availability.reason)
-        self.warnings.append(
-            "no host energy meter was available (tried "
-            + ", ".join(f"{name}: {status['reason']}" for name, status in self.meter_status.items())
-            + "); energy and CO2e figures are missing"
-        )
-        return None
-
     def write_environment(self) -> None:
         environment = collect_environment(meters=self.meter_status, project_dir=PROJECT_DIR)
         environment["max_load_average_1min_while_timing"] = round(self.host_load.max_load_1min, 2)
         write_json_atomic(self.out_dir / "environment.json", environment)
+
+
+def _create_meters(scenario: Scenario, scenario_dir: Path) -> list[Any]:
+    """Build every host meter the scenario lists, with its options; raise ScenarioError on an unknown name or option.
+
+    Path options resolve against the scenario's folder, like the scenario's other paths.
+    """
+    from vqbench.meters.registry import create_meter
+
+    meters: list[Any] = []
+    try:
+        for name in scenario.meters.host:
+            options = resolve_meter_options(scenario.meters.options.get(name, {}), scenario_dir)
+            meters.append(create_meter(name, **options))
+    except BaseException:
+        for meter in meters:
+            meter.close()
+        raise
+    return meters
+
+
+def _select_meter(meters: list[Any]) -> tuple[Any, dict[str, dict[str, object]], list[str]]:
+    """Probe the meters in order; return the first available one (or None), each probed meter's status and warnings."""
+    status: dict[str, dict[str, object]] = {}
+    for meter in meters:
+        availability = meter.probe()
+        status[meter.name] = {"available": availability.available, "reason": availability.reason}
+        if availability.available:
+            logger.info("measuring host energy with %s (%s)", meter.name, meter.method)
+            warnings = []
+            if meter.method.startswith("estimated"):
+                warnings.append(f"host energy is an estimate ({meter.method}): {availability.reason}")
+            return meter, status, warnings
+        logger.warning("energy meter %s unavailable: %s", meter.name, availability.reason)
+    tried = ", ".join(f"{name}: {entry['reason']}" for name, entry in status.items())
+    return None, status, [f"no host energy meter was available (tried {tried}); energy and CO2e figures are missing"]
+
+
+def _open_transport(scenario: Scenario, scenario_path: Path, scenario_dir: Path, pipelines: list[Pipeline]) -> Any:
+    """Connect to `vqbench serve` when the scenario sends payloads over HTTP; return the client, or None.
+
+    Raises ScenarioError when the service does not serve a variant of the scenario, or aligns a
+    variant it serves with other settings than the scenario's, because the run would then
+    score other chips than its results record.
+    """
+    transport = scenario.transport
+    if transport.mode != "http":
+        return None
+    from vqbench.network.client import HttpCloud
+    from vqbench.network.loadtest import check_alignment
+
+    if not transport.url:
+        raise ScenarioError("transport.mode is http but transport.url is not set; give the service's base URL")
+    http = HttpCloud.from_config(transport, scenario_dir)
+    try:
+        http.health()
+        served = http.pipelines()
+        _check_served(pipelines, served, transport.url)
+        check_alignment(
+            pipelines, served, transport.url, f"scenario {scenario_path}",
+            consequence="this run's results would record",
+            fix="set the scenario's alignment to the service's, or start the service with this scenario",
+        )
+    except BaseException:
+        http.close()
+        raise
+    logger.info("posting payloads to %s", transport.url)
+    return http
+
+
+def _check_served(pipelines: list[Pipeline], served: list[dict[str, Any]], url: str) -> None:
+    """Raise ScenarioError naming the scenario's variants that the service does not serve."""
+    available = {(entry.get("pipeline"), entry.get("variant")) for entry in served}
+    missing = [f"{p.kind}/{p.variant}" for p in pipelines if (p.kind, p.variant) not in available]
+    if missing:
+        listed = ", ".join(sorted(f"{kind}/{variant}" for kind, variant in available)) or "none"
+        raise ScenarioError(
+            f"the service at {url} does not serve {', '.join(missing)} (it serves: {listed}); start "
+            "`vqbench serve` with a scenario that lists these variants, or remove them from this scenario"
+        )
 
 
 def _assumptions(scenario: Scenario, scenario_dir: Path) -> dict:
@@ -440,10 +564,9 @@ def _run_variant(
     aligned: Any,
     embedding_cache: ArrayCache,
     meter: Any,
-    tables: _RunTables,
     progress: ProgressReporter,
-) -> VariantMeasurement:
-    """Score, time, meter and size one variant; append its tables; return its measurements."""
+) -> tuple[VariantMeasurement, _VariantFrames]:
+    """Score, time, meter and size one variant; return its measurements and its tables."""
     scenario = context.scenario
     evaluation = context.evaluation
     label = f"{pipeline.kind}/{pipeline.variant}"
@@ -457,12 +580,10 @@ def _run_variant(
     same = np.asarray([pair.same for pair in evaluation.pairs])
     folds = np.asarray([pair.fold for pair in evaluation.pairs])
     verification = evaluate_verification(scores, same, folds)
-    tables.scores.append(
-        pd.DataFrame({
-            "pipeline": pipeline.kind, "variant": pipeline.variant, "fold": folds,
-            "pair_index": [pair.index for pair in evaluation.pairs], "same": same, "score": scores,
-        })
-    )
+    score_table = pd.DataFrame({
+        "pipeline": pipeline.kind, "variant": pipeline.variant, "fold": folds,
+        "pair_index": [pair.index for pair in evaluation.pairs], "same": same, "score": scores,
+    })
 
     settings = scenario.measurement
     sample_images = evaluation.images[: settings.latency_samples]
@@ -484,14 +605,13 @@ def _run_variant(
 
     if pipeline.edge_aligns:
         _write_reconstructions(pipeline, aligned.chips[:RECONSTRUCTION_SAMPLES], context.out_dir / "samples")
-    tables.latency.append(_latency_table(pipeline, latency))
-    tables.energy.append(_energy_table(pipeline, edge_energy, cloud_energy))
+    frames = _VariantFrames(score_table, _latency_table(pipeline, latency), _energy_table(pipeline, edge_energy, cloud_energy))
     for half, energy in (("edge", edge_energy), ("cloud", cloud_energy)):
         if energy.energy is None:
             context.warnings.append(f"{label}: {half} energy missing: {energy.missing_reason}")
 
     edge_footprint, cloud_footprint = pipeline.footprint()
-    return VariantMeasurement(
+    measured = VariantMeasurement(
         pipeline=pipeline.kind,
         variant=pipeline.variant,
         n_pairs=len(evaluation.pairs),
@@ -514,6 +634,7 @@ def _run_variant(
         transport=scenario.transport.mode,
         extra_columns=dict(pipeline.info().extra_columns),
     )
+    return measured, frames
 
 
 def _write_reconstructions(pipeline: Pipeline, chips: np.ndarray, folder: Path) -> None:

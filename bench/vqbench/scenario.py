@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vqbench.errors import ScenarioError
 
@@ -63,8 +63,9 @@ class DatasetConfig(_Strict):
 class AlignmentConfig(_Strict):
     """dlib detection and 5-point alignment to the teacher's 150x150 chip."""
 
+    # Strict, so that YAML's `true` is not taken as 1 step.
     upsample: int = Field(
-        1, ge=0, le=2, description="dlib detector upsampling steps; 1 finds faces down to about 40 px."
+        1, ge=0, le=2, strict=True, description="dlib detector upsampling steps; 1 finds faces down to about 40 px."
     )
     face_choice: Literal["center", "score"] = Field(
         "center",
@@ -199,12 +200,23 @@ class EdgeDeviceChoice(_Strict):
         "half's MACs are unknown (dlib alignment); without it the MACs and the profile's throughput are used.",
     )
 
+    @model_validator(mode="after")
+    def _host_has_no_ratio(self) -> "EdgeDeviceChoice":
+        if self.name == "host" and self.speed_ratio is not None:
+            raise ValueError(
+                f"the host is the measured machine, so its speed_ratio {self.speed_ratio} would be ignored; "
+                "remove speed_ratio from the host entry, or name a device profile such as raspberry-pi-4"
+            )
+        return self
+
 
 class DeploymentConfig(_Strict):
     """Links and edge devices to model; each (variant, link, device) combination is a results row."""
 
     links: list[str] = Field(default_factory=list, description="Link profiles, e.g. wifi, lte, lorawan-sf7.")
-    edge_devices: list[EdgeDeviceChoice] = Field(default_factory=lambda: [EdgeDeviceChoice(name="host")])
+    edge_devices: list[EdgeDeviceChoice] = Field(
+        default_factory=lambda: [EdgeDeviceChoice(name="host")], json_schema_extra={"minItems": 1}
+    )
 
     @field_validator("links")
     @classmethod
@@ -223,6 +235,11 @@ class DeploymentConfig(_Strict):
     @field_validator("edge_devices")
     @classmethod
     def _distinct_devices(cls, devices: list[EdgeDeviceChoice]) -> list[EdgeDeviceChoice]:
+        if not devices:
+            raise ValueError(
+                "no edge device is listed, so the run would write no results rows; list at least one, "
+                "such as [host] for this machine, or leave edge_devices out to use host"
+            )
         names = [device.name for device in devices]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
@@ -243,8 +260,21 @@ class MetersConfig(_Strict):
     host: list[str] = Field(default_factory=lambda: ["rapl", "codecarbon"])
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="Constructor options per meter, e.g. {external: {trace_path: power.csv, clock_offset_s: 0.0}}.",
+        description="Constructor options per meter, e.g. {external: {trace_path: power.csv, clock_offset_s: 0.0}}. "
+        "Options named root or ending in _path are paths: ${VAR} and ~ expand, and relative paths resolve "
+        "against the scenario file's folder.",
     )
+
+    @model_validator(mode="after")
+    def _options_for_listed_meters(self) -> "MetersConfig":
+        unlisted = [name for name in self.options if name not in self.host]
+        if unlisted:
+            listed = ", ".join(self.host) or "no meter"
+            raise ValueError(
+                f"meters.options sets options for {', '.join(repr(name) for name in unlisted)}, which meters.host "
+                f"does not list (it lists {listed}); add the meter to meters.host or remove its options"
+            )
+        return self
 
 
 class CarbonConfig(_Strict):
@@ -304,6 +334,22 @@ def expand_path(value: str, base_dir: Path) -> Path:
     return expanded if expanded.is_absolute() else (base_dir / expanded).resolve()
 
 
+def is_meter_path_option(option: str) -> bool:
+    """Return whether a meter option is a path: ``root`` or a name ending in ``_path``."""
+    return option == "root" or option.endswith("_path")
+
+
+def resolve_meter_options(options: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Return a meter's options with each path option expanded and resolved against ``base_dir``.
+
+    A path option that is not a string is passed on unchanged, for the meter's option checks to reject.
+    """
+    return {
+        option: str(expand_path(value, base_dir)) if is_meter_path_option(option) and isinstance(value, str) else value
+        for option, value in options.items()
+    }
+
+
 def default_data_dir() -> Path:
     """Return ``${VQBENCH_DATA_DIR}``, else ``~/.cache/vqbench/data``."""
     configured = os.environ.get(DATA_DIR_ENV)
@@ -361,13 +407,16 @@ class UniqueKeyLoader(yaml.SafeLoader):
 def load_yaml_model(
     path: Path, model: type[ModelT], noun: str, missing_hint: str, required_keys: str, schema_hint: str
 ) -> ModelT:
-    """Read a YAML file into a pydantic model; every failure is a ScenarioError naming the key and value."""
+    """Read a YAML file into a pydantic model; every failure is a ScenarioError naming the file, key and value."""
+    if path.is_dir():
+        raise ScenarioError(f"{noun} {path} is a folder, not a file; {missing_hint}")
     if not path.is_file():
         raise ScenarioError(f"{noun} file not found: {path}; {missing_hint}")
+    text = _read_utf8(path, noun)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
-        raise ScenarioError(f"{noun} {path} is not valid YAML: {error}".replace("\n", " ")) from error
+        raise ScenarioError(f"{noun} {path} is not valid YAML: {describe_yaml_error(error)}") from error
     if not isinstance(raw, dict):
         raise ScenarioError(f"{noun} {path} must be a YAML mapping with at least {required_keys}")
     try:
@@ -379,16 +428,56 @@ def load_yaml_model(
         raise ScenarioError(f"{noun} {path} is invalid: {'; '.join(problems)}{suffix} ({schema_hint})") from error
 
 
+def _read_utf8(path: Path, noun: str) -> str:
+    """Return the file's text; raise ScenarioError naming the file when it is unreadable or not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ScenarioError(f"cannot read {noun} {path}: {error.strerror or error}; check its permissions") from error
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ScenarioError(
+            f"{noun} {path} is not UTF-8 text: byte 0x{data[error.start]:02x} on line {line} cannot be decoded; "
+            "save the file as UTF-8"
+        ) from error
+
+
+def describe_yaml_error(error: yaml.YAMLError) -> str:
+    """Describe a YAML parse error on one line, with the line and column of the problem.
+
+    PyYAML's own text names the input "<unicode string>" and draws a caret under the line,
+    which cannot be read once flattened, so the caller names the file instead.
+    """
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return str(error).replace("\n", " ")
+    mark = error.problem_mark or error.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    text = where + (error.problem or "syntax error")
+    if error.context:
+        context_mark = error.context_mark
+        text += f" ({error.context}" + (f" at line {context_mark.line + 1})" if context_mark is not None else ")")
+    return text
+
+
 #: Validation problems listed in one error message.
 MAX_REPORTED_PROBLEMS = 5
 
 
 def _describe_problem(problem: dict) -> str:
-    """Render one pydantic problem as "'key.path': message (got value)"."""
+    """Render one pydantic problem as "'key.path': message (got value)".
+
+    The value is left out when a validator of this module already put it in the message.
+    """
     location = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-    text = f"'{location}': {problem['msg']}"
+    message = problem["msg"]
+    text = f"'{location}': {message}"
     if problem["type"] != "missing" and "input" in problem and not isinstance(problem["input"], dict):
-        text += f" (got {problem['input']!r})"
+        value = problem["input"]
+        shown = problem["type"] == "value_error" and (repr(value) in message or str(value) in message)
+        if not shown:
+            text += f" (got {value!r})"
     return text
 
 
