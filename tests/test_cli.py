@@ -1,11 +1,17 @@
 """CLI: help text, version, and one-line errors with exit code 2 for user mistakes."""
 
+from pathlib import Path
+
+import yaml
 from typer.testing import CliRunner
 
+from conftest_report import synthetic_run
 from vqbench import __version__
-from vqbench.cli import app
+from vqbench.cli import _print_summary, app
+from vqbench.console import output
 
 runner = CliRunner()
+SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 
 
 def test_help_lists_commands():
@@ -68,3 +74,53 @@ def test_unwritable_output_path_exits_2(tmp_path):
     assert result.exit_code == 2, result.output
     assert f"cannot use {tmp_path}" in result.output
     assert "Traceback" not in result.output
+
+
+def _summary_lines(run_dir: Path) -> list[str]:
+    with output.capture() as captured:
+        _print_summary(run_dir)
+    return captured.get().splitlines()
+
+
+def _summary_cells(lines: list[str], variant: str, place: str) -> list[str]:
+    line = next(line for line in lines if f" {variant} " in line and f" {place} " in line)
+    return [cell.strip() for cell in line.strip("│ ").split("│")]
+
+
+def test_run_summary_marks_unmeasured_energy(tmp_path):
+    run = synthetic_run(0, with_samples=False)
+    run.row("cloud-codec", "webp-q30").cloud_energy_method = "estimated-codecarbon"
+    lines = _summary_lines(run.write(tmp_path / "run"))
+    # Columns: variant, link/device, acc, bytes, e2e ms, edge J, link J, cloud J.
+    jpeg = _summary_cells(lines, "cloud-codec/jpeg-q50", "wifi/raspberry-pi-4")
+    assert jpeg[5].startswith("~")  # modeled-device-profile
+    assert jpeg[6].startswith("~")  # modeled-link
+    assert not jpeg[7].startswith("~")  # measured-rapl
+    webp = _summary_cells(lines, "cloud-codec/webp-q30", "wifi/raspberry-pi-4")
+    assert webp[7].startswith("~")
+    caption = " ".join(" ".join(lines).split())
+    assert ("Energy methods: edge J modeled-device-profile; link J modeled-link; "
+            "cloud J estimated-codecarbon, measured-rapl.") in caption
+    assert "~ marks an estimated or modeled figure, not a measurement." in caption
+
+
+def test_run_summary_missing_energy_unmarked(tmp_path):
+    lines = _summary_lines(synthetic_run(0, with_samples=False).write(tmp_path / "run"))
+    # cloud-raw has no edge half: its edge figure is missing, not an estimate.
+    assert _summary_cells(lines, "cloud-raw/original", "wifi/raspberry-pi-4")[5] == "-"
+
+
+def test_quickstart_http_matches_served_scenario():
+    """The HTTP quickstart posts to `vqbench serve --scenario scenarios/quickstart.yaml`.
+
+    The service serves only that file's pipelines and rejects other alignment settings.
+    """
+    served = yaml.safe_load((SCENARIOS / "quickstart.yaml").read_text(encoding="utf-8"))
+    text = (SCENARIOS / "quickstart-http.yaml").read_text(encoding="utf-8")
+    http = yaml.safe_load(text)
+    assert http["pipelines"] == served["pipelines"]
+    assert http["alignment"] == served["alignment"]
+    assert http["dataset"] == served["dataset"]
+    assert "vqbench serve --scenario scenarios/quickstart.yaml --port 8080" in text
+    assert http["transport"] == {"mode": "http", "url": "http://127.0.0.1:8080"}
+    assert "vqbench run scenarios/quickstart-http.yaml" in text

@@ -55,6 +55,7 @@ class FakeSite:
     base_url: str = ""
     supports_ranges: bool = True
     status_overrides: dict[str, int] = field(default_factory=dict)
+    content_types: dict[str, str] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
 
     def archive_bytes(self) -> bytes:
@@ -78,7 +79,8 @@ def _handler_for(site: FakeSite) -> type[BaseHTTPRequestHandler]:
             if site.supports_ranges and range_header:
                 self._send_range(body, range_header)
             else:
-                self._send(200, body, {})
+                content_type = site.content_types.get(name)
+                self._send(200, body, {"Content-Type": content_type} if content_type else {})
 
         def _send_range(self, body: bytes, range_header: str) -> None:
             start = int(range_header.removeprefix("bytes=").rstrip("-"))
@@ -381,6 +383,50 @@ def test_fetch_rejects_corrupt_archive(served, tmp_path):
         fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
 
     assert not (dest / ".lfw-download" / ARCHIVE_NAME).exists()
+
+
+ERROR_PAGE = b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>Not Found</body></html>\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "content_type"),
+    [
+        (ARCHIVE_NAME, ERROR_PAGE, "text/html; charset=utf-8"),
+        (ARCHIVE_NAME, b"\xef\xbb\xbf  <HTML><body>Sign in to continue</body></HTML>", None),
+        (ARCHIVE_NAME, b"<head><title>Moved</title></head>", "text/html"),
+        ("pairs.txt", ERROR_PAGE, None),
+    ],
+    ids=["doctype-labelled", "html-tag-after-bom", "labelled-without-doctype", "protocol-file"],
+)
+def test_fetch_rejects_html_page(served, tmp_path, name, body, content_type):
+    site, manifest = served
+    (site.root / name).write_bytes(body)
+    if content_type:
+        site.content_types[name] = content_type
+    dest = tmp_path / "data"
+
+    with pytest.raises(DataError, match=f"{name} returned an HTML page") as caught:
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    message = str(caught.value)
+    assert "check the url (--url) or the mirror" in message.lower()
+    if content_type:
+        assert f"Content-Type {content_type}" in message
+    else:
+        assert "no Content-Type" in message
+    assert not (dest / ".lfw-download" / name).exists()
+    assert not (dest / ".lfw-download" / f"{name}.part").exists()
+
+
+def test_fetch_accepts_files_mislabelled_html(served, lfw_files, tmp_path):
+    site, manifest = served
+    site.content_types[ARCHIVE_NAME] = "text/html"
+    site.content_types["pairs.txt"] = "text/html"
+    dest = tmp_path / "data"
+
+    fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    _assert_installed(dest, lfw_files)
 
 
 def test_fetch_rejects_unverified_existing_dest(served, tmp_path):

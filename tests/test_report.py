@@ -18,7 +18,7 @@ from vqbench.report import render_reports
 from vqbench.report.findings import accuracy_noun, collect_warnings, key_findings, pareto_front
 from vqbench.report.formatting import format_bytes, format_number, format_with_interval
 from vqbench.report.loader import load_run
-from vqbench.report.tables import assumption_tables, readable_header
+from vqbench.report.tables import assumption_tables, readable_header, report_tables
 from vqbench.results import RunResults
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -113,6 +113,52 @@ def test_html_energy_methods_and_warnings(rendered):
     assert "The figures these warnings name are estimated" in text
 
 
+def test_html_shows_dynamic_energy(rendered):
+    _, html_path, _ = rendered
+    text = " ".join(_parse(html_path).text)
+    assert "Edge dynamic energy (mJ/inference, share)" in text
+    assert "Cloud dynamic energy (mJ/inference, share)" in text
+    assert "The dynamic energy is the part above idle power" in text
+
+
+def _summary_cell(rows, pipeline: str, header: str) -> str:
+    summary = report_tables(rows)[0]
+    column = summary.headers.index(header)
+    return next(row[column] for row in summary.rows if row[0] == pipeline)
+
+
+def test_dynamic_energy_cell_gives_share():
+    run = synthetic_run(0, with_samples=False)
+    cloud_raw = run.row("cloud-raw", "original")
+    cloud_raw.cloud_energy_j_per_inference = 3.2
+    cloud_raw.cloud_dynamic_energy_j_per_inference = 2.24
+    rows = run.results.rows
+    assert _summary_cell(rows, "cloud-raw", "Cloud dynamic energy (mJ/inference, share)") == "2,240 (70 %)"
+    # cloud-raw has no edge half, so neither an edge energy nor its dynamic share.
+    assert _summary_cell(rows, "cloud-raw", "Edge dynamic energy (mJ/inference, share)") == "–"
+
+
+def test_negative_dynamic_energy_flagged(tmp_path):
+    run = synthetic_run(0, with_samples=False)
+    run.row("cloud-raw", "original").cloud_dynamic_energy_j_per_inference = -0.0207
+    run.row("edge-embed", "int8").edge_dynamic_energy_j_per_inference = -0.5
+    rows = run.results.rows
+    assert _summary_cell(rows, "cloud-raw", "Cloud dynamic energy (mJ/inference, share)") == "-20.7 (below idle)"
+
+    warnings = collect_warnings(load_run(run.write(tmp_path / "run")))
+    cloud = next(w for w in warnings if w.startswith("Cloud dynamic energy is negative"))
+    assert cloud.startswith("Cloud dynamic energy is negative for cloud-raw/original (-20.7 mJ): ")
+    assert "idle power drifted during the run or the stage is too light for the meter" in cloud
+    assert "measurement.min_window_s" in cloud
+    edge = next(w for w in warnings if w.startswith("Edge dynamic energy is negative"))
+    assert edge.startswith("Edge dynamic energy is negative for edge-embed/int8 (-500 mJ): ")
+
+
+def test_positive_dynamic_energy_not_flagged(tmp_path):
+    warnings = collect_warnings(load_run(synthetic_run(0, with_samples=False).write(tmp_path / "run")))
+    assert not any("dynamic energy is negative" in w for w in warnings)
+
+
 def test_html_assumptions_printed(rendered):
     _, html_path, _ = rendered
     text = " ".join(_parse(html_path).text)
@@ -126,9 +172,9 @@ def test_pdf_pages_and_text(rendered):
     _, _, pdf_path = rendered
     info = subprocess.run([PDFINFO, str(pdf_path)], capture_output=True, text=True, check=True).stdout
     pages = int(next(line.split()[-1] for line in info.splitlines() if line.startswith("Pages:")))
-    # Title page, 2 summary pages (15 data columns, 8 per page), 3 detail pages (20 columns),
+    # Title page, 3 summary pages (17 data columns, 8 per page), 3 detail pages (20 columns),
     # 8 plots, and 2 or 3 pages of stacked assumption and environment tables.
-    assert 16 <= pages <= 17
+    assert 17 <= pages <= 18
     text = subprocess.run([PDFTOTEXT, "-layout", str(pdf_path), "-"], capture_output=True, text=True, check=True).stdout
     for expected in ("Key findings", "Warnings", "39.4x fewer bytes", "Edge method", "modeled-device-profile",
                      "Accuracy against payload size", "ROC curves", "Grid carbon intensity",

@@ -127,9 +127,15 @@ def run(
 
 
 def _print_summary(run_dir: Path) -> None:
-    """Print the main columns of results.csv as a table."""
+    """Print the main columns of results.csv as a table.
+
+    An estimated or modeled energy figure (or one whose method is not recorded) is printed with a
+    leading ``~``, and the caption names the methods behind each energy column.
+    """
     import pandas as pd
     from rich.table import Table
+
+    from vqbench.report.findings import is_unmeasured
 
     frame = pd.read_csv(run_dir / "results.csv")
     columns = [
@@ -140,6 +146,11 @@ def _print_summary(run_dir: Path) -> None:
         ("network_energy_j_per_inference", "link J", "{:.3g}"),
         ("cloud_energy_j_per_inference", "cloud J", "{:.3g}"),
     ]
+    method_columns = {
+        "edge_energy_j_per_inference": ("edge", "edge_energy_method"),
+        "network_energy_j_per_inference": ("link", "network_energy_method"),
+        "cloud_energy_j_per_inference": ("cloud", "cloud_energy_method"),
+    }
     table = Table(title=f"vqbench results ({len(frame)} rows; all columns in results.csv)")
     table.add_column("variant", no_wrap=True)
     table.add_column("link/device")
@@ -152,8 +163,22 @@ def _print_summary(run_dir: Path) -> None:
         cells = [f"{row['pipeline']}/{row['variant']}", place]
         for name, _, fmt in columns:
             value = row[name]
-            cells.append("-" if pd.isna(value) else fmt.format(value))
+            text = "-" if pd.isna(value) else fmt.format(value)
+            if name in method_columns and not pd.isna(value):
+                method = row.get(method_columns[name][1])
+                if pd.isna(method) or is_unmeasured(str(method)):
+                    text = "~" + text
+            cells.append(text)
         table.add_row(*cells)
+    methods = []
+    for name, (stage, method_column) in method_columns.items():
+        used = frame.loc[frame[name].notna(), method_column] if method_column in frame else pd.Series(dtype=object)
+        names = sorted({"not recorded" if pd.isna(method) else str(method) for method in used})
+        if names:
+            methods.append(f"{stage} J {', '.join(names)}")
+    if methods:
+        table.caption = (f"Energy methods: {'; '.join(methods)}. "
+                         "~ marks an estimated or modeled figure, not a measurement.")
     output.print(table)
 
 
@@ -243,20 +268,24 @@ def compare(
     markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Also write the differences as Markdown.")] = None,
     show_all: Annotated[bool, typer.Option("--all", help="Show unchanged figures too.")] = False,
 ) -> None:
-    """Show how the figures of two runs differ, variant by variant."""
-    from vqbench.check import write_output_text
-    from vqbench.compare import compare_runs, evaluation_set_note, render_comparison_markdown, render_comparison_table
+    """Show how the figures of two runs differ, variant by variant, with how each energy figure was obtained."""
+    from vqbench.check import check_output_path, write_output_text
+    from vqbench.compare import compare_runs, comparison_notes, render_comparison_markdown, render_comparison_table
     from vqbench.errors import DataError
 
-    # A folder is rejected before the comparison, so the mistake is reported before any output.
-    if markdown is not None and markdown.is_dir():
-        raise DataError(f"--markdown {markdown} is a folder; give a file path, such as {markdown / 'compare.md'}")
+    # The output path is checked before the comparison, so a folder or a run file of either run
+    # (such as results.json) is rejected before any output and is never overwritten.
+    if markdown is not None:
+        if markdown.is_dir():
+            raise DataError(f"--markdown {markdown} is a folder; give a file path, such as {markdown / 'compare.md'}")
+        for run_dir in (run_a, run_b):
+            check_output_path(run_dir, markdown, "--markdown")
     comparison = compare_runs(run_a, run_b)
-    note = evaluation_set_note(run_a, run_b)
+    notes = comparison_notes(run_a, run_b, comparison)
     output.print(render_comparison_table(comparison, changed_only=not show_all, title=f"{run_a.name} vs {run_b.name}",
-                                         note=note))
+                                         notes=notes))
     if markdown:
-        write_output_text(markdown, render_comparison_markdown(comparison, changed_only=not show_all, note=note),
+        write_output_text(markdown, render_comparison_markdown(comparison, changed_only=not show_all, notes=notes),
                           "--markdown")
 
 

@@ -2,23 +2,48 @@
 
 Rows are matched on (pipeline, variant, link, edge_device). A row found in one run only is kept
 with the other side empty, so nothing disappears from the comparison silently.
-``evaluation_set_note`` warns when the two runs scored different face pairs, because their
-accuracy figures then measure different things.
+Each energy figure carries the method that produced it on each side (``method_a``,
+``method_b``), and a figure whose method changed is printed even when its value did not.
+``comparison_notes`` heads the output: it warns when the two runs scored different face pairs
+(their accuracy figures then measure different things), when a run is incomplete, and when
+energy methods changed between the runs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from vqbench.check.validation import run_evaluation_set
-from vqbench.report.loader import load_results
+from vqbench.report.findings import is_unmeasured
+from vqbench.report.loader import incomplete_cause, load_results, run_completeness
 from vqbench.results import RESULT_COLUMNS, ResultRow, RunResults
 
 KEY_COLUMNS = ("pipeline", "variant", "link", "edge_device")
-COMPARISON_COLUMNS = (*KEY_COLUMNS, "metric", "value_a", "value_b", "difference", "relative_change", "presence")
+COMPARISON_COLUMNS = (
+    *KEY_COLUMNS, "metric", "value_a", "value_b", "difference", "relative_change", "presence", "method_a", "method_b",
+)
+
+#: Frame column holding ``_combined_methods`` of each row, such as ``measured-rapl + modeled-link``.
+COMBINED_METHODS = "combined_energy_methods"
+#: The column of a results row that names the method behind each energy figure. Total energy and
+#: CO2e add up every stage, so their method is the stages' methods joined (``COMBINED_METHODS``).
+METHOD_COLUMNS = {
+    "edge_energy_j_per_inference": "edge_energy_method",
+    "edge_energy_ci95_j": "edge_energy_method",
+    "edge_dynamic_energy_j_per_inference": "edge_energy_method",
+    "cloud_energy_j_per_inference": "cloud_energy_method",
+    "cloud_energy_ci95_j": "cloud_energy_method",
+    "cloud_dynamic_energy_j_per_inference": "cloud_energy_method",
+    "network_energy_j_per_inference": "network_energy_method",
+    "total_energy_j_per_inference": COMBINED_METHODS,
+    "co2e_g_per_inference": COMBINED_METHODS,
+}
+#: Printed for a figure whose row does not record its method.
+METHOD_NOT_RECORDED = "not recorded"
 
 
 def _numeric_columns() -> list[str]:
@@ -31,23 +56,39 @@ def _numeric_columns() -> list[str]:
 
 
 def _frame(run_dir: Path) -> pd.DataFrame:
-    rows = [row.model_dump() for row in load_results(Path(run_dir)).rows]
-    frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    rows = load_results(Path(run_dir)).rows
+    frame = pd.DataFrame([row.model_dump() for row in rows], columns=list(RESULT_COLUMNS))
+    frame[COMBINED_METHODS] = pd.Series([_combined_methods(row) for row in rows], index=frame.index, dtype="object")
     # Missing links and devices become "" so that rows without them still match in the merge.
     frame = frame.astype({"link": "object", "edge_device": "object"})
     return frame.fillna({"link": "", "edge_device": ""})
+
+
+def _combined_methods(row: ResultRow) -> str | None:
+    """Join the methods of the stage energies a row has, such as ``measured-rapl + modeled-link``."""
+    methods: list[str] = []
+    for stage in ("edge", "cloud", "network"):
+        if getattr(row, f"{stage}_energy_j_per_inference") is not None:
+            method = getattr(row, f"{stage}_energy_method") or METHOD_NOT_RECORDED
+            if method not in methods:
+                methods.append(method)
+    return " + ".join(methods) or None
 
 
 def compare_runs(run_a: Path, run_b: Path) -> pd.DataFrame:
     """Return one row per (pipeline, variant, link, edge_device, metric) with A, B and B - A.
 
     ``relative_change`` is (B - A) / |A| (NaN when A is 0 or missing). ``presence`` is ``both``,
-    ``only_a`` or ``only_b``. Metrics missing on both sides are left out.
+    ``only_a`` or ``only_b``. Metrics missing on both sides are left out. ``method_a`` and
+    ``method_b`` name how an energy figure was obtained on a side that has the figure (see
+    ``METHOD_COLUMNS``), and are None for other metrics and for a side without the figure.
     """
     frame_a, frame_b = _frame(run_a), _frame(run_b)
     metrics = _numeric_columns()
-    merged = frame_a[[*KEY_COLUMNS, *metrics]].merge(
-        frame_b[[*KEY_COLUMNS, *metrics]], on=list(KEY_COLUMNS), how="outer", suffixes=("_a", "_b"), indicator=True
+    methods = sorted(set(METHOD_COLUMNS.values()))
+    merged = frame_a[[*KEY_COLUMNS, *metrics, *methods]].merge(
+        frame_b[[*KEY_COLUMNS, *metrics, *methods]], on=list(KEY_COLUMNS), how="outer", suffixes=("_a", "_b"),
+        indicator=True,
     )
     presence = merged["_merge"].map({"both": "both", "left_only": "only_a", "right_only": "only_b"})
     records = []
@@ -61,8 +102,111 @@ def compare_runs(run_a: Path, run_b: Path) -> pd.DataFrame:
                 "metric": metric, "value_a": a, "value_b": b, "difference": b - a,
                 "relative_change": (b - a) / abs(a) if a not in (0.0,) and not math.isnan(a) else math.nan,
                 "presence": presence[index],
+                "method_a": _side_method(row, metric, "_a", a), "method_b": _side_method(row, metric, "_b", b),
             })
     return pd.DataFrame.from_records(records, columns=list(COMPARISON_COLUMNS))
+
+
+def _side_method(row: pd.Series, metric: str, suffix: str, value: float) -> str | None:
+    """Return the method behind one side's figure, or None when that side has no figure or the metric has no method."""
+    column = METHOD_COLUMNS.get(metric)
+    if column is None or math.isnan(value):
+        return None
+    method = row[f"{column}{suffix}"]
+    return method if isinstance(method, str) and method else METHOD_NOT_RECORDED
+
+
+def method_changed(method_a: object, method_b: object) -> bool:
+    """True when both sides have a figure and its methods differ."""
+    return isinstance(method_a, str) and isinstance(method_b, str) and method_a != method_b
+
+
+def _method_kinds(method: str) -> set[str]:
+    """Return the kinds of the methods in ``method``, so ``measured-rapl + modeled-link`` gives {measured, modeled}."""
+    if method == METHOD_NOT_RECORDED:
+        return {METHOD_NOT_RECORDED}
+    return {part.strip().split("-", 1)[0] for part in method.split(" + ")}
+
+
+def _kind_change(method_a: str, method_b: str) -> str | None:
+    """Describe how the changed methods differ in kind, such as ``measured vs estimated``, or return None if alike.
+
+    Only the methods found on one side count, so ``measured-rapl + modeled-link`` against
+    ``estimated-codecarbon + modeled-link`` gives ``measured vs estimated``. When one side's
+    methods include all of the other's (a total without one stage's figure), the stage methods
+    that only one side has are named instead.
+    """
+    parts_a, parts_b = set(method_a.split(" + ")), set(method_b.split(" + "))
+    changed_a, changed_b = parts_a - parts_b, parts_b - parts_a
+    if not changed_b:
+        return f"no {' + '.join(sorted(changed_a))} part in B"
+    if not changed_a:
+        return f"no {' + '.join(sorted(changed_b))} part in A"
+    kinds_a = set().union(*(_method_kinds(part) for part in changed_a))
+    kinds_b = set().union(*(_method_kinds(part) for part in changed_b))
+    if kinds_a == kinds_b:
+        return None
+    return f"{' + '.join(sorted(kinds_a))} vs {' + '.join(sorted(kinds_b))}"
+
+
+def _mixes_measured(method_a: str, method_b: str) -> bool:
+    """True when the methods that changed are measured on one side and estimated or modeled on the other.
+
+    Only the methods found on one side count, as in ``_kind_change``.
+    """
+    parts_a, parts_b = set(method_a.split(" + ")), set(method_b.split(" + "))
+    changed_a, changed_b = parts_a - parts_b, parts_b - parts_a
+    if not changed_a or not changed_b:
+        return False
+
+    def measured(parts: set[str]) -> bool:
+        return all(part.startswith("measured") for part in parts)
+
+    def unmeasured(parts: set[str]) -> bool:
+        return any(is_unmeasured(part) for part in parts)
+
+    return (measured(changed_a) and unmeasured(changed_b)) or (unmeasured(changed_a) and measured(changed_b))
+
+
+def method_text(method_a: object, method_b: object) -> str:
+    """Print the method column: one method, or ``A → B (method changed: measured vs estimated)``."""
+    a = method_a if isinstance(method_a, str) else None
+    b = method_b if isinstance(method_b, str) else None
+    if not method_changed(a, b):
+        return a or b or ""
+    kinds = _kind_change(a, b)
+    return f"{a} → {b} (method changed{': ' + kinds if kinds else ''})"
+
+
+def method_change_note(comparison: pd.DataFrame) -> str | None:
+    """Return a note counting the energy figures whose method differs between the runs, else None."""
+    changed = [(a, b) for a, b in zip(comparison["method_a"], comparison["method_b"]) if method_changed(a, b)]
+    if not changed:
+        return None
+    mixed = sum(_mixes_measured(a, b) for a, b in changed)
+    note = (f"{len(changed)} energy figures were obtained by a different method in B than in A (see the method "
+            "column), so their differences mix a change of method with a change of energy.")
+    if mixed:
+        note += (f" {mixed} of them compare a measured figure with an estimated or modeled one, so their "
+                 "difference is not a measured change.")
+    return note
+
+
+def incomplete_run_notes(run_a: Path, run_b: Path) -> list[str]:
+    """Return one note per incomplete run, naming why it is incomplete and the variants it lacks."""
+    notes = []
+    for side, run_dir in (("A", Path(run_a)), ("B", Path(run_b))):
+        results = load_results(run_dir)
+        complete, missing = run_completeness(results)
+        if complete:
+            continue
+        label = f"{side} ({run_dir.name}) is an incomplete run ({incomplete_cause(results)})"
+        if missing:
+            notes.append(f"{label}, so it has no figures for the variants {', '.join(missing)}; "
+                         f"they show as – on its side.")
+        else:
+            notes.append(f"{label} and does not list the variants it lacks.")
+    return notes
 
 
 #: Entries of results.json ``assumptions`` that describe the evaluation set beyond its pairs and
@@ -127,6 +271,12 @@ def evaluation_set_note(run_a: Path, run_b: Path) -> str | None:
     return None
 
 
+def comparison_notes(run_a: Path, run_b: Path, comparison: pd.DataFrame) -> list[str]:
+    """Collect the notes that head a comparison: evaluation sets, incomplete runs, changed energy methods."""
+    notes = [evaluation_set_note(run_a, run_b), *incomplete_run_notes(run_a, run_b), method_change_note(comparison)]
+    return [note for note in notes if note is not None]
+
+
 def _as_float(value: object) -> float:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return math.nan
@@ -141,12 +291,15 @@ def _row_name(record: pd.Series) -> str:
 def _printed(comparison: pd.DataFrame, changed_only: bool) -> list[tuple[str, ...]]:
     chosen = comparison
     if changed_only:
-        chosen = comparison[(comparison["difference"] != 0) | comparison["difference"].isna()]
+        pairs = zip(comparison["method_a"], comparison["method_b"])
+        changed_method = pd.Series([method_changed(a, b) for a, b in pairs], index=comparison.index, dtype=bool)
+        chosen = comparison[(comparison["difference"] != 0) | comparison["difference"].isna() | changed_method]
     rows = []
     for _, record in chosen.iterrows():
         rows.append((
-            _row_name(record), record["metric"], _number(record["value_a"]), _number(record["value_b"]),
-            _number(record["difference"]), _change_text(record["value_a"], record["value_b"], record["relative_change"]),
+            _row_name(record), record["metric"], method_text(record["method_a"], record["method_b"]),
+            _number(record["value_a"]), _number(record["value_b"]), _number(record["difference"]),
+            _change_text(record["value_a"], record["value_b"], record["relative_change"]),
         ))
     return rows
 
@@ -165,15 +318,16 @@ def _number(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.4g}"
 
 
-_HEADERS = ("row", "metric", "A", "B", "B - A", "change")
+_HEADERS = ("row", "metric", "method", "A", "B", "B - A", "change")
+_TEXT_HEADERS = ("row", "metric", "method")
 
 
 def render_comparison_table(comparison: pd.DataFrame, changed_only: bool = True, title: str = "A vs B",
-                            note: str | None = None):
+                            notes: Sequence[str] = ()):
     """Return a rich Table of the comparison (only changed figures unless ``changed_only`` is False).
 
     When nothing differs, return a line saying ``A vs B: no differences`` instead of an empty table.
-    A ``note`` (from ``evaluation_set_note``) is printed above either.
+    The ``notes`` (from ``comparison_notes``) are printed above either, one ``note:`` line each.
     """
     from rich.console import Group
     from rich.markup import escape
@@ -186,23 +340,25 @@ def render_comparison_table(comparison: pd.DataFrame, changed_only: bool = True,
     else:
         body = Table(title=escape(title))
         for header in _HEADERS:
-            body.add_column(header, justify="left" if header in ("row", "metric") else "right")
+            # Metric names are searched for and copied, so they are never cut. The other cells wrap.
+            body.add_column(header, justify="left" if header in _TEXT_HEADERS else "right", no_wrap=header == "metric")
         for row in rows:
             body.add_row(*(escape(cell) for cell in row))
-    if note is None:
+    if not notes:
         return body
-    return Group(Text(f"note: {note}", style="yellow"), body)
+    return Group(*(Text(f"note: {note}", style="yellow") for note in notes), body)
 
 
-def render_comparison_markdown(comparison: pd.DataFrame, changed_only: bool = True, note: str | None = None) -> str:
+def render_comparison_markdown(comparison: pd.DataFrame, changed_only: bool = True, notes: Sequence[str] = ()) -> str:
     """Return the comparison as a Markdown table, or a line saying there are no differences.
 
-    A ``note`` (from ``evaluation_set_note``) comes first, as a bold "Note:" paragraph.
+    The ``notes`` (from ``comparison_notes``) come first, each as a bold "Note:" paragraph.
     """
-    header = "" if note is None else f"**Note:** {note}\n\n"
+    header = "".join(f"**Note:** {note}\n\n" for note in notes)
     if not _printed(comparison, changed_only):
         return f"{header}{NO_DIFFERENCES.capitalize()}.\n"
-    lines = ["| " + " | ".join(_HEADERS) + " |", "|---|---|---:|---:|---:|---:|"]
+    alignments = ["---" if name in _TEXT_HEADERS else "---:" for name in _HEADERS]
+    lines = ["| " + " | ".join(_HEADERS) + " |", "|" + "|".join(alignments) + "|"]
     for row in _printed(comparison, changed_only):
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     return header + "\n".join(lines) + "\n"

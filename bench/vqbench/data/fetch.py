@@ -88,6 +88,10 @@ LFW_CITATION = (
 _CHUNK_BYTES = 1 << 16
 _SHA256_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
 _ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
+#: How an HTML page begins (lower case, after whitespace and a UTF-8 byte order mark).
+_HTML_STARTS = (b"<!doctype html", b"<html")
+#: Bytes read from the start of a download to tell an HTML page from the expected file.
+_SNIFF_BYTES = 512
 
 
 @dataclass(frozen=True)
@@ -413,6 +417,7 @@ def _download_round(
             _raise_for_status(url, response)
 
         _write_body(response, part, mode, offset_bytes, total_bytes, bar, url)
+        _reject_html_page(url, part, response.headers.get("content-type", ""))
 
     size_bytes = part.stat().st_size
     if total_bytes is not None and size_bytes != total_bytes:
@@ -468,6 +473,39 @@ def _raise_for_status(url: str, response: httpx.Response) -> None:
     if response.status_code == 404:
         raise _NotFound(message)
     raise DataError(message)
+
+
+def _looks_like_html(head: bytes, content_type: str = "") -> bool:
+    """True when a download that starts with ``head`` is an HTML page rather than the file requested.
+
+    It is one when it starts with ``<!doctype html`` or ``<html``, or when the server labels it
+    ``text/html`` and it starts with a tag. A gzip archive or a text file that a server
+    mislabels as ``text/html`` starts otherwise and passes.
+    """
+    start = head.removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    if start.startswith(_HTML_STARTS):
+        return True
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "text/html" and start.startswith(b"<")
+
+
+def _reject_html_page(url: str, part: Path, content_type: str) -> None:
+    """Delete ``part`` and raise DataError when the server sent an HTML page instead of the file.
+
+    Servers and captive portals often answer a wrong URL with an error or login page and HTTP
+    200, which would otherwise fail later as an unreadable archive or a checksum mismatch.
+    """
+    with part.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if not _looks_like_html(head, content_type):
+        return
+    part.unlink(missing_ok=True)
+    label = f"Content-Type {content_type}" if content_type else "no Content-Type"
+    expected = url.rsplit("/", 1)[-1] or url
+    raise DataError(
+        f"download of {url} returned an HTML page ({label}) instead of {expected}, usually an error or "
+        f"login page, and it was deleted. Check the URL (--url) or the mirror, for example by opening it in a browser"
+    )
 
 
 def _write_body(

@@ -271,6 +271,25 @@ def _label_list(labels: list[str], n_rows: int) -> str:
     return ", ".join(labels)
 
 
+def _negative_dynamic_warnings(rows: Sequence[ResultRow]) -> list[str]:
+    """Warn about dynamic energies below 0, one sentence per stage that has any."""
+    warnings = []
+    for stage in ("edge", "cloud"):
+        field_name = f"{stage}_dynamic_energy_j_per_inference"
+        negative = [(row_label(row, rows), getattr(row, field_name)) for row in rows
+                    if getattr(row, field_name) is not None and getattr(row, field_name) < 0]
+        if not negative:
+            continue
+        listed = ", ".join(f"{label} ({format_energy(value)})" for label, value in negative)
+        warnings.append(
+            f"{stage.capitalize()} dynamic energy is negative for {listed}: the {stage} half drew less power than "
+            "the idle window measured, so idle power drifted during the run or the stage is too light for the meter "
+            "to resolve. The dynamic figure is noise there. The gross energy per inference does not depend on the "
+            "idle window. Longer windows (measurement.min_window_s) give a usable dynamic figure."
+        )
+    return warnings
+
+
 def _missing_figure_warnings(rows: Sequence[ResultRow]) -> list[str]:
     warnings = []
     for field_name, noun in _KEY_FIGURES.items():
@@ -345,10 +364,11 @@ def _impostor_warnings(run: RunData) -> list[str]:
 
 
 def collect_warnings(run: RunData) -> list[str]:
-    """Gather the run's own warnings, unmeasured and missing figures, and missing files."""
+    """Gather the run's own warnings, unmeasured, negative dynamic and missing figures, and missing files."""
     rows = run.rows
     warnings = list(run.results.warnings)
     warnings.extend(_method_warnings(rows))
+    warnings.extend(_negative_dynamic_warnings(rows))
     warnings.extend(_missing_figure_warnings(rows))
     warnings.extend(_data_warnings(rows))
     warnings.extend(_grid_warnings(run.results.assumptions, run.results.warnings))

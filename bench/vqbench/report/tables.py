@@ -1,7 +1,8 @@
 """The report's tables as plain strings, shared by the HTML and PDF renderers.
 
 Each energy column is followed by the column that names its method, so no energy figure appears
-without saying whether it was measured, estimated or modeled.
+without saying whether it was measured, estimated or modeled. The edge and cloud method columns
+are followed by the dynamic energy (above idle power) and its share of the figure.
 """
 
 from __future__ import annotations
@@ -69,6 +70,27 @@ def _accuracy(row: ResultRow) -> str:
     return text
 
 
+def _dynamic(stage: str) -> Callable[[ResultRow], str]:
+    """Print a stage's dynamic energy in mJ with its share of the stage's energy: ``2.24 (70 %)``.
+
+    A negative dynamic energy prints as ``-20.7 (below idle)``, because a share of it means
+    nothing. The report's warnings explain it.
+    """
+    def cell(row: ResultRow) -> str:
+        dynamic_j = getattr(row, f"{stage}_dynamic_energy_j_per_inference")
+        energy_j = getattr(row, f"{stage}_energy_j_per_inference")
+        if dynamic_j is None:
+            return MISSING
+        text = format_number(dynamic_j * 1e3)
+        if dynamic_j < 0:
+            return f"{text} (below idle)"
+        if energy_j is None or energy_j <= 0:
+            return text
+        return f"{text} ({dynamic_j / energy_j * 100:.0f} %)"
+
+    return cell
+
+
 def _co2e_per_million(row: ResultRow) -> str:
     return format_number(None if row.co2e_g_per_inference is None else row.co2e_g_per_inference * 1e6)
 
@@ -82,8 +104,10 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
     Column("End-to-end p95 (ms)", _number("end_to_end_latency_ms_p95")),
     Column("Edge energy (mJ/inference)", _mj("edge_energy_j_per_inference", "edge_energy_ci95_j")),
     Column("Edge method", lambda r: _text(r.edge_energy_method), numeric=False),
+    Column("Edge dynamic energy (mJ/inference, share)", _dynamic("edge")),
     Column("Cloud energy (mJ/inference)", _mj("cloud_energy_j_per_inference", "cloud_energy_ci95_j")),
     Column("Cloud method", lambda r: _text(r.cloud_energy_method), numeric=False),
+    Column("Cloud dynamic energy (mJ/inference, share)", _dynamic("cloud")),
     Column("Network energy (mJ/inference)", _mj("network_energy_j_per_inference")),
     Column("Network method", lambda r: _text(r.network_energy_method), numeric=False),
     Column("Total energy (mJ/inference)", _mj("total_energy_j_per_inference")),
