@@ -19,7 +19,7 @@ from vqbench.errors import MeterError, ScenarioError
 from vqbench.meters.external import ExternalTraceMeter, read_power_trace
 from vqbench.meters.protocol import WindowSettings, measure_stage_energy
 from vqbench.meters.rapl import STALLED_WINDOW_S, RaplDomain, RaplMeter, window_delta_uj
-from vqbench.meters.registry import METERS, check_meter_options, check_meters_config, create_meter
+from vqbench.meters.registry import METERS, check_meter_options, create_meter
 from vqbench.meters.replay import ReplayMeter
 
 
@@ -338,22 +338,3 @@ def test_option_specs_match_constructors():
         parameters = inspect.signature(meter_class.__init__).parameters
         for option in meter_class.option_specs:
             assert option in parameters, f"{name}: option {option} is not a constructor argument"
-
-
-def test_meters_config_rejects_unknown_option_meter():
-    with pytest.raises(ScenarioError, match="unknown meter 'wattmeter'"):
-        check_meters_config(["rapl"], {"wattmeter": {"x": 1}})
-
-
-def test_meters_config_reports_unused_options():
-    unused = check_meters_config(["rapl"], {"codecarbon": {"measure_power_secs": 2.0}})
-    assert unused == [
-        "meters.options.codecarbon has no effect because meters.host does not list 'codecarbon'"
-    ]
-
-
-def test_meters_config_checks_listed_meters():
-    with pytest.raises(ScenarioError, match="clock_offset_s"):
-        check_meters_config(
-            ["rapl", "external"], {"external": {"trace_path": "t", "clock_offset_s": "abc"}}
-        )

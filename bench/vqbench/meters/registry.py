@@ -2,14 +2,14 @@
 
 ``create_meter("rapl", root=...)`` builds a meter from its name and options;
 ``probe_all()`` reports to ``vqbench env`` which meters work here and why the others do not.
-``check_meters_config(host, options)`` checks a scenario's ``meters`` section without building
-or reading anything, so a run can reject a bad meter name or option before it measures.
+``check_meter_options(name, options)`` checks one meter's options without building or reading
+anything; ``create_meter`` calls it, so a run rejects a bad option before it measures.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vqbench.errors import ScenarioError
@@ -86,29 +86,6 @@ def check_meter_options(name: str, options: Mapping[str, Any]) -> None:
                 f"set it under meters.options.{name}"
             )
     meter_class.check_options(options)
-
-
-def check_meters_config(
-    host: Sequence[str], options: Mapping[str, Mapping[str, Any]]
-) -> list[str]:
-    """Check a scenario's ``meters.host`` list and ``meters.options``; raise ScenarioError.
-
-    Every listed meter must exist and have valid options, and every ``options`` key must name
-    a meter. Options for a known meter that ``host`` does not list have no effect: each such
-    case is logged as a warning and returned as a message, for the run's warnings.
-    """
-    for name in options:
-        _meter_class(name)
-    for name in host:
-        check_meter_options(name, options.get(name, {}))
-    unused = [
-        f"meters.options.{name} has no effect because meters.host does not list {name!r}"
-        for name in options
-        if name not in host
-    ]
-    for message in unused:
-        logger.warning("%s", message)
-    return unused
 
 
 def create_meter(name: str, **options: Any) -> EnergyMeter:
