@@ -140,6 +140,15 @@ def test_meter_paths_resolve_against_scenario(sample_lfw, tmp_path, monkeypatch)
         assert meter.probe().available
 
 
+@pytest.mark.parametrize(("meter", "option"), [("external", "trace_path"), ("rapl", "root")])
+def test_missing_meter_path_rejected(sample_lfw, tmp_path, meter, option):
+    scenario = _scenario(sample_lfw, meters={"host": [meter], "options": {meter: {option: "absent/power"}}})
+    with pytest.raises(ScenarioError) as caught:
+        runner._create_meters(scenario, tmp_path)
+    assert f"meters.options.{meter}.{option}" in str(caught.value)
+    assert str(tmp_path / "absent" / "power") in str(caught.value)
+
+
 def test_interrupted_run_scores_hold_finished_variants(sample_lfw, tmp_path, monkeypatch):
     measure = runner.measure_energy
     calls: list[str] = []

@@ -43,7 +43,7 @@ from vqbench.metrics.verification import evaluate_verification
 from vqbench.pipelines.base import Components, Pipeline
 from vqbench.pipelines.registry import build_pipelines
 from vqbench.results import RESULT_COLUMNS, ResultRow, RunResults
-from vqbench.scenario import Scenario, expand_path, resolve_meter_options
+from vqbench.scenario import Scenario, expand_path, is_meter_path_option, resolve_meter_options
 
 logger = logging.getLogger(__name__)
 
@@ -424,7 +424,9 @@ class _RunContext:
 def _create_meters(scenario: Scenario, scenario_dir: Path) -> list[Any]:
     """Build every host meter the scenario lists, with its options; raise ScenarioError on an unknown name or option.
 
-    Path options resolve against the scenario's folder, like the scenario's other paths.
+    Path options resolve against the scenario's folder, like the scenario's other paths. A path
+    the scenario sets must exist: a meter left unavailable by default (no RAPL on a VM) falls
+    back to the next one, but a trace or tree the user named and mistyped is an input error.
     """
     from vqbench.meters.registry import create_meter
 
@@ -432,6 +434,12 @@ def _create_meters(scenario: Scenario, scenario_dir: Path) -> list[Any]:
     try:
         for name in scenario.meters.host:
             options = resolve_meter_options(scenario.meters.options.get(name, {}), scenario_dir)
+            for option, value in options.items():
+                if is_meter_path_option(option) and isinstance(value, str) and not Path(value).exists():
+                    raise ScenarioError(
+                        f"meters.options.{name}.{option} {value} does not exist; fix the path (relative paths "
+                        "resolve against the scenario file's folder) or remove the option"
+                    )
             meters.append(create_meter(name, **options))
     except BaseException:
         for meter in meters:
