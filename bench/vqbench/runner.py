@@ -422,11 +422,12 @@ class _RunContext:
 
 
 def _create_meters(scenario: Scenario, scenario_dir: Path) -> list[Any]:
-    """Build every host meter the scenario lists, with its options; raise ScenarioError on an unknown name or option.
+    """Build every host meter the scenario lists, with its options.
 
-    Path options resolve against the scenario's folder, like the scenario's other paths. A path
-    the scenario sets must exist: a meter left unavailable by default (no RAPL on a VM) falls
-    back to the next one, but a trace or tree the user named and mistyped is an input error.
+    Raises ScenarioError on an unknown name or option, and on a path option that is not found.
+    Path options resolve against the scenario's folder, like the scenario's other paths. A meter
+    that is simply absent here (no RAPL on a VM) falls back to the next one, but a path that the
+    user set and mistyped is an input error.
     """
     from vqbench.meters.registry import create_meter
 
@@ -437,7 +438,7 @@ def _create_meters(scenario: Scenario, scenario_dir: Path) -> list[Any]:
             for option, value in options.items():
                 if is_meter_path_option(option) and isinstance(value, str) and not Path(value).exists():
                     raise ScenarioError(
-                        f"meters.options.{name}.{option} {value} does not exist; fix the path (relative paths "
+                        f"meters.options.{name}.{option} not found: {value}; fix the path (relative paths "
                         "resolve against the scenario file's folder) or remove the option"
                     )
             meters.append(create_meter(name, **options))

@@ -475,8 +475,8 @@ def _describe_problem(problem: dict) -> str:
     text = f"'{location}': {message}"
     if problem["type"] != "missing" and "input" in problem and not isinstance(problem["input"], dict):
         value = problem["input"]
-        shown = problem["type"] == "value_error" and (repr(value) in message or str(value) in message)
-        if not shown:
+        in_message = problem["type"] == "value_error" and (repr(value) in message or str(value) in message)
+        if not in_message:
             text += f" (got {value!r})"
     return text
 

@@ -411,10 +411,11 @@ def _missing_row_message(key: tuple, complete: bool, variants_missing: tuple[str
 def run_check(results_dir: Path, baseline_file: Path, policy_file: Path | None = None) -> CheckReport:
     """Gate the run in ``results_dir`` against ``baseline_file`` under a policy (default built in).
 
-    Raises DataError (exit code 2) for bad input: a missing, malformed or unsupported results,
-    baseline or policy file, an empty baseline, a baseline of another evaluation set or other
-    settings, a policy reference that the baseline lacks, a gated figure that ``figure_problem``
-    rejects, or a baseline entry that records a noisy figure without its samples.
+    Raises DataError (exit code 2) for bad input. That covers a missing, malformed or
+    unsupported results, baseline or policy file, and an empty baseline. It also covers a
+    baseline of another evaluation set or other settings, a policy reference that the baseline
+    lacks, a gated figure that ``figure_problem`` rejects, and a baseline entry that records a
+    noisy figure without its samples.
     """
     results_dir, baseline_file = Path(results_dir), Path(baseline_file)
     policy = load_policy(policy_file)

@@ -88,7 +88,7 @@ LFW_CITATION = (
 _CHUNK_BYTES = 1 << 16
 _SHA256_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
 _ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
-#: How an HTML page begins (lower case, after whitespace and a UTF-8 byte order mark).
+#: Opening bytes of an HTML page (lower case, after whitespace and a UTF-8 byte order mark).
 _HTML_STARTS = (b"<!doctype html", b"<html")
 #: Bytes read from the start of a download to tell an HTML page from the expected file.
 _SNIFF_BYTES = 512
@@ -492,8 +492,9 @@ def _looks_like_html(head: bytes, content_type: str = "") -> bool:
 def _reject_html_page(url: str, part: Path, content_type: str) -> None:
     """Delete ``part`` and raise DataError when the server sent an HTML page instead of the file.
 
-    Servers and captive portals often answer a wrong URL with an error or login page and HTTP
-    200, which would otherwise fail later as an unreadable archive or a checksum mismatch.
+    Servers and captive portals often return an error or login page with HTTP 200 for a wrong
+    URL. Without this check, that page would fail later as an unreadable archive or a checksum
+    mismatch.
     """
     with part.open("rb") as handle:
         head = handle.read(_SNIFF_BYTES)

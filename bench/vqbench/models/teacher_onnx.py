@@ -61,8 +61,8 @@ def onnx_cache_path(cache_dir: Path | None = None, opset: int = ONNX_OPSET) -> P
 
 def _export(model: nn.Module, path: str, opset: int) -> None:
     sample = torch.zeros(2, 3, CHIP_SIZE_PX, CHIP_SIZE_PX)
-    # The exporter logs one warning per torchvision operator it cannot register when torchvision
-    # is missing; the teacher uses none of them, so those lines would only alarm the user.
+    # Without torchvision, the exporter logs one warning per torchvision operator it cannot
+    # register. The teacher uses none of those operators, so the warnings are silenced.
     registration_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration_logger.level
     registration_logger.setLevel(logging.ERROR)

@@ -264,9 +264,9 @@ def _check_index_graph(path: Path, card_path: Path, payload: dict) -> None:
     dims = [dim.dim_value if dim.HasField("dim_value") else None for dim in inputs["indices"].type.tensor_type.shape.dim]
     grid = [int(side) for side in payload["grid"]]
     if len(dims) != 3 or any(found is not None and found != side for found, side in zip(dims[1:], grid)):
-        shown = ["?" if dim is None else dim for dim in dims]
+        shape = ["?" if dim is None else dim for dim in dims]
         raise ModelError(
-            f"ONNX graph {path} takes indices of shape {shown}, but the payload.grid of {card_path} is {grid}; "
+            f"ONNX graph {path} takes indices of shape {shape}, but the payload.grid of {card_path} is {grid}; "
             "restore the model folder or retrain"
         )
     initializers = {tensor.name: tensor for tensor in graph.initializer}
