@@ -234,6 +234,50 @@ def test_policy_factor_is_configurable(baseline_file, tmp_path):
     assert report.exit_code == 0
 
 
+def _tiny_cloud_energy_growth(tmp_path, policy_text: str | None):
+    """Grow edge-embed's 1 mJ cloud energy 1.5x; return the run folder and the policy file, if any."""
+    run = synthetic_run(1, with_samples=False)
+    row = run.row("edge-embed", "int8")
+    row.cloud_energy_j_per_inference_repeats = [v * 1.5 for v in row.cloud_energy_j_per_inference_repeats]
+    policy = None
+    if policy_text is not None:
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(policy_text, encoding="utf-8")
+    return run.write(tmp_path / "run"), policy
+
+
+def test_change_under_floor_passes(baseline_file, tmp_path):
+    run_dir, _ = _tiny_cloud_energy_growth(tmp_path, None)
+    verdict = _verdict(run_check(run_dir, baseline_file), "cloud_energy_j_per_inference", "edge-embed")
+    assert verdict.change == pytest.approx(1.5, rel=0.05)
+    assert verdict.status == "pass"
+    assert "under the gate's floor of 0.001 J" in verdict.message
+    assert "a change under 0.001 J passes" in verdict.limit
+
+
+def test_floor_of_zero_gates_every_change(baseline_file, tmp_path):
+    run_dir, policy = _tiny_cloud_energy_growth(
+        tmp_path,
+        "noisy:\n  - {metric: cloud_energy_j_per_inference, reference_metric: cloud_energy_j_per_inference,"
+        " min_change_j: 0}\n",
+    )
+    verdict = _verdict(run_check(run_dir, baseline_file, policy), "cloud_energy_j_per_inference", "edge-embed")
+    assert verdict.status == "regression"
+    assert "floor" not in verdict.message
+
+
+def test_floor_in_wrong_unit_is_usage_error(baseline_file, tmp_path):
+    run_dir = synthetic_run(1, with_samples=False).write(tmp_path / "run")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "noisy:\n  - {metric: edge_latency_ms, reference_metric: cloud_latency_ms, min_change_j: 0.5}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(DataError, match="edge_latency_ms is in ms, so its floor is min_change_ms") as caught:
+        run_check(run_dir, baseline_file, policy)
+    assert caught.value.exit_code == 2
+
+
 def test_too_few_repeats_uses_ratio_alone(tmp_path):
     base_dir = synthetic_run(0, repeats=3, with_samples=False).write(tmp_path / "base")
     baseline = write_baseline(base_dir, tmp_path / "baseline.json")
@@ -573,11 +617,40 @@ def test_busy_host_still_gates_deterministic_figures(tmp_path):
     assert report.exit_code == 1
 
 
-def test_quiet_hosts_gate_reference_shift(tmp_path):
+def _quiet_reference_shift(tmp_path):
+    """A quiet baseline whose reference stage alone ran 2.3x slower, and a quiet run without that."""
     base_dir = _set_load(_slow_reference_run(0, 2.3), 1.0, 8).write(tmp_path / "base")
     baseline = write_baseline(base_dir, tmp_path / "baseline.json")
-    run_dir = _set_load(synthetic_run(1, with_samples=False), 1.0, 8).write(tmp_path / "run")
-    report = run_check(run_dir, baseline)
+    return _set_load(synthetic_run(1, with_samples=False), 1.0, 8), baseline
+
+
+def test_reference_shift_alone_is_inconclusive(tmp_path):
+    run, baseline = _quiet_reference_shift(tmp_path)
+    report = run_check(run.write(tmp_path / "run"), baseline)
+    verdict = _verdict(report, "edge_latency_ms", "cloud-codec/jpeg-q50")
+    assert verdict.status == "inconclusive"
+    assert verdict.change == pytest.approx(2.3, rel=0.1)
+    assert verdict.message.startswith("inconclusive: the reference moved past the limit")
+    assert "the reference's cloud_latency_ms itself moved" in verdict.message
+    assert "inconclusive because the reference cloud-raw/original moved" in check_summary(report)
+    assert report.exit_code == 0, render_check_markdown(report)
+
+
+def test_row_change_with_reference_shift_still_fails(tmp_path):
+    run, baseline = _quiet_reference_shift(tmp_path)
+    edge = (run.latency["pipeline"] == "cloud-codec") & (run.latency["variant"] == "jpeg-q50") & (
+        run.latency["stage"] == "edge")
+    run.latency.loc[edge, "latency_ms"] *= 2.0
+    report = run_check(run.write(tmp_path / "run"), baseline)
+    assert _verdict(report, "edge_latency_ms", "cloud-codec/jpeg-q50").status == "regression"
+    assert report.exit_code == 1
+
+
+def test_reference_drift_policy_gate_judges_anyway(tmp_path):
+    run, baseline = _quiet_reference_shift(tmp_path)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("on_reference_drift: gate\n", encoding="utf-8")
+    report = run_check(run.write(tmp_path / "run"), baseline, policy)
     assert _verdict(report, "edge_latency_ms", "cloud-codec/jpeg-q50").status == "regression"
     assert report.exit_code == 1
 
@@ -587,7 +660,7 @@ def test_busy_host_policy_gate_judges_anyway(tmp_path):
     baseline = write_baseline(base_dir, tmp_path / "baseline.json")
     run_dir = _set_load(synthetic_run(1, with_samples=False), 0.5, 2).write(tmp_path / "run")
     policy = tmp_path / "policy.yaml"
-    policy.write_text("on_busy_host: gate\n", encoding="utf-8")
+    policy.write_text("on_busy_host: gate\non_reference_drift: gate\n", encoding="utf-8")
     report = run_check(run_dir, baseline, policy)
     assert _verdict(report, "edge_latency_ms", "cloud-codec/jpeg-q50").status == "regression"
     assert "gated although the host busy" in check_summary(report)

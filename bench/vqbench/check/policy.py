@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vqbench.errors import DataError
 from vqbench.scenario import describe_yaml_error
@@ -87,14 +87,34 @@ class DeterministicGate(BaseModel):
         return metric
 
 
+#: Default floors of a noisy gate: a ratio change worth less than this in the figure's own unit
+#: is treated as timer and meter noise. Cloud-raw's edge half only frames the bytes, about
+#: 0.02 ms and 20 uJ, and its energy moved 1.8x between two quiet runs of the same code.
+DEFAULT_MIN_CHANGE_J = 1e-3
+DEFAULT_MIN_CHANGE_MS = 0.1
+
+
+def metric_unit(metric: str) -> Literal["J", "ms"]:
+    """Return the unit of a noisy metric, read from its name."""
+    return "ms" if metric.endswith("_ms") else "J"
+
+
 class NoisyGate(BaseModel):
-    """A machine-dependent figure gated as a ratio to the reference's ``reference_metric``."""
+    """A machine-dependent figure gated as a ratio to the reference's ``reference_metric``.
+
+    A ratio change past ``max_ratio_growth`` still passes when, applied to the baseline's own
+    median figure, it moves that figure by less than the floor in the figure's unit:
+    ``min_change_j`` for energy metrics, ``min_change_ms`` for latency metrics. Left out, the
+    floor is ``DEFAULT_MIN_CHANGE_J`` or ``DEFAULT_MIN_CHANGE_MS``; 0 turns it off.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     metric: str
     reference_metric: str
     max_ratio_growth: float = Field(default=1.2, gt=1.0)
+    min_change_j: float | None = Field(default=None, ge=0)
+    min_change_ms: float | None = Field(default=None, ge=0)
 
     @field_validator("metric", "reference_metric")
     @classmethod
@@ -102,6 +122,22 @@ class NoisyGate(BaseModel):
         if metric not in NOISY_METRICS:
             raise ValueError(f"unknown noisy metric {metric!r}; choose one of {sorted(NOISY_METRICS)}")
         return metric
+
+    @model_validator(mode="after")
+    def _floor_in_metric_unit(self) -> NoisyGate:
+        unit = metric_unit(self.metric)
+        wrong, right = ("min_change_j", "min_change_ms") if unit == "ms" else ("min_change_ms", "min_change_j")
+        if getattr(self, wrong) is not None:
+            raise ValueError(f"{self.metric} is in {unit}, so its floor is {right}, not {wrong}")
+        if getattr(self, right) is None:
+            setattr(self, right, DEFAULT_MIN_CHANGE_MS if unit == "ms" else DEFAULT_MIN_CHANGE_J)
+        return self
+
+    @property
+    def min_change(self) -> float:
+        """The floor in the metric's own unit (see ``metric_unit``)."""
+        value = self.min_change_ms if metric_unit(self.metric) == "ms" else self.min_change_j
+        return float(value or 0.0)
 
 
 def _default_deterministic() -> list[DeterministicGate]:
@@ -151,6 +187,10 @@ class CheckPolicy(BaseModel):
     #: What noisy gates do when either run was timed with a load average above its CPU count:
     #: ``inconclusive`` reports them as neither passed nor failed, ``gate`` judges them anyway.
     on_busy_host: Literal["inconclusive", "gate"] = "inconclusive"
+    #: What a noisy gate does when the reference's own median moved past the gate's growth limit
+    #: and the gated figure's did not: ``inconclusive`` reports the verdict as neither passed nor
+    #: failed, ``gate`` judges the ratio anyway.
+    on_reference_drift: Literal["inconclusive", "gate"] = "inconclusive"
 
     @field_validator("deterministic")
     @classmethod

@@ -12,7 +12,9 @@ Two kinds of gates:
   ratio grows past ``max_ratio_growth`` relative to the baseline's, and a one-sided Mann-Whitney U test of
   the per-repeat (energy) or per-sample (latency) ratios against the baseline's is significant
   at ``p_value_threshold``. With so few repeats that the test can never reach that level, the
-  ratio threshold decides alone and the result states this.
+  ratio threshold decides alone and the result states this. A ratio change that moves the
+  baseline's own figure by less than the gate's floor (``min_change_j`` or ``min_change_ms``)
+  passes either way, because the ratios of a figure of microseconds swing widely.
 
 Host-measured figures repeat on every link and modeled-device row of a pipeline variant (the
 cloud stage and the host's edge stage run once per variant). They are gated once per (pipeline,
@@ -41,9 +43,14 @@ cannot be judged busy (a note says so).
 Edge figures keep the cloud reference. Cloud-raw does no edge work, so no edge figure is common to
 every scenario, and absolute edge figures would fail on every change of machine. Each ratio
 verdict also reports how far the reference's own median moved when it moved past the growth
-limit, so a verdict driven by the reference shows as such. NOTE: on hosts that were not busy by
-this rule, a shift of the reference alone still fails the gate. The 1-minute load average lags,
-so a burst of load shorter than a minute may go unnoticed.
+limit. When the reference moved past the limit and the gated figure's own median did not, the
+ratio's change comes from the reference (a burst of load during its stage, or an energy estimate
+that follows it), so a judged verdict other than pass becomes ``inconclusive`` and the summary
+line reports it. The cost is that a real change of the row that coincides with a move of the
+reference, for instance a regression on a faster machine, is reported as inconclusive rather
+than as a regression. ``on_reference_drift: gate`` judges such verdicts anyway. The 1-minute
+load average lags, so a burst of load shorter than a minute may go unnoticed by the busy-host
+rule; the reference rule catches what it does to the reference.
 
 Bad input raises DataError (exit code 2) rather than producing verdicts. That covers a results
 file or baseline of another schema version, an empty baseline, and a baseline of another
@@ -84,6 +91,7 @@ from vqbench.check.policy import (
     NoisyGate,
     ReferenceSpec,
     load_policy,
+    metric_unit,
 )
 from vqbench.check.rows import _key_label, _read_latency, _row_key, _row_samples
 from vqbench.check.stats import mann_whitney_greater, smallest_p_value
@@ -223,9 +231,11 @@ class _NoisyInputs:
     method_note: str
 
 
-def _check_noisy(inputs: _NoisyInputs, p_threshold: float) -> CheckResult:
+def _check_noisy(inputs: _NoisyInputs, policy: CheckPolicy) -> CheckResult:
     gate, label = inputs.gate, inputs.label
     limit = f"median ratio to reference {gate.reference_metric} may grow at most {gate.max_ratio_growth:g}x"
+    if gate.min_change > 0:
+        limit += f" (a change under {gate.min_change:g} {metric_unit(gate.metric)} passes)"
     if not inputs.base_reference:
         return CheckResult(label, gate.metric, "ratio", "skipped", None, None, None, limit, _NO_REFERENCE_FIGURE)
     if float(np.median(inputs.base_reference)) <= 0:
@@ -251,6 +261,7 @@ def _check_noisy(inputs: _NoisyInputs, p_threshold: float) -> CheckResult:
     n1, n2 = len(current_ratios), len(base_ratios)
     test_note = ""
     p_value: float | None = None
+    p_threshold = policy.p_value_threshold
     if smallest_p_value(n1, n2) >= p_threshold:
         significant_up = significant_down = True
         test_note = (f" (only {n1} vs {n2} samples, so the U test cannot reach p < {p_threshold:g}; "
@@ -263,7 +274,11 @@ def _check_noisy(inputs: _NoisyInputs, p_threshold: float) -> CheckResult:
         test_note = f" (U test, {up.method}, p = {p_value:.3g})"
 
     summary = f"ratio grew {growth:.3g}x ({base_median:.4g} -> {current_median:.4g})"
-    if growth > gate.max_ratio_growth and significant_up:
+    floor_note = _under_floor_note(inputs, growth)
+    if floor_note and (growth > gate.max_ratio_growth or growth < 1 / gate.max_ratio_growth):
+        status: Status = "pass"
+        summary += floor_note
+    elif growth > gate.max_ratio_growth and significant_up:
         status: Status = "regression"
     elif growth > gate.max_ratio_growth:
         status, summary = "warn", summary + " but not significantly"
@@ -271,28 +286,56 @@ def _check_noisy(inputs: _NoisyInputs, p_threshold: float) -> CheckResult:
         status = "improved"
     else:
         status = "pass"
+    drift_note, reference_alone = _reference_drift(inputs)
+    message = summary + test_note + inputs.method_note + drift_note
+    if reference_alone and status != "pass" and policy.on_reference_drift == "inconclusive":
+        status, message = "inconclusive", REFERENCE_DRIFT_PREFIX + message
     return CheckResult(label, gate.metric, "ratio", status, base_median, current_median, growth, limit,
-                       summary + test_note + inputs.method_note + _reference_drift_note(inputs), p_value,
-                       unit="ratio")
+                       message, p_value, unit="ratio")
 
 
-def _reference_drift_note(inputs: _NoisyInputs) -> str:
-    """Say how far the reference's own median moved between the runs when it moved past the growth limit.
+def _under_floor_note(inputs: _NoisyInputs, growth: float) -> str:
+    """Say so when the ratio's change, applied to the baseline's own figure, is under the gate's floor.
+
+    Ratios of a tiny figure (cloud-raw's edge half, which only frames the bytes) swing by more
+    than any sensible growth limit between quiet runs, while the figure moves by microseconds
+    or microjoules. The floor keeps such swings from failing the gate. Returns "" otherwise.
+    """
+    floor = inputs.gate.min_change
+    base_own = float(np.median(inputs.base_values))
+    change = abs(base_own * (growth - 1)) if math.isfinite(growth) else math.inf
+    if floor <= 0 or change >= floor:
+        return ""
+    unit = metric_unit(inputs.gate.metric)
+    return (f", which moves the baseline's {base_own:.3g} {unit} by {change:.2g} {unit}, under the gate's "
+            f"floor of {floor:g} {unit}, so it passes")
+
+
+#: Starts the message of a ratio verdict that the reference's own move made inconclusive.
+REFERENCE_DRIFT_PREFIX = "inconclusive: the reference moved past the limit while this figure did not; measured: "
+
+
+def _reference_drift(inputs: _NoisyInputs) -> tuple[str, bool]:
+    """Say how far the reference's own median moved when it moved past the growth limit.
 
     The ratio moves with the reference as much as with the gated figure, so a large move of the
-    reference alone points at the reference's measurement (a busy host, say) rather than at the row.
+    reference alone points at the reference's measurement (a busy host, a noisy energy estimate)
+    rather than at the row. Returns the note ("" when the reference stayed within the limit) and
+    whether the reference moved past the limit while the gated figure's own median did not.
     """
     base_reference = float(np.median(inputs.base_reference))
     current_reference = float(np.median(inputs.current_reference))
     reference_change = current_reference / base_reference
     limit = inputs.gate.max_ratio_growth
     if 1 / limit <= reference_change <= limit:
-        return ""
+        return "", False
     base_own, current_own = float(np.median(inputs.base_values)), float(np.median(inputs.current_values))
+    own_within = base_own > 0 and 1 / limit <= current_own / base_own <= limit
     own_change = f"{current_own / base_own:.3g}x" if base_own > 0 else "from 0"
-    return (f"; the reference's {inputs.gate.reference_metric} itself moved {reference_change:.3g}x "
+    note = (f"; the reference's {inputs.gate.reference_metric} itself moved {reference_change:.3g}x "
             f"({base_reference:.4g} -> {current_reference:.4g}) while {inputs.gate.metric} moved {own_change}, "
             "so much of the ratio's change comes from the reference")
+    return note, own_within
 
 
 def _find(entries: dict, key: tuple, reference: ReferenceSpec):
@@ -370,15 +413,20 @@ def _check_row(entry: BaselineEntry, row: ResultRow, context: dict) -> list[Chec
             base_reference.samples.get(gate.reference_metric, []) if base_reference else [],
             current_samples[gate.metric], reference_samples, _method_note(entry, row, gate.metric),
         )
-        verdicts.append(_mark_busy(_check_noisy(inputs, policy.p_value_threshold), context["busy_reason"]))
+        verdicts.append(_mark_busy(_check_noisy(inputs, policy), context["busy_reason"]))
     return verdicts
 
 
 def _mark_busy(verdict: CheckResult, busy_reason: str | None) -> CheckResult:
     """Turn a judged noisy verdict into ``inconclusive`` when a busy host makes its ratio unreliable."""
-    if busy_reason is None or verdict.status not in _JUDGED_STATUSES:
+    if busy_reason is None:
         return verdict
-    return replace(verdict, status="inconclusive", message=f"inconclusive: {busy_reason}; measured: {verdict.message}")
+    message = verdict.message
+    if verdict.status == "inconclusive" and message.startswith(REFERENCE_DRIFT_PREFIX):
+        message = message.removeprefix(REFERENCE_DRIFT_PREFIX)  # the busy host is the likelier cause
+    elif verdict.status not in _JUDGED_STATUSES:
+        return verdict
+    return replace(verdict, status="inconclusive", message=f"inconclusive: {busy_reason}; measured: {message}")
 
 
 def _check_reference(policy: CheckPolicy, baseline_entries: dict, baseline_file: Path) -> None:
@@ -462,6 +510,12 @@ def run_check(results_dir: Path, baseline_file: Path, policy_file: Path | None =
     if unreferenced:
         notes.append(f"{plural(unreferenced, 'ratio gate')} skipped because the baseline's reference row has no "
                      "figure for them")
+    drifted = sum(result.message.startswith(REFERENCE_DRIFT_PREFIX) for result in verdicts)
+    if drifted:
+        reference = f"{policy.reference.pipeline}/{policy.reference.variant}"
+        summary_notes.append(f"{plural(drifted, 'ratio verdict')} inconclusive because the reference {reference} "
+                             "moved past the limit while the gated figure did not; rerun to tell a noisy reference "
+                             "from a change (policy on_reference_drift: gate judges them anyway)")
     zero_reference = sum(result.message.endswith(_ZERO_REFERENCE_SKIP) for result in verdicts)
     if zero_reference:
         # A summary note, because these gates are off although the baseline records a figure.
