@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -126,6 +127,19 @@ def test_http_variant_not_served_rejected(sample_lfw, tmp_path, no_data_loading)
             run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
 
 
+def test_unreachable_service_is_scenario_error(sample_lfw, tmp_path, no_data_loading):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed_port = unused.getsockname()[1]
+    url = f"http://127.0.0.1:{closed_port}"
+    scenario = _scenario(sample_lfw, transport={"mode": "http", "url": url, "timeout_s": 2})
+    with pytest.raises(ScenarioError, match=f"transport.url {url} failed before anything was measured") as caught:
+        run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+    assert "cannot connect" in str(caught.value)
+    assert caught.value.exit_code == 2
+    assert not (tmp_path / "out").exists()
+
+
 def test_meter_paths_resolve_against_scenario(sample_lfw, tmp_path, monkeypatch):
     traces = tmp_path / "traces"
     traces.mkdir()
@@ -150,16 +164,16 @@ def test_missing_meter_path_rejected(sample_lfw, tmp_path, meter, option):
 
 
 def test_interrupted_run_scores_hold_finished_variants(sample_lfw, tmp_path, monkeypatch):
-    measure = runner.measure_energy
+    score = runner.score_variant
     calls: list[str] = []
 
     def interrupt_second(pipeline, *args, **kwargs):
         calls.append(pipeline.variant)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return measure(pipeline, *args, **kwargs)
+        return score(pipeline, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "measure_energy", interrupt_second)
+    monkeypatch.setattr(runner, "score_variant", interrupt_second)
     pipelines = [{"kind": "cloud-codec", "codec": "jpeg", "qualities": [30, 50]}]
     with pytest.raises(KeyboardInterrupt):
         run_scenario(_scenario(sample_lfw, pipelines=pipelines), tmp_path / "s.yaml", tmp_path / "out")
@@ -169,6 +183,21 @@ def test_interrupted_run_scores_hold_finished_variants(sample_lfw, tmp_path, mon
     for name in ("scores", "latency"):
         table = pd.read_parquet(tmp_path / "out" / f"{name}.parquet")
         assert set(table["variant"]) == {"jpeg-q30"}, name
+
+
+def test_interrupt_while_metering_keeps_marked_run(sample_lfw, tmp_path, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "measure_energies", interrupt)
+    pipelines = [{"kind": "cloud-codec", "codec": "jpeg", "qualities": [30, 50]}]
+    with pytest.raises(KeyboardInterrupt):
+        run_scenario(_scenario(sample_lfw, pipelines=pipelines), tmp_path / "s.yaml", tmp_path / "out")
+
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["complete"] is False
+    assert results["variants_missing"] == ["cloud-codec/jpeg-q30", "cloud-codec/jpeg-q50"]
+    assert results["rows"] == []
 
 
 def test_run_of_folder_exits_2(tmp_path):

@@ -1,12 +1,19 @@
 """The measurement pass: latency, energy and memory of each half of a pipeline variant.
 
-Nothing here reads a cache. For each variant:
+Nothing here reads a cache. Latency and energy are measured for all variants together, with
+their samples interleaved, because a host's speed drifts over seconds (turbo, a shared virtual
+machine, other jobs). Measured one variant after another, a variant timed in a slow spell looks
+slower than one timed in a fast spell. Interleaved, the drift affects every variant alike, so
+comparisons between variants and the ratios that ``vqbench check`` gates stay steady.
 
-1. Latency: ``latency_samples`` images go through the edge half one by one, then their
-   payloads through the cloud half one by one (batch size 1), each call timed with
-   ``time.perf_counter_ns``.
-2. Energy: each half runs in measurement windows on the host meter (see
-   ``vqbench.meters.protocol`` for warm-up, idle window, windows and repeats).
+1. Latency: the ``latency_samples`` images are split into ``LATENCY_ROUNDS`` blocks. Each round
+   times one block for every variant in turn: the block's images through the edge half one by
+   one, then their payloads through the cloud half one by one (batch size 1), each call timed
+   with ``time.perf_counter_ns``. With several variants, one untimed call of each half
+   precedes a variant's block, because the other variants' calls may have evicted its weights
+   from the caches.
+2. Energy: each half of each variant is a stage metered in windows on the host meter, and the
+   stages' windows take turns (see ``vqbench.meters.protocol``).
 3. Memory: each half runs alone in a fresh child process on a few images (see
    ``vqbench.memory_probe``). The child's peak RSS is the half's footprint, including the
    Python interpreter and the libraries that half loads, but not the benchmark's own.
@@ -20,13 +27,14 @@ import pickle
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vqbench.data.dataset import ImageRecord
-from vqbench.errors import MeterError, RunError
+from vqbench.errors import MeterError, RunError, VqbenchError
 from vqbench.meters.base import EnergyMeter
 from vqbench.pipelines.base import Pipeline
 from vqbench.scenario import AlignmentConfig, MeasurementConfig, TeacherConfig
@@ -58,24 +66,62 @@ class LatencySamples:
     wire_bytes_down: list[int] = field(default_factory=list)
 
 
-def measure_latency(
-    pipeline: Pipeline, images: list[ImageRecord], warmup: int, http: "HttpCloud | None" = None
-) -> LatencySamples:
-    """Time the edge and the cloud half on each image, one call at a time.
+#: Blocks that each variant's latency samples are split into; one round times one block of every variant.
+LATENCY_ROUNDS = 5
 
-    With ``http``, each payload is posted to `vqbench serve`: the cloud latency is the
-    service's own compute time and the rest of the request time is transfer.
+
+def measure_latencies(
+    pipelines: Sequence[Pipeline],
+    images: list[ImageRecord],
+    warmup: int,
+    http: "HttpCloud | None" = None,
+    after_round: Callable[[], None] | None = None,
+) -> list[LatencySamples | VqbenchError]:
+    """Time the edge and the cloud half of every variant on each image, rounds interleaved.
+
+    Returns one entry per pipeline: its samples, in image order, or the VqbenchError that
+    stopped it (the other variants go on). With ``http``, each payload is posted to
+    `vqbench serve`: the cloud latency is the service's own compute time and the rest of the
+    request time is transfer. ``after_round`` is called after each round.
     """
-    for image in images[:warmup]:
-        _call_cloud(pipeline, pipeline.edge(image.data).payload, http)
+    results: list[LatencySamples | VqbenchError] = []
+    for pipeline in pipelines:
+        try:
+            for image in images[:warmup]:
+                _call_cloud(pipeline, pipeline.edge(image.data).payload, http)
+            results.append(LatencySamples())
+        except VqbenchError as error:
+            results.append(error)
 
-    samples = LatencySamples()
+    blocks = [list(block) for block in np.array_split(np.arange(len(images)), min(LATENCY_ROUNDS, len(images)))]
+    for block in blocks:
+        for index, pipeline in enumerate(pipelines):
+            samples = results[index]
+            if isinstance(samples, VqbenchError):
+                continue
+            try:
+                if len(pipelines) > 1:
+                    # Not one of the block's images, so the timed calls do not find their input cached.
+                    warm = images[block[0] - 1].data
+                    _call_cloud(pipeline, pipeline.edge(warm).payload, http)
+                _time_block(pipeline, [images[i] for i in block], http, samples)
+            except VqbenchError as error:
+                results[index] = error
+        if after_round is not None:
+            after_round()
+    return results
+
+
+def _time_block(pipeline: Pipeline, images: list[ImageRecord], http: "HttpCloud | None", samples: LatencySamples) -> None:
+    """Time the edge half on each image, then the cloud half on each payload, appending to ``samples``."""
+    payloads: list[bytes] = []
     for image in images:
         start = time.perf_counter_ns()
         output = pipeline.edge(image.data)
         samples.edge_ms.append((time.perf_counter_ns() - start) / 1e6)
-        samples.payloads.append(output.payload)
-    for payload in samples.payloads:
+        payloads.append(output.payload)
+    samples.payloads.extend(payloads)
+    for payload in payloads:
         start = time.perf_counter_ns()
         stats = _call_cloud(pipeline, payload, http)
         elapsed_ms = (time.perf_counter_ns() - start) / 1e6
@@ -86,7 +132,6 @@ def measure_latency(
             samples.transfer_ms.append(stats.transfer_ms)
             samples.wire_bytes_up.append(stats.wire_bytes_up)
             samples.wire_bytes_down.append(stats.wire_bytes_down)
-    return samples
 
 
 def _call_cloud(pipeline: Pipeline, payload: bytes, http: "HttpCloud | None") -> "TransferStats | None":
@@ -105,34 +150,62 @@ class HalfEnergy:
     missing_reason: str | None = None
 
 
-def measure_energy(
-    pipeline: Pipeline,
+def measure_energies(
+    pipelines: Sequence[Pipeline],
     images: list[ImageRecord],
-    payloads: list[bytes],
+    payloads: Sequence[list[bytes]],
     meter: EnergyMeter | None,
     settings: MeasurementConfig,
-) -> tuple[HalfEnergy, HalfEnergy]:
-    """Measure the edge and the cloud half in energy windows on the host meter."""
+    after_round: Callable[[], None] | None = None,
+) -> list[tuple[HalfEnergy, HalfEnergy] | VqbenchError]:
+    """Meter the edge and the cloud half of every variant, their windows interleaved.
+
+    ``payloads[i]`` are pipeline ``i``'s payloads of ``images``. Returns one entry per pipeline:
+    its (edge, cloud) energy, where a half that a MeterError stopped is missing with the
+    reason, or the VqbenchError of its own work that stopped the variant.
+    """
     if meter is None:
         reason = "no energy meter is available on this host (see `vqbench env`)"
-        return HalfEnergy(None, reason), HalfEnergy(None, reason)
+        return [(HalfEnergy(None, reason), HalfEnergy(None, reason)) for _ in pipelines]
 
-    from vqbench.meters.protocol import WindowSettings, measure_stage_energy
+    from vqbench.meters.protocol import EnergyStage, WindowSettings, measure_stages_energy
 
     window = WindowSettings(
         warmup=settings.warmup, repeats=settings.repeats, min_window_s=settings.min_window_s, idle_s=settings.idle_s
     )
-    halves = []
-    for work in (
-        lambda i: pipeline.edge(images[i % len(images)].data),
-        lambda i: pipeline.cloud([payloads[i % len(payloads)]]),
-    ):
-        try:
-            halves.append(HalfEnergy(measure_stage_energy(work, len(images), meter, window)))
-        except MeterError as error:
-            logger.warning("energy of %s/%s not measured: %s", pipeline.kind, pipeline.variant, error)
-            halves.append(HalfEnergy(None, str(error)))
-    return halves[0], halves[1]
+    stages = []
+    for pipeline, variant_payloads in zip(pipelines, payloads):
+        label = f"{pipeline.kind}/{pipeline.variant}"
+        stages.append(EnergyStage(f"{label} edge", _edge_work(pipeline, images), len(images)))
+        stages.append(EnergyStage(f"{label} cloud", _cloud_work(pipeline, variant_payloads), len(variant_payloads)))
+    try:
+        measured = measure_stages_energy(stages, meter, window, after_round=after_round)
+    except MeterError as error:
+        logger.warning("energy not measured: %s", error)
+        return [(HalfEnergy(None, str(error)), HalfEnergy(None, str(error))) for _ in pipelines]
+
+    results: list[tuple[HalfEnergy, HalfEnergy] | VqbenchError] = []
+    for index, pipeline in enumerate(pipelines):
+        halves: list[HalfEnergy] = []
+        work_error: VqbenchError | None = None
+        for result in measured[2 * index : 2 * index + 2]:
+            if isinstance(result, MeterError):
+                logger.warning("energy of %s/%s not measured: %s", pipeline.kind, pipeline.variant, result)
+                halves.append(HalfEnergy(None, str(result)))
+            elif isinstance(result, VqbenchError):
+                work_error = result
+            else:
+                halves.append(HalfEnergy(result))
+        results.append(work_error if work_error is not None else (halves[0], halves[1]))
+    return results
+
+
+def _edge_work(pipeline: Pipeline, images: list[ImageRecord]) -> Callable[[int], object]:
+    return lambda i: pipeline.edge(images[i % len(images)].data)
+
+
+def _cloud_work(pipeline: Pipeline, payloads: list[bytes]) -> Callable[[int], object]:
+    return lambda i: pipeline.cloud([payloads[i % len(payloads)]])
 
 
 def measure_peak_rss(

@@ -7,11 +7,11 @@ Phases, in order:
    HTTP service's variants;
 2. resolve the data set (download LFW when the scenario allows it) and read the images;
 3. align every image once (cached) and embed the originals with the teacher (cached);
-4. remove an old run from the run folder (``--overwrite``), then for each pipeline variant:
-   score every pair (``vqbench.accuracy``), then time, meter and size each half
-   (``vqbench.measure``);
-5. after each variant, rewrite the results files atomically, so an interrupted run keeps
-   every variant it finished;
+4. remove an old run from the run folder (``--overwrite``), then time and meter the halves of
+   every variant together, the variants taking turns (``vqbench.measure``), so that a drift
+   of the host's speed affects them alike;
+5. for each variant: score every pair (``vqbench.accuracy``) and size each half, then rewrite
+   the results files atomically, so an interrupted run keeps every variant it finished;
 6. render the HTML and PDF reports from the results files.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,7 +38,14 @@ from vqbench.deployment import VariantMeasurement, build_rows, check_deployment
 from vqbench.environment import HostLoadMonitor, collect_environment
 from vqbench.errors import DataError, RunError, ScenarioError, VqbenchError
 from vqbench.io import write_atomic, write_json_atomic, write_text_atomic
-from vqbench.measure import measure_energy, measure_latency, measure_peak_rss
+from vqbench.measure import (
+    LATENCY_ROUNDS,
+    HalfEnergy,
+    LatencySamples,
+    measure_energies,
+    measure_latencies,
+    measure_peak_rss,
+)
 from vqbench.metrics.verification import evaluate_verification
 from vqbench.pipelines.base import Components, Pipeline
 from vqbench.pipelines.registry import build_pipelines
@@ -316,18 +323,23 @@ def _run_variants(
     progress: ProgressReporter,
     detection_fallbacks: int,
 ) -> tuple[_RunTables, list[str]]:
-    """Measure each variant in turn, rewriting the results files after each; return the tables and failures."""
+    """Time and meter all variants together, then score and size each in turn.
+
+    The results files are rewritten after each variant; return the tables and failures.
+    """
     scenario = context.scenario
     tables = _RunTables()
     failures: list[str] = []
+    labels = [f"{pipeline.kind}/{pipeline.variant}" for pipeline in pipelines]
+    tables.missing = list(labels)
     try:
-        labels = [f"{pipeline.kind}/{pipeline.variant}" for pipeline in pipelines]
+        halves = _measure_halves(pipelines, context, meter, progress)
         for position, (pipeline, label) in enumerate(zip(pipelines, labels)):
             tables.missing = labels[position:]
             try:
                 measured, frames = _run_variant(
                     pipeline, configs[(pipeline.kind, pipeline.variant)], context, aligned, embedding_cache,
-                    meter, progress,
+                    halves[position], progress,
                 )
                 measured.detection_fallbacks = detection_fallbacks
                 rows = build_rows(measured, scenario.deployment, context.intensities)
@@ -351,6 +363,52 @@ def _run_variants(
         _keep_interrupted_run(context, tables)
         raise
     return tables, failures
+
+
+@dataclass(frozen=True)
+class _MeasuredHalves:
+    """A variant's latency samples and the energy of its halves, or the error that stopped them."""
+
+    latency: LatencySamples | None
+    energy: tuple[HalfEnergy, HalfEnergy] | None
+    error: VqbenchError | None = None
+
+
+def _measure_halves(
+    pipelines: list[Pipeline], context: "_RunContext", meter: Any, progress: ProgressReporter
+) -> list[_MeasuredHalves]:
+    """Time, then meter, every variant's halves with the variants interleaved (see vqbench.measure)."""
+    settings = context.scenario.measurement
+    sample_images = context.evaluation.images[: settings.latency_samples]
+    count = f"{len(pipelines)} variant{'' if len(pipelines) == 1 else 's'}"
+
+    def after_round(task: Any) -> Callable[[], None]:
+        def advance() -> None:
+            progress.advance(task)
+            context.check_host_load()
+        return advance
+
+    context.check_host_load()
+    rounds = min(LATENCY_ROUNDS, len(sample_images))
+    with _phase(progress, f"Timing {count}, interleaved", rounds) as task:
+        latencies = measure_latencies(pipelines, sample_images, settings.warmup, context.http, after_round(task))
+    timed = [index for index, latency in enumerate(latencies) if isinstance(latency, LatencySamples)]
+    with _phase(progress, f"Metering energy of {count}, interleaved", settings.repeats) as task:
+        energies = measure_energies(
+            [pipelines[index] for index in timed], sample_images, [latencies[index].payloads for index in timed],
+            meter, settings, after_round(task),
+        )
+    metered = dict(zip(timed, energies))
+    halves = []
+    for index, latency in enumerate(latencies):
+        energy = metered.get(index)
+        if isinstance(latency, VqbenchError):
+            halves.append(_MeasuredHalves(None, None, latency))
+        elif isinstance(energy, VqbenchError):
+            halves.append(_MeasuredHalves(None, None, energy))
+        else:
+            halves.append(_MeasuredHalves(latency, energy))
+    return halves
 
 
 def _variant_configs(scenario: Scenario, components: Components) -> dict[tuple[str, str], dict]:
@@ -469,22 +527,26 @@ def _select_meter(meters: list[Any]) -> tuple[Any, dict[str, dict[str, object]],
 def _open_transport(scenario: Scenario, scenario_path: Path, scenario_dir: Path, pipelines: list[Pipeline]) -> Any:
     """Connect to `vqbench serve` when the scenario sends payloads over HTTP; return the client, or None.
 
-    Raises ScenarioError when the service does not serve a variant of the scenario, or aligns a
-    variant it serves with other settings than the scenario's, because the run would then
-    score other chips than its results record.
+    Raises ScenarioError when the service cannot be reached or refuses the client (nothing has
+    been measured yet, so the URL or token file is at fault), when it does not serve a variant
+    of the scenario, or when it aligns a variant it serves with other settings than the
+    scenario's, because the run would then score other chips than its results record.
     """
     transport = scenario.transport
     if transport.mode != "http":
         return None
-    from vqbench.network.client import HttpCloud
+    from vqbench.network.client import HttpCloud, HttpTransportError
     from vqbench.network.loadtest import check_alignment
 
     if not transport.url:
         raise ScenarioError("transport.mode is http but transport.url is not set; give the service's base URL")
     http = HttpCloud.from_config(transport, scenario_dir)
     try:
-        http.health()
-        served = http.pipelines()
+        try:
+            http.health()
+            served = http.pipelines()
+        except HttpTransportError as error:
+            raise ScenarioError(f"transport.url {transport.url} failed before anything was measured: {error}") from error
         _check_served(pipelines, served, transport.url)
         check_alignment(
             pipelines, served, transport.url, f"scenario {scenario_path}",
@@ -572,13 +634,17 @@ def _run_variant(
     context: _RunContext,
     aligned: Any,
     embedding_cache: ArrayCache,
-    meter: Any,
+    halves: _MeasuredHalves,
     progress: ProgressReporter,
 ) -> tuple[VariantMeasurement, _VariantFrames]:
-    """Score, time, meter and size one variant; return its measurements and its tables."""
+    """Score and size one variant timed and metered before; return its measurements and its tables."""
     scenario = context.scenario
     evaluation = context.evaluation
     label = f"{pipeline.kind}/{pipeline.variant}"
+    if halves.error is not None:
+        raise halves.error
+    latency = halves.latency
+    edge_energy, cloud_energy = halves.energy
 
     with _phase(progress, f"Scoring {label}", len(evaluation.images)) as task:
         scored = score_variant(
@@ -596,11 +662,6 @@ def _run_variant(
 
     settings = scenario.measurement
     sample_images = evaluation.images[: settings.latency_samples]
-    context.check_host_load()
-    with _phase(progress, f"Timing {label}", None):
-        latency = measure_latency(pipeline, sample_images, settings.warmup, context.http)
-    with _phase(progress, f"Metering energy of {label}", None):
-        edge_energy, cloud_energy = measure_energy(pipeline, sample_images, latency.payloads, meter, settings)
     edge_rss = cloud_rss = None
     if settings.memory:
         with _phase(progress, f"Measuring memory of {label}", None):

@@ -180,7 +180,8 @@ class MeasurementConfig(_Strict):
     """Latency samples and energy windows (see vqbench.meters.protocol)."""
 
     latency_samples: int = Field(
-        40, ge=5, description="Images whose edge and cloud stages are timed one by one, uncached."
+        40, ge=5, description="Images whose edge and cloud stages are timed one by one, uncached, in rounds that take "
+        "turns with the other variants."
     )
     warmup: int = Field(3, ge=0, description="Inferences run before any window.")
     repeats: int = Field(3, ge=1, description="Measured energy windows per stage.")

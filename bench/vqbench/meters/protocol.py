@@ -31,6 +31,11 @@ windows of many inferences instead, all with the same meter::
 A ``MeterError`` from any step propagates: the caller records the figure as missing with the
 error's reason and never as 0 J. A window whose energy or duration is negative, NaN or
 infinite, from any meter, raises ``MeterError`` too.
+
+Several stages (``measure_stages_energy``) share one overhead and one idle window, and their
+measured windows take turns: window 1 of every stage, then window 2 of every stage, and so on.
+A host whose speed drifts over seconds then affects all stages alike, which keeps ratios
+between stages, such as those that ``vqbench check`` gates, steady.
 """
 
 from __future__ import annotations
@@ -39,10 +44,10 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from vqbench.errors import MeterError, ScenarioError
+from vqbench.errors import MeterError, ScenarioError, VqbenchError
 from vqbench.meters.base import EnergyMeter, EnergyReading
 
 logger = logging.getLogger(__name__)
@@ -183,6 +188,25 @@ def _combined_method(readings: list[EnergyReading]) -> str:
     return "+".join(methods)
 
 
+@dataclass(frozen=True)
+class EnergyStage:
+    """One stage to meter: ``work(i)`` runs one inference on item ``i mod n_items``."""
+
+    label: str
+    work: Callable[[int], object]
+    n_items: int
+
+
+@dataclass
+class _StageWindows:
+    """The windows measured so far for one stage."""
+
+    next_item: int
+    readings: list[EnergyReading]
+    gross_j: list[float]
+    dynamic_j: list[float]
+
+
 def measure_stage_energy(
     work: Callable[[int], object],
     n_items: int,
@@ -195,49 +219,100 @@ def measure_stage_energy(
     """Measure the energy per inference of ``work(i)`` with the windows drawn above.
 
     ``clock`` and ``sleep`` let tests drive the protocol with a fake clock; they must be the
-    clock the meter uses.
+    clock the meter uses. Raises the MeterError (or other VqbenchError) that stopped it.
     """
-    _check_settings(n_items, settings)
+    [result] = measure_stages_energy([EnergyStage("stage", work, n_items)], meter, settings, clock=clock, sleep=sleep)
+    if isinstance(result, VqbenchError):
+        raise result
+    return result
 
-    for i in range(settings.warmup):
-        work(i % n_items)
+
+def measure_stages_energy(
+    stages: Sequence[EnergyStage],
+    meter: EnergyMeter,
+    settings: WindowSettings,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
+    after_round: Callable[[], None] | None = None,
+) -> list[StageEnergy | VqbenchError]:
+    """Measure several stages with their windows interleaved: round ``r`` runs window ``r`` of each.
+
+    A host whose speed changes over seconds (turbo, a shared virtual machine, a neighbour's job)
+    then slows every stage's windows alike, so the figures of different stages stay comparable.
+    The overhead and idle windows are measured once and shared. With more than one stage, one
+    unmetered inference precedes each window, because the other stages' windows may have evicted
+    this stage's weights from the caches.
+
+    Returns one entry per stage: its StageEnergy, or the VqbenchError that stopped it. That is
+    a MeterError from one of its windows or an error of its own work, and the other stages go on. A
+    MeterError of the overhead or idle window concerns every stage and propagates.
+    ``after_round`` is called after each round (progress, host load).
+    """
+    for stage in stages:
+        _check_settings(stage.n_items, settings)
+
+    failed: dict[int, VqbenchError] = {}
+    for index, stage in enumerate(stages):
+        try:
+            for i in range(settings.warmup):
+                stage.work(i % stage.n_items)
+        except VqbenchError as error:
+            failed[index] = error
 
     overhead_s = _measure_overhead_s(meter, clock)
     idle_power_w = _measure_idle_power_w(meter, settings.idle_s, sleep)
-    logger.info(
-        "%s: idle power %.3f W, meter overhead %.6f s", meter.name, idle_power_w, overhead_s
-    )
+    logger.info("%s: idle power %.3f W, meter overhead %.6f s", meter.name, idle_power_w, overhead_s)
 
-    readings: list[EnergyReading] = []
-    gross_j: list[float] = []
-    dynamic_j: list[float] = []
-    next_item = settings.warmup
+    windows = [_StageWindows(settings.warmup, [], [], []) for _ in stages]
     for repeat in range(settings.repeats):
-        reading, count = _run_window(work, next_item, n_items, meter, settings.min_window_s, clock)
-        next_item += count
-        readings.append(reading)
-        gross_j.append(reading.energy_j / count)
-        dynamic_j.append((reading.energy_j - idle_power_w * reading.duration_s) / count)
-        logger.debug(
-            "window %d: %d inferences, %.4f s, %.6f J", repeat, count, reading.duration_s,
-            reading.energy_j,
-        )
+        for index, stage in enumerate(stages):
+            if index in failed:
+                continue
+            state = windows[index]
+            try:
+                if len(stages) > 1:
+                    stage.work(state.next_item % stage.n_items)
+                reading, count = _run_window(stage.work, state.next_item, stage.n_items, meter,
+                                             settings.min_window_s, clock)
+            except VqbenchError as error:
+                failed[index] = error
+                continue
+            state.next_item += count
+            state.readings.append(reading)
+            state.gross_j.append(reading.energy_j / count)
+            state.dynamic_j.append((reading.energy_j - idle_power_w * reading.duration_s) / count)
+            logger.debug("%s window %d: %d inferences, %.4f s, %.6f J", stage.label, repeat, count,
+                         reading.duration_s, reading.energy_j)
+        if after_round is not None:
+            after_round()
 
-    mean_j, ci95_j = mean_and_ci95(tuple(gross_j))
-    dynamic_mean_j = statistics.fmean(dynamic_j)
+    return [
+        failed[index] if index in failed
+        else _summarise(stage, windows[index], settings, meter, idle_power_w, overhead_s)
+        for index, stage in enumerate(stages)
+    ]
+
+
+def _summarise(
+    stage: EnergyStage, state: _StageWindows, settings: WindowSettings, meter: EnergyMeter,
+    idle_power_w: float, overhead_s: float,
+) -> StageEnergy:
+    mean_j, ci95_j = mean_and_ci95(tuple(state.gross_j))
+    dynamic_mean_j = statistics.fmean(state.dynamic_j)
     if dynamic_mean_j < 0:
         logger.warning(
-            "%s: dynamic energy %.3g J per inference is negative: idle power drifted or the "
-            "stage is too light for this meter; use longer windows", meter.name, dynamic_mean_j,
+            "%s, %s: dynamic energy %.3g J per inference is negative: idle power drifted or the "
+            "stage is too light for this meter; use longer windows", meter.name, stage.label, dynamic_mean_j,
         )
     return StageEnergy(
         energy_j_per_inference=mean_j,
         ci95_j=ci95_j,
         dynamic_energy_j_per_inference=dynamic_mean_j,
-        repeats_j_per_inference=tuple(gross_j),
+        repeats_j_per_inference=tuple(state.gross_j),
         idle_power_w=idle_power_w,
-        method=_combined_method(readings),
-        n_inferences=next_item - settings.warmup,
-        window_s=statistics.fmean(reading.duration_s for reading in readings),
+        method=_combined_method(state.readings),
+        n_inferences=state.next_item - settings.warmup,
+        window_s=statistics.fmean(reading.duration_s for reading in state.readings),
         meter_overhead_s=overhead_s,
     )

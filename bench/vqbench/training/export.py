@@ -164,6 +164,12 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name
         # The tracer warns that Python-side shape checks become constants. Only the batch axis is
         # dynamic and those checks read the fixed spatial sizes, so the warning does not apply.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # The TorchScript exporter (dynamo=False) is chosen on purpose: the committed models were
+        # exported with it, and the index-graph check and int8 quantisation were verified on the
+        # graphs it writes. PyTorch 2.9 and later warn that it is deprecated on every call.
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
         torch.onnx.export(
             module,
             (example,),
