@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -871,3 +872,27 @@ def test_compare_sign_change(tmp_path):
     markdown = render_comparison_markdown(comparison)
     line = next(line for line in markdown.splitlines() if "cloud_dynamic_energy_j_per_inference" in line)
     assert line.rstrip(" |").endswith("sign changed")
+
+
+# ---------------------------------------------------------------------------------------------
+# Gate noise benchmark
+
+
+def test_gate_noise_reports_largest_growth(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_gate_noise import largest_growths
+
+    first = synthetic_run(0, with_samples=False)
+    second = synthetic_run(1, with_samples=False)
+    edge = (second.latency["pipeline"] == "cloud-codec") & (second.latency["stage"] == "edge")
+    second.latency.loc[edge, "latency_ms"] *= 1.3
+    run_dirs = [first.write(tmp_path / "first"), second.write(tmp_path / "second")]
+    baselines = [write_baseline(run_dir, tmp_path / f"{run_dir.name}.json") for run_dir in run_dirs]
+
+    worst = largest_growths(run_dirs, baselines, None)
+    edge_latency = worst["edge_latency_ms"]
+    assert edge_latency["row"].startswith("cloud-codec/")
+    assert edge_latency["largest_growth"] == pytest.approx(1.3, rel=0.05)
+    assert edge_latency["margin"] == pytest.approx(1.5 / edge_latency["largest_growth"])
+    # edge-embed's 0.05 ms cloud half moves by less than the 0.1 ms floor, so it is left out.
+    assert not worst["cloud_latency_ms"]["row"].startswith("edge-embed/")
