@@ -195,6 +195,8 @@ def test_missing_row_fails(baseline_file, tmp_path):
     report = run_check(run.write(tmp_path / "run"), baseline_file)
     assert report.exit_code == 1
     assert [r.row.split(" ")[0] for r in report.failures] == ["edge-embed/int8"]
+    assert check_summary(report).startswith("vqbench check FAILED: 1 missing row, ")
+    assert "missing figure" not in check_summary(report)
 
 
 def test_malformed_baseline_is_usage_error(tmp_path):

@@ -286,6 +286,31 @@ def test_policy_repeated_gates_rejected(tmp_path):
         load_policy(noisy)
 
 
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("min_change_ms: .inf", "finite number at 'noisy.0.min_change_ms'"),
+        ("max_ratio_growth: .inf", "finite number at 'noisy.0.max_ratio_growth'"),
+        ("min_change_ms: .nan", "finite number at 'noisy.0.min_change_ms'"),
+        ("min_change_ms: true", "valid number at 'noisy.0.min_change_ms'"),
+        ("max_ratio_growth: '2'", "valid number at 'noisy.0.max_ratio_growth'"),
+    ],
+)
+def test_policy_limit_that_disables_gate_rejected(tmp_path, setting, expected):
+    path = _policy(tmp_path, f"noisy:\n  - {{metric: edge_latency_ms, reference_metric: cloud_latency_ms, {setting}}}\n")
+    with pytest.raises(DataError, match=expected) as caught:
+        load_policy(path)
+    assert caught.value.exit_code == 2
+
+
+def test_policy_integer_limit_accepted(tmp_path):
+    path = _policy(tmp_path, "noisy:\n  - {metric: edge_latency_ms, reference_metric: cloud_latency_ms, "
+                             "max_ratio_growth: 2, min_change_ms: 1}\n")
+    [gate] = load_policy(path).noisy
+    assert gate.max_ratio_growth == 2.0
+    assert gate.min_change == 1.0
+
+
 # ----- policy file encoding and syntax ---------------------------------------------------------
 
 

@@ -148,7 +148,7 @@ def test_note_names_interrupted_run(tmp_path):
 
     run_b = _edit_results(_write_run(tmp_path, "b"), interrupt)
     notes = comparison_notes(run_a, run_b, compare_runs(run_a, run_b))
-    assert ("B (b) is an incomplete run (it was interrupted), so it has no figures for the variants "
+    assert ("B (b) is an incomplete run (it was interrupted), so it has no figures for the variant "
             "edge-embed/int8; they show as – on its side.") in notes
     assert not any(note.startswith("A (a)") for note in notes)
 
@@ -161,7 +161,7 @@ def test_note_names_failed_variants(tmp_path):
     run_b = _write_run(tmp_path, "b")
     result = CliRunner().invoke(app, ["compare", str(run_a), str(run_b)])
     assert result.exit_code == 0, result.output
-    assert "A (a) is an incomplete run (the variants edge-embed/int8 failed)" in " ".join(result.output.split())
+    assert "A (a) is an incomplete run (the variant edge-embed/int8 failed)" in " ".join(result.output.split())
 
 
 def test_complete_runs_have_no_incomplete_note(tmp_path):

@@ -118,6 +118,8 @@ def test_energy_windows_take_turns():
     assert first.repeats_j_per_inference == pytest.approx((0.625, 0.625, 0.625))
     assert first.n_inferences == 3 * 4
     assert second.n_inferences == 3 * 2
+    assert second.window_inferences == (2, 2, 2)
+    assert second.window_durations_s == pytest.approx((0.25, 0.25, 0.25))
 
 
 class FailingMeter(ReplayMeter):

@@ -260,7 +260,7 @@ def test_incomplete_run_warned_in_report(tmp_path, monkeypatch):
     run.results.rows = [row for row in run.results.rows if row.pipeline != "edge-embed"]
     run_dir = _edit_results(run.write(tmp_path / "run"), complete=False, variants_missing=["edge-embed/int8"])
     warnings = collect_warnings(load_run(run_dir))
-    assert "The run is incomplete (it was interrupted), so it has no rows for the variants edge-embed/int8." in warnings
+    assert "The run is incomplete (it was interrupted), so it has no rows for the variant edge-embed/int8." in warnings
     complete_dir = _edit_results(synthetic_run(0, with_samples=False).write(tmp_path / "complete"), complete=True)
     assert not any("incomplete" in warning for warning in collect_warnings(load_run(complete_dir)))
 
@@ -271,7 +271,7 @@ def test_failed_variants_named_in_report(tmp_path):
     run_dir = _edit_results(run.write(tmp_path / "run"), complete=False, variants_missing=["edge-embed/int8"],
                             variants_failed=["edge-embed/int8"])
     warnings = collect_warnings(load_run(run_dir))
-    assert ("The run is incomplete (the variants edge-embed/int8 failed), so it has no rows for the variants "
+    assert ("The run is incomplete (the variant edge-embed/int8 failed), so it has no rows for the variant "
             "edge-embed/int8.") in warnings
 
 

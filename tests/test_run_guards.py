@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from vqbench import runner
@@ -140,6 +141,47 @@ def test_unreachable_service_is_scenario_error(sample_lfw, tmp_path, no_data_loa
     assert not (tmp_path / "out").exists()
 
 
+def test_foreign_service_is_scenario_error(sample_lfw, tmp_path, no_data_loading):
+    from test_service_client_faults import _impostor_app
+
+    with running_server(_impostor_app({"pipelines": "oops"})) as (url, _server):
+        scenario = _scenario(sample_lfw, transport={"mode": "http", "url": url})
+        with pytest.raises(ScenarioError, match="check that transport.url points at `vqbench serve`") as caught:
+            run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+    assert caught.value.exit_code == 2
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("url", ["http://localhost:99999", "http://[::1"])
+def test_unusable_transport_url_rejected(sample_lfw, url):
+    with pytest.raises(ValidationError, match="transport.url .* is invalid"):
+        _scenario(sample_lfw, transport={"mode": "http", "url": url})
+
+
+def test_fewer_images_than_latency_samples_warned(sample_lfw, tmp_path):
+    scenario = _scenario(
+        sample_lfw,
+        dataset={"kind": "lfw", "root": str(sample_lfw), "folds": [9, 10], "max_pairs": 4},
+        measurement={"latency_samples": 40, "warmup": 1, "repeats": 1, "min_window_s": 0.05, "idle_s": 0.0,
+                     "memory": False},
+    )
+    run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    [warning] = [text for text in results["warnings"] if "latency_samples" in text]
+    timed = len(pd.read_parquet(tmp_path / "out" / "latency.parquet").query("stage == 'edge'"))
+    assert warning.startswith("measurement.latency_samples is 40 but the evaluation set has only ")
+    assert warning.endswith(f"so each half was timed on {timed}")
+    assert timed < 40
+
+
+def test_repeated_variant_names_both_entries(sample_lfw, tmp_path):
+    pipelines = [{"kind": "cloud-codec", "codec": "jpeg", "qualities": [30, 50]},
+                 {"kind": "cloud-codec", "codec": "jpeg", "qualities": [50]}]
+    with pytest.raises(ScenarioError, match=r"cloud-codec/jpeg-q50 appears twice, from pipelines\[0\] and "
+                                            r"pipelines\[1\]\. Remove one entry"):
+        run_scenario(_scenario(sample_lfw, pipelines=pipelines), tmp_path / "s.yaml", tmp_path / "out")
+
+
 def test_meter_paths_resolve_against_scenario(sample_lfw, tmp_path, monkeypatch):
     traces = tmp_path / "traces"
     traces.mkdir()
@@ -185,19 +227,28 @@ def test_interrupted_run_scores_hold_finished_variants(sample_lfw, tmp_path, mon
         assert set(table["variant"]) == {"jpeg-q30"}, name
 
 
-def test_interrupt_while_metering_keeps_marked_run(sample_lfw, tmp_path, monkeypatch):
+@pytest.mark.parametrize("phase", ["measure_latencies", "measure_energies"])
+def test_interrupt_while_measuring_keeps_old_run(sample_lfw, tmp_path, monkeypatch, phase):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, phase, interrupt)
+    out = tmp_path / "out"
+    _old_run(out)
+    with pytest.raises(KeyboardInterrupt):
+        run_scenario(_scenario(sample_lfw), tmp_path / "s.yaml", out, overwrite=True)
+    assert (out / "results.json").read_text() == OLD_RESULTS
+    assert (out / "samples" / "old.png").exists()
+
+
+def test_interrupt_while_measuring_leaves_no_folder(sample_lfw, tmp_path, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "measure_energies", interrupt)
-    pipelines = [{"kind": "cloud-codec", "codec": "jpeg", "qualities": [30, 50]}]
     with pytest.raises(KeyboardInterrupt):
-        run_scenario(_scenario(sample_lfw, pipelines=pipelines), tmp_path / "s.yaml", tmp_path / "out")
-
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["complete"] is False
-    assert results["variants_missing"] == ["cloud-codec/jpeg-q30", "cloud-codec/jpeg-q50"]
-    assert results["rows"] == []
+        run_scenario(_scenario(sample_lfw), tmp_path / "s.yaml", tmp_path / "runs" / "new")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_run_of_folder_exits_2(tmp_path):

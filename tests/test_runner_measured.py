@@ -57,6 +57,10 @@ def test_rapl_run_matches_advanced_counters(sample_lfw, tmp_path, monkeypatch):
     energy = pd.read_parquet(tmp_path / "out" / "energy.parquet")
     # The idle window reads the advancer's constant power.
     assert energy["idle_power_w"].to_numpy() == pytest.approx(ADVANCER_POWER_W, rel=0.01)
+    # Each row is one window: its own duration and count, and its energy is power x duration / count.
+    assert (energy["window_s"] >= 1.5).all()
+    per_window_j = ADVANCER_POWER_W * energy["window_s"] / energy["n_inferences"]
+    assert energy["energy_j_per_inference"].to_numpy() == pytest.approx(per_window_j.to_numpy(), rel=0.01)
     # Under constant power every joule of a window is "idle" power: the dynamic share vanishes.
     for half in ("edge", "cloud"):
         gross = getattr(row, f"{half}_energy_j_per_inference")

@@ -882,9 +882,11 @@ def test_client_errors_name_url_and_fix(served: str, pipelines: dict[str, Pipeli
 def test_loadtest_without_token_names_option(served: str, pipelines: dict[str, Pipeline], camera_jpeg: bytes) -> None:
     payload = pipelines["codes"].edge(camera_jpeg).payload
     expected = pipelines["codes"].cloud([payload])[0]
-    with pytest.raises(HttpTransportError, match="no bearer token was sent; point --token-file at") as caught:
+    with pytest.raises(ScenarioError, match="no bearer token was sent; point --token-file at") as caught:
         run_loadtest(served, clients=1, duration_s=0.2, payloads=[("test-codes", "v1", payload, expected)], token=None)
-    assert caught.value.status == 401
+    assert "before any load was sent" in str(caught.value)
+    assert caught.value.exit_code == 2
+    assert caught.value.__cause__.status == 401
     assert "transport.token_file" not in str(caught.value)
 
 

@@ -217,3 +217,67 @@ def test_default_limit_accepts_3mb_camera_jpeg() -> None:
         response = default_client.post("/v1/embed/cloud-raw/original", content=jpeg, headers={"content-type": "image/jpeg"})
     assert pipelines["max_request_bytes"] == DEFAULT_MAX_REQUEST_BYTES
     assert response.status_code == 200, response.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers that are not `vqbench serve`, and URLs that address nothing
+
+
+def _impostor_app(pipelines_document: object):
+    """Return a FastAPI app whose /health matches the service's and whose /v1/pipelines returns ``pipelines_document``."""
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse
+
+    app = FastAPI()
+    app.get("/health")(lambda: {"status": "ok"})
+    app.get("/v1/pipelines")(lambda: pipelines_document)
+    page = "<html>\n<head><title>Not found</title></head>\n<body>\n" + "<p>nothing here</p>\n" * 20 + "</body></html>"
+    app.get("/missing")(lambda: HTMLResponse(page, status_code=404))
+    return app
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ({"pipelines": "oops"}, "no list under 'pipelines'"),
+        ({"pipelines": [{"pipeline": "cloud-raw", "variant": "original"}]}, "entry 0 has no list of 'content_types'"),
+        ({"pipelines": [["cloud-raw"]]}, "entry 0 is not an object"),
+    ],
+)
+def test_foreign_pipelines_document_rejected(document, problem):
+    from vqbench.network.client import HttpCloud, HttpTransportError
+
+    with running_server(_impostor_app(document)) as (url, _server), HttpCloud(url, url_option="--url") as cloud:
+        with pytest.raises(HttpTransportError, match="does not write") as caught:
+            cloud.pipelines()
+    assert problem in str(caught.value)
+    assert "check that --url points at `vqbench serve`" in str(caught.value)
+    assert caught.value.kind == "protocol"
+
+
+def test_html_error_page_shortened_to_one_line():
+    from vqbench.network.client import HttpCloud, HttpTransportError
+
+    with running_server(_impostor_app({})) as (url, _server), HttpCloud(url) as cloud:
+        with pytest.raises(HttpTransportError) as caught:
+            cloud._request("GET", "/missing", b"", {}, None)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "HTTP 404: <html> <head><title>Not found</title></head>" in message
+    assert "..." in message
+    assert len(message) < 300
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [("http://localhost:99999", "Port out of range"), ("http://localhost:abc", "Port could not be cast"),
+     ("http://[::1", "Invalid IPv6 URL"), ("http://", "it has no host")],
+)
+def test_unusable_url_is_scenario_error(url, problem):
+    from vqbench.errors import ScenarioError
+    from vqbench.network.client import HttpCloud
+
+    with pytest.raises(ScenarioError, match="--url .* is invalid") as caught:
+        HttpCloud(url, url_option="--url")
+    assert problem in str(caught.value)
+    assert caught.value.exit_code == 2

@@ -202,7 +202,8 @@ def incomplete_run_notes(run_a: Path, run_b: Path) -> list[str]:
             continue
         label = f"{side} ({run_dir.name}) is an incomplete run ({incomplete_cause(results)})"
         if missing:
-            notes.append(f"{label}, so it has no figures for the variants {', '.join(missing)}; "
+            noun = "the variant" if len(missing) == 1 else "the variants"
+            notes.append(f"{label}, so it has no figures for {noun} {', '.join(missing)}; "
                          f"they show as – on its side.")
         else:
             notes.append(f"{label} and does not list the variants it lacks.")

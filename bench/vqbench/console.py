@@ -45,9 +45,14 @@ class RichProgress:
     def advance(self, task: Any, amount: int = 1) -> None:
         self._progress.advance(task, amount)
 
-    def done(self, task: Any) -> None:
+    def done(self, task: Any, finished: bool = True) -> None:
+        """Fill the task's bar, or, for a phase stopped by an error or interrupt, mark it stopped where it was."""
         total = self._totals.pop(task, None)
-        if total is None:
+        if not finished:
+            description = self._progress.tasks[self._progress.task_ids.index(task)].description
+            self._progress.update(task, description=f"{description} (stopped)")
+            self._progress.stop_task(task)
+        elif total is None:
             self._progress.update(task, total=1, completed=1)
         else:
             self._progress.update(task, completed=total)

@@ -51,6 +51,7 @@ from vqbench.pipelines.base import Components, Pipeline
 from vqbench.pipelines.registry import build_pipelines
 from vqbench.results import RESULT_COLUMNS, ResultRow, RunResults
 from vqbench.scenario import Scenario, expand_path, is_meter_path_option, resolve_meter_options
+from vqbench.text import plural
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class ProgressReporter(Protocol):
 
     def advance(self, task: Any, amount: int = 1) -> None: ...
 
-    def done(self, task: Any) -> None: ...
+    def done(self, task: Any, finished: bool = True) -> None: ...
 
 
 class SilentProgress:
@@ -78,7 +79,7 @@ class SilentProgress:
     def advance(self, task: Any, amount: int = 1) -> None:
         return None
 
-    def done(self, task: Any) -> None:
+    def done(self, task: Any, finished: bool = True) -> None:
         return None
 
 
@@ -118,8 +119,10 @@ def _phase(progress: ProgressReporter, description: str, total: int | None) -> I
     task = progress.phase(description, total)
     try:
         yield task
-    finally:
-        progress.done(task)
+    except BaseException:
+        progress.done(task, finished=False)
+        raise
+    progress.done(task)
 
 
 def default_out_dir(scenario: Scenario, base: Path | None = None) -> Path:
@@ -289,8 +292,7 @@ def run_scenario(
         context.meter_status = meter_status
         context.warnings.extend(meter_warnings)
         context.http = http
-        # Every check has passed, so an old run in the folder is replaced only now.
-        run_folder.claim()
+        context.run_folder = run_folder
         tables, failures = _run_variants(pipelines, configs, context, aligned, embedding_cache, meter, progress,
                                          detection_fallbacks)
     finally:
@@ -334,6 +336,8 @@ def _run_variants(
     tables.missing = list(labels)
     try:
         halves = _measure_halves(pipelines, context, meter, progress)
+        # Every check has passed and every variant is measured, so an old run is replaced only now.
+        context.run_folder.claim()
         for position, (pipeline, label) in enumerate(zip(pipelines, labels)):
             tables.missing = labels[position:]
             try:
@@ -380,7 +384,12 @@ def _measure_halves(
     """Time, then meter, every variant's halves with the variants interleaved (see vqbench.measure)."""
     settings = context.scenario.measurement
     sample_images = context.evaluation.images[: settings.latency_samples]
-    count = f"{len(pipelines)} variant{'' if len(pipelines) == 1 else 's'}"
+    if len(sample_images) < settings.latency_samples:
+        shortfall = (f"measurement.latency_samples is {settings.latency_samples} but the evaluation set has only "
+                     f"{plural(len(sample_images), 'image')}, so each half was timed on {len(sample_images)}")
+        logger.warning("%s", shortfall)
+        context.warnings.append(shortfall)
+    count = plural(len(pipelines), "variant")
 
     def after_round(task: Any) -> Callable[[], None]:
         def advance() -> None:
@@ -393,7 +402,7 @@ def _measure_halves(
     with _phase(progress, f"Timing {count}, interleaved", rounds) as task:
         latencies = measure_latencies(pipelines, sample_images, settings.warmup, context.http, after_round(task))
     timed = [index for index, latency in enumerate(latencies) if isinstance(latency, LatencySamples)]
-    with _phase(progress, f"Metering energy of {count}, interleaved", settings.repeats) as task:
+    with _phase(progress, f"Metering energy of {plural(len(timed), 'variant')}, interleaved", settings.repeats) as task:
         energies = measure_energies(
             [pipelines[index] for index in timed], sample_images, [latencies[index].payloads for index in timed],
             meter, settings, after_round(task),
@@ -465,6 +474,7 @@ class _RunContext:
             float(assumptions["grid_intensity_cloud"]["gco2e_per_kwh"]),
         )
         self.http: Any = None
+        self.run_folder: RunFolder | None = None
         self.host_load = HostLoadMonitor()
 
     def check_host_load(self) -> None:
@@ -746,7 +756,7 @@ def _energy_table(pipeline: Pipeline, edge: Any, cloud: Any) -> pd.DataFrame:
             records.append({
                 "pipeline": pipeline.kind, "variant": pipeline.variant, "stage": stage, "repeat": repeat,
                 "energy_j_per_inference": value, "method": energy.method, "idle_power_w": energy.idle_power_w,
-                "n_inferences": energy.n_inferences, "window_s": energy.window_s,
+                "n_inferences": energy.window_inferences[repeat], "window_s": energy.window_durations_s[repeat],
             })
     columns = ["pipeline", "variant", "stage", "repeat", "energy_j_per_inference", "method",
                "idle_power_w", "n_inferences", "window_s"]
@@ -784,14 +794,24 @@ def _write_results(context: _RunContext, tables: _RunTables) -> RunResults:
 
 
 def _keep_interrupted_run(context: _RunContext, tables: _RunTables) -> None:
-    """Write the results of an interrupted run, marked incomplete, and log which variants are missing."""
+    """Write the results of an interrupted run, marked incomplete, and log which variants are missing.
+
+    Interrupted while timing or metering, before the run folder was claimed, the run writes
+    nothing, so an old run in the folder stays as it was.
+    """
+    if not context.run_folder.claimed:
+        logger.warning("interrupted while timing or metering, before any variant was finished: nothing was "
+                       "written to %s", context.out_dir)
+        return
     missing = tables.missing
-    context.warnings.append(f"the run was interrupted; {len(missing)} variants have no results: {', '.join(missing)}")
+    context.warnings.append(f"the run was interrupted; {plural(len(missing), 'variant')} without results: "
+                            f"{', '.join(missing)}")
     _write_results(context, tables)
     context.write_environment()
     logger.warning(
-        "interrupted: results of %d variants kept in %s, %d not measured (%s)",
-        len({(row.pipeline, row.variant) for row in tables.rows}), context.out_dir, len(missing), ", ".join(missing),
+        "interrupted: results of %s kept in %s, %d not scored (%s)",
+        plural(len({(row.pipeline, row.variant) for row in tables.rows}), "variant"), context.out_dir,
+        len(missing), ", ".join(missing),
     )
 
 

@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, TypeVar, Union
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -41,7 +42,12 @@ class DatasetConfig(_Strict):
     )
     pairs_file: Optional[str] = Field(None, description="Pairs protocol file; default ROOT/pairs.txt.")
     folds: Optional[list[int]] = Field(None, description="1-based folds to evaluate; default all.")
-    max_pairs: Optional[int] = Field(None, ge=2, description="Keep at most this many pairs per run.")
+    max_pairs: Optional[int] = Field(
+        None, ge=2,
+        description="Keep at most this many pairs per run, split evenly over folds and over matched and "
+        "mismatched pairs. Each fold keeps at least one pair of each kind, so a value below twice the "
+        "number of folds keeps two pairs per fold.",
+    )
     download: bool = Field(False, description="Download LFW on first use when it is missing.")
     folders_pairs_per_fold: int = Field(100, ge=2, description="For kind=folders: pairs per fold.")
     folders_n_folds: int = Field(10, ge=2, description="For kind=folders: number of folds.")
@@ -173,7 +179,24 @@ class TransportConfig(_Strict):
     def _check_url(cls, url: Optional[str]) -> Optional[str]:
         if url is not None and not url.startswith(("http://", "https://")):
             raise ValueError(f"transport.url must start with http:// or https://, got {url!r}")
+        problem = url_problem(url) if url is not None else ""
+        if problem:
+            raise ValueError(f"transport.url {url!r} is invalid ({problem}); use http://HOST:PORT")
         return url
+
+
+def url_problem(url: str) -> str:
+    """Return why ``url`` cannot address a service, or "" when it can."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading the port is what validates it
+    except ValueError as error:
+        return str(error)
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http or https"
+    if not parts.hostname:
+        return "it has no host"
+    return ""
 
 
 class MeasurementConfig(_Strict):

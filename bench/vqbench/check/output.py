@@ -46,8 +46,17 @@ _STATUS_NOUNS = {
 
 
 def _counts(report: CheckReport) -> str:
-    counts = {status: sum(r.status == status for r in report.results) for status in _STATUS_ORDER}
-    return ", ".join(plural(count, *_STATUS_NOUNS[status]) for status, count in counts.items() if count)
+    """Count the verdicts per status; a missing row is counted apart from missing figures."""
+    parts = []
+    for status in _STATUS_ORDER:
+        count = sum(r.status == status and not (status == "missing" and r.kind == "row") for r in report.results)
+        if count:
+            parts.append(plural(count, *_STATUS_NOUNS[status]))
+        if status == "missing":
+            rows = sum(r.status == "missing" and r.kind == "row" for r in report.results)
+            if rows:
+                parts.append(plural(rows, "missing row"))
+    return ", ".join(parts)
 
 
 #: Statuses hidden from the console table unless ``show_passing`` is set.

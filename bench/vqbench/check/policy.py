@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -52,6 +52,12 @@ NUMERIC_COLUMNS: tuple[str, ...] = tuple(
 )
 
 
+#: A number in a policy: a float or an int, finite. Booleans and text are refused rather than
+#: read as 1, 0 or a parsed number, and an infinite limit or floor, which would turn a gate off
+#: without a word, is refused too.
+FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
 class ReferenceSpec(BaseModel):
     """The pipeline variant that noisy figures are divided by."""
 
@@ -72,8 +78,8 @@ class DeterministicGate(BaseModel):
 
     metric: str
     direction: Literal["smaller_is_better", "larger_is_better"] = "smaller_is_better"
-    relative_tolerance: float | None = Field(default=None, ge=0)
-    absolute_tolerance: float | None = Field(default=None, ge=0)
+    relative_tolerance: FiniteNumber | None = Field(default=None, ge=0)
+    absolute_tolerance: FiniteNumber | None = Field(default=None, ge=0)
 
     @field_validator("metric")
     @classmethod
@@ -112,9 +118,9 @@ class NoisyGate(BaseModel):
 
     metric: str
     reference_metric: str
-    max_ratio_growth: float = Field(default=1.2, gt=1.0)
-    min_change_j: float | None = Field(default=None, ge=0)
-    min_change_ms: float | None = Field(default=None, ge=0)
+    max_ratio_growth: FiniteNumber = Field(default=1.2, gt=1.0)
+    min_change_j: FiniteNumber | None = Field(default=None, ge=0)
+    min_change_ms: FiniteNumber | None = Field(default=None, ge=0)
 
     @field_validator("metric", "reference_metric")
     @classmethod
@@ -179,9 +185,9 @@ class CheckPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
-    p_value_threshold: float = Field(default=0.05, gt=0.0, lt=1.0)
+    p_value_threshold: FiniteNumber = Field(default=0.05, gt=0.0, lt=1.0)
     #: Per-sample latencies are thinned to this many evenly spaced quantiles before the test.
-    max_samples: int = Field(default=256, ge=2)
+    max_samples: int = Field(default=256, ge=2, strict=True)
     deterministic: list[DeterministicGate] = Field(default_factory=_default_deterministic)
     noisy: list[NoisyGate] = Field(default_factory=_default_noisy)
     #: What noisy gates do when either run was timed with a load average above its CPU count:

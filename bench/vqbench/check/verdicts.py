@@ -49,8 +49,8 @@ that follows it), so a judged verdict other than pass becomes ``inconclusive`` a
 line reports it. The cost is that a real change of the row that coincides with a move of the
 reference, for instance a regression on a faster machine, is reported as inconclusive rather
 than as a regression. ``on_reference_drift: gate`` judges such verdicts anyway. The 1-minute
-load average lags, so a burst of load shorter than a minute may go unnoticed by the busy-host
-rule; the reference rule catches what it does to the reference.
+load average lags, so the busy-host rule may miss a burst of load shorter than a minute. The
+reference rule still catches such a burst when it falls on the reference.
 
 Bad input raises DataError (exit code 2) rather than producing verdicts. That covers a results
 file or baseline of another schema version, an empty baseline, and a baseline of another
@@ -105,6 +105,7 @@ from vqbench.check.validation import (
 from vqbench.errors import DataError
 from vqbench.report.loader import LATENCY_FILE, incomplete_cause, load_results, run_completeness
 from vqbench.results import ResultRow, RunResults
+from vqbench.text import plural
 
 logger = logging.getLogger(__name__)
 
@@ -440,11 +441,6 @@ def _check_reference(policy: CheckPolicy, baseline_entries: dict, baseline_file:
         f"(its variants: {', '.join(variants)}); set `reference` in a --policy file to one of them, or set "
         "`noisy: []` there to gate the deterministic figures only"
     )
-
-
-def plural(count: int, singular: str, plural_form: str | None = None) -> str:
-    """``1 row``, ``2 rows``: the count with the noun in the right number."""
-    return f"{count} {singular if count == 1 else (plural_form or singular + 's')}"
 
 
 def _missing_row_message(key: tuple, complete: bool, variants_missing: tuple[str, ...], cause: str) -> str:

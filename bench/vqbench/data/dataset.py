@@ -107,7 +107,11 @@ def sample_fold_numbers(pairs_file: Path) -> list[int] | None:
 
 
 def limit_pairs(pairs: list[Pair], max_pairs: int) -> list[Pair]:
-    """Keep at most ``max_pairs``, balanced over folds and over matched and mismatched pairs."""
+    """Keep at most ``max_pairs``, balanced over folds and over matched and mismatched pairs.
+
+    Each fold keeps at least one matched and one mismatched pair, so that every fold can be
+    scored. With fewer than two pairs per fold allowed, that minimum exceeds ``max_pairs``.
+    """
     folds = sorted({pair.fold for pair in pairs})
     per_group = max(1, max_pairs // (2 * len(folds)))
     kept: list[Pair] = []

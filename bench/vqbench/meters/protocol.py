@@ -82,6 +82,8 @@ class StageEnergy:
     ``n_inferences`` counts measured inferences over all windows, ``window_s`` is the mean
     window duration and ``meter_overhead_s`` the duration of one empty ``begin``/``end``.
     ``idle_power_w`` is NaN when ``idle_s`` is 0, and then so is the dynamic figure.
+    ``window_inferences`` and ``window_durations_s`` hold each window's count and duration,
+    in the order of ``repeats_j_per_inference``.
     """
 
     energy_j_per_inference: float
@@ -93,6 +95,8 @@ class StageEnergy:
     n_inferences: int
     window_s: float
     meter_overhead_s: float
+    window_inferences: tuple[int, ...] = ()
+    window_durations_s: tuple[float, ...] = ()
 
 
 def t_quantile_975(degrees_of_freedom: int) -> float:
@@ -205,6 +209,7 @@ class _StageWindows:
     readings: list[EnergyReading]
     gross_j: list[float]
     dynamic_j: list[float]
+    counts: list[int]
 
 
 def measure_stage_energy(
@@ -264,7 +269,7 @@ def measure_stages_energy(
     idle_power_w = _measure_idle_power_w(meter, settings.idle_s, sleep)
     logger.info("%s: idle power %.3f W, meter overhead %.6f s", meter.name, idle_power_w, overhead_s)
 
-    windows = [_StageWindows(settings.warmup, [], [], []) for _ in stages]
+    windows = [_StageWindows(settings.warmup, [], [], [], []) for _ in stages]
     for repeat in range(settings.repeats):
         for index, stage in enumerate(stages):
             if index in failed:
@@ -279,6 +284,7 @@ def measure_stages_energy(
                 failed[index] = error
                 continue
             state.next_item += count
+            state.counts.append(count)
             state.readings.append(reading)
             state.gross_j.append(reading.energy_j / count)
             state.dynamic_j.append((reading.energy_j - idle_power_w * reading.duration_s) / count)
@@ -315,4 +321,6 @@ def _summarise(
         n_inferences=state.next_item - settings.warmup,
         window_s=statistics.fmean(reading.duration_s for reading in state.readings),
         meter_overhead_s=overhead_s,
+        window_inferences=tuple(state.counts),
+        window_durations_s=tuple(reading.duration_s for reading in state.readings),
     )

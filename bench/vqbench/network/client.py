@@ -42,6 +42,7 @@ import numpy as np
 from vqbench import __version__
 from vqbench.errors import PayloadError, RunError, ScenarioError
 from vqbench.metrics.latency import percentile_ms
+from vqbench.scenario import url_problem
 
 if TYPE_CHECKING:
     from vqbench.scenario import TransportConfig
@@ -226,7 +227,9 @@ class HttpCloud:
     Thread-safe: each request takes its own connection from a keep-alive pool of up to
     ``max_connections``. ``token_option`` names the command-line option or scenario setting
     that supplies the token (``--token-file``, ``transport.token_file``), so that the error for
-    a 401 response names the one to set.
+    a 401 response names the one to set. ``url_option`` likewise names the option or setting
+    that gave the URL (``--url``, ``transport.url``). A URL that cannot be parsed raises
+    ScenarioError.
     """
 
     def __init__(
@@ -236,10 +239,12 @@ class HttpCloud:
         timeout_s: float = 30.0,
         max_connections: int = 4,
         token_option: str | None = None,
+        url_option: str | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ScenarioError(f"service URL {url!r} is invalid; use http://HOST:PORT")
+        self.url_option = url_option or "the service URL"
+        problem = url_problem(url)
+        if problem:
+            raise ScenarioError(f"{self.url_option} {url!r} is invalid ({problem}); use http://HOST:PORT")
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self._token = token
@@ -258,7 +263,8 @@ class HttpCloud:
         if not config.url:
             raise ScenarioError("transport.mode is http but transport.url is missing; set it to the service's base URL")
         token = read_token_file(expand_path(config.token_file, base_dir)) if config.token_file else None
-        return cls(config.url, token=token, timeout_s=config.timeout_s, token_option="transport.token_file")
+        return cls(config.url, token=token, timeout_s=config.timeout_s, token_option="transport.token_file",
+                   url_option="transport.url")
 
     def __enter__(self) -> "HttpCloud":
         return self
@@ -310,8 +316,21 @@ class HttpCloud:
         return self._json(self._request("GET", "/health", b"", {}, None), "/health")
 
     def pipelines(self) -> list[dict[str, Any]]:
-        """Return the variants the service serves, with their accepted content types."""
-        return list(self._json(self._request("GET", "/v1/pipelines", b"", {}, None), "/v1/pipelines")["pipelines"])
+        """Return the variants the service serves, with their accepted content types.
+
+        Raises HttpTransportError (kind ``protocol``) when the document does not have the shape
+        that `vqbench serve` gives it, which means the URL points at another server.
+        """
+        path = "/v1/pipelines"
+        document = self._json(self._request("GET", path, b"", {}, None), path)
+        problem = _pipelines_problem(document)
+        if problem:
+            raise HttpTransportError(
+                f"{self.url}{path} returned a document that `vqbench serve` does not write ({problem}); check that "
+                f"{self.url_option} points at `vqbench serve` of this vqbench version",
+                kind="protocol", url=self.url + path,
+            )
+        return list(document["pipelines"])
 
     def metrics(self) -> dict[str, Any]:
         """Return the service's ``/metrics`` document."""
@@ -360,7 +379,7 @@ class HttpCloud:
             ) from error
         except httpcore.ConnectError as error:
             raise HttpTransportError(
-                f"cannot connect to {url}: {error}; start the service with `vqbench serve` or fix transport.url",
+                f"cannot connect to {url}: {error}; start the service with `vqbench serve` or fix {self.url_option}",
                 kind="connect", url=url,
             ) from error
         except (httpcore.NetworkError, httpcore.ProtocolError) as error:
@@ -392,6 +411,29 @@ class HttpCloud:
             ) from error
 
 
+def _pipelines_problem(document: Any) -> str:
+    """Return what is wrong with a /v1/pipelines document, or "" when it has the service's shape."""
+    entries = document.get("pipelines") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        return "no list under 'pipelines'"
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            return f"entry {position} is not an object"
+        for key in ("pipeline", "variant"):
+            if not isinstance(entry.get(key), str):
+                return f"entry {position} has no text '{key}'"
+        types = entry.get("content_types")
+        if not isinstance(types, list) or not types or not all(isinstance(kind, str) for kind in types):
+            return f"entry {position} has no list of 'content_types'"
+    return ""
+
+
+def _one_line(body: bytes, limit: int = 160) -> str:
+    """Return a response body as one line of at most ``limit`` characters, for an error message."""
+    text = " ".join(body.decode("utf-8", "replace").split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _status_error(exchange: _Exchange, method: str, url: str, unauthorized_fix: str) -> HttpTransportError:
     """Turn an error response into an exception that carries the service's detail and fix.
 
@@ -402,7 +444,7 @@ def _status_error(exchange: _Exchange, method: str, url: str, unauthorized_fix: 
         problem = json.loads(exchange.body)
         detail, fix = problem.get("detail", ""), problem.get("fix", "")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        detail, fix = exchange.body[:200].decode("utf-8", "replace"), ""
+        detail, fix = _one_line(exchange.body), "check that the URL points at `vqbench serve`"
     status = exchange.status
     if status == 401:
         fix = unauthorized_fix

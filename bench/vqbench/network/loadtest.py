@@ -52,6 +52,7 @@ EMBEDDING_ATOL = 1e-4
 SAMPLE_IMAGES_DIR = Path(__file__).resolve().parents[3] / "data" / "lfw-sample" / "lfw-deepfunneled"
 #: The ``vqbench loadtest`` option that supplies the token, named in the error for a 401 response.
 TOKEN_OPTION = "--token-file"
+URL_OPTION = "--url"
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,13 @@ def run_loadtest(
     items = [LoadPayload(p, v, data, np.asarray(e, dtype=np.float32)) for p, v, data, e in payloads]
 
     # One preflight request fails fast on a wrong URL or token and fixes the content types.
-    with HttpCloud(url, token=token, timeout_s=timeout_s, max_connections=1, token_option=TOKEN_OPTION) as probe:
-        content_types = [probe.content_type_for(item.pipeline, item.variant, item.payload) for item in items]
+    with HttpCloud(url, token=token, timeout_s=timeout_s, max_connections=1, token_option=TOKEN_OPTION,
+                   url_option=URL_OPTION) as probe:
+        try:
+            content_types = [probe.content_type_for(item.pipeline, item.variant, item.payload) for item in items]
+        except HttpTransportError as error:
+            raise ScenarioError(f"{URL_OPTION} {url} failed the preflight request, before any load was sent: "
+                                f"{error}") from error
 
     started_s = time.monotonic()
     budget = _RequestBudget(started_s + duration_s, max_requests)
@@ -204,7 +210,8 @@ def _client_loop(
 ) -> None:
     # Clients start at evenly spread offsets so that concurrent requests mix variants.
     position = index * len(items) // clients
-    with HttpCloud(url, token=token, timeout_s=timeout_s, max_connections=1, token_option=TOKEN_OPTION) as cloud:
+    with HttpCloud(url, token=token, timeout_s=timeout_s, max_connections=1, token_option=TOKEN_OPTION,
+                   url_option=URL_OPTION) as cloud:
         while budget.take():
             item = items[position % len(items)]
             outcomes.append(_one_request(cloud, item, content_types[position % len(items)], f"load-{index}-{uuid.uuid4().hex}"))
@@ -314,8 +321,11 @@ def loadtest_command(
     if json_path is not None:
         check_report_path(json_path)
     token = read_token_file(token_file) if token_file is not None else None
-    with HttpCloud(url, token=token, max_connections=1, token_option=TOKEN_OPTION) as cloud:
-        entries = cloud.pipelines()
+    with HttpCloud(url, token=token, max_connections=1, token_option=TOKEN_OPTION, url_option=URL_OPTION) as cloud:
+        try:
+            entries = cloud.pipelines()
+        except HttpTransportError as error:
+            raise ScenarioError(f"{URL_OPTION} {url} failed before any load was sent: {error}") from error
     served = {(entry["pipeline"], entry["variant"]) for entry in entries}
     if scenario is not None:
         pipelines = build_served_pipelines(load_scenario(scenario))

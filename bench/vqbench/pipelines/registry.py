@@ -56,15 +56,21 @@ BUILDERS: dict[str, PipelineBuilder] = {
 def build_pipelines(configs: list[object], components: Components) -> list[Pipeline]:
     """Expand every scenario pipeline entry into its variants."""
     pipelines: list[Pipeline] = []
-    for config in configs:
+    sources: dict[tuple[str, str], str] = {}
+    for position, config in enumerate(configs):
         kind = config.kind  # type: ignore[attr-defined]
         if kind not in BUILDERS:
             raise ScenarioError(f"unknown pipeline kind {kind!r}; known kinds: {', '.join(sorted(BUILDERS))}")
-        pipelines.extend(BUILDERS[kind](config, components))
-    seen: set[tuple[str, str]] = set()
-    for pipeline in pipelines:
-        key = (pipeline.kind, pipeline.variant)
-        if key in seen:
-            raise ScenarioError(f"pipeline variant {pipeline.kind}/{pipeline.variant} appears twice; remove one")
-        seen.add(key)
+        model = getattr(config, "model", None)
+        source = f"pipelines[{position}]" + (f" (model {model})" if model else "")
+        for pipeline in BUILDERS[kind](config, components):
+            key = (pipeline.kind, pipeline.variant)
+            if key in sources:
+                named_by = " A model's variant name comes from its card's id." if model else ""
+                raise ScenarioError(
+                    f"pipeline variant {pipeline.kind}/{pipeline.variant} appears twice, from {sources[key]} and "
+                    f"{source}.{named_by} Remove one entry, or list each setting once"
+                )
+            sources[key] = source
+            pipelines.append(pipeline)
     return pipelines

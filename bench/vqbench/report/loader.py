@@ -129,7 +129,8 @@ def incomplete_cause(results: RunResults) -> str:
     """Name why an incomplete run lacks variants: the variants that failed, else an interruption."""
     failed = getattr(results, "variants_failed", None) or ()
     if failed:
-        return f"the variants {', '.join(str(variant) for variant in failed)} failed"
+        noun = "the variant" if len(failed) == 1 else "the variants"
+        return f"{noun} {', '.join(str(variant) for variant in failed)} failed"
     return "it was interrupted"
 
 
@@ -140,8 +141,8 @@ def incomplete_run_note(results: RunResults) -> str | None:
         return None
     if not missing:
         return f"The run is incomplete ({incomplete_cause(results)}) but does not list the missing variants."
-    return (f"The run is incomplete ({incomplete_cause(results)}), so it has no rows for the variants "
-            f"{', '.join(missing)}.")
+    noun = "the variant" if len(missing) == 1 else "the variants"
+    return f"The run is incomplete ({incomplete_cause(results)}), so it has no rows for {noun} {', '.join(missing)}."
 
 
 def _read_parquet(path: Path, columns: tuple[str, ...], notes: list[str]) -> pd.DataFrame | None:
