@@ -898,3 +898,17 @@ def test_gate_noise_reports_largest_growth(tmp_path):
     assert edge_latency["margin"] == pytest.approx(1.5 / edge_latency["largest_growth"])
     # edge-embed's 0.05 ms cloud half moves by less than the 0.1 ms floor, so it is left out.
     assert not worst["cloud_latency_ms"]["row"].startswith("edge-embed/")
+
+
+def test_missing_latency_file_noted_only_with_rows(baseline_file, tmp_path):
+    with_rows = synthetic_run(1, with_samples=False).write(tmp_path / "rows")
+    (with_rows / "latency.parquet").unlink()
+    assert any("latency.parquet is missing" in note for note in run_check(with_rows, baseline_file).notes)
+
+    empty = synthetic_run(1, with_samples=False)
+    empty.results.rows = []
+    empty_dir = empty.write(tmp_path / "empty")
+    (empty_dir / "latency.parquet").unlink()
+    report = run_check(empty_dir, baseline_file)
+    assert report.exit_code == 1
+    assert not any("latency.parquet is missing" in note for note in report.notes)

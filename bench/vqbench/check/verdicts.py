@@ -488,7 +488,7 @@ def run_check(results_dir: Path, baseline_file: Path, policy_file: Path | None =
                "busy_reason": busy_reason}
     if len(context["primary_keys"]) < len(baseline_entries):
         notes.append("host-measured latency and energy are gated once per pipeline variant, on its first host row")
-    if latency is None:
+    if latency is None and results.rows:
         notes.append(f"{LATENCY_FILE} is missing, so latency gates compare the p50 figures alone.")
 
     verdicts: list[CheckResult] = []
