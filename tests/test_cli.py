@@ -69,10 +69,36 @@ def test_report_of_missing_run_dir_exits_2(tmp_path):
     assert result.exit_code == 2
 
 
-def test_unwritable_output_path_exits_2(tmp_path):
+def test_schema_into_folder_exits_2(tmp_path):
     result = runner.invoke(app, ["schema", "--out", str(tmp_path)])
     assert result.exit_code == 2, result.output
-    assert f"cannot use {tmp_path}" in result.output
+    assert f"--out {tmp_path} is a folder" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+
+
+def test_schema_keeps_other_files(tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text('{"rows": []}\n', encoding="utf-8")
+    result = runner.invoke(app, ["schema", "--out", str(results)])
+    assert result.exit_code == 2, result.output
+    assert "is not a vqbench scenario schema, so it is not replaced" in " ".join(result.output.split())
+    assert results.read_text(encoding="utf-8") == '{"rows": []}\n'
+
+
+def test_schema_replaces_earlier_schema(tmp_path):
+    path = tmp_path / "scenario.schema.json"
+    assert runner.invoke(app, ["schema", "--out", str(path)]).exit_code == 0
+    first = path.read_text(encoding="utf-8")
+    result = runner.invoke(app, ["schema", "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    assert path.read_text(encoding="utf-8") == first
+
+
+def test_unwritable_output_path_exits_2(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("x", encoding="utf-8")
+    result = runner.invoke(app, ["schema", "--out", str(blocked / "schema.json")])
+    assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
 
 

@@ -329,6 +329,15 @@ def test_atomic_write_onto_folder_names_folder(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == []
 
 
+def test_atomic_write_onto_folder_names_relative_path(tmp_path, monkeypatch):
+    (tmp_path / "run" / "report.pdf").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    relative = Path("run") / "report.pdf"
+    with pytest.raises(IsADirectoryError) as caught:
+        write_path_atomic(relative, lambda temporary: temporary.write_text("text", encoding="utf-8"))
+    assert caught.value.filename == str(relative)
+
+
 def test_atomic_write_temporary_failure_names_target(tmp_path, monkeypatch):
     target = tmp_path / "compare.md"
 

@@ -413,7 +413,7 @@ def test_fetch_rejects_html_page(served, tmp_path, name, body, content_type):
     if content_type:
         assert f"Content-Type {content_type}" in message
     else:
-        assert "no Content-Type" in message
+        assert "its content starts like HTML, although its Content-Type is missing" in message
     assert not (dest / ".lfw-download" / name).exists()
     assert not (dest / ".lfw-download" / f"{name}.part").exists()
 

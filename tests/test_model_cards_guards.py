@@ -276,7 +276,7 @@ def test_verify_good_folder_argument_passes(tmp_path: Path, sample_lfw: Path) ->
     result = cli.invoke(app, ["models", "verify", str(folder), "--images", "2", "--lfw-root", str(sample_lfw)])
     assert result.exit_code == 0, result.output
     files = len(read_card(folder)["files"])
-    assert f"{files} file(s) of 1 model folder(s) {folder} match their cards" in one_line(result.output)
+    assert f"{files} files of 1 model folder {folder} match their cards" in one_line(result.output)
 
 
 # ----- vqbench models evaluate: card keys and title -------------------------------------------
@@ -393,6 +393,31 @@ def test_verify_checks_index_graphs(vq_copy: Path) -> None:
     result = cli.invoke(app, ["models", "verify", str(vq_copy)])
     assert result.exit_code == 2
     assert "decoder.onnx takes indices" in one_line(result.output)
+
+
+def test_student_and_decoder_swapped_rejected(vq_copy: Path) -> None:
+    student, decoder = (vq_copy / "student.onnx").read_bytes(), (vq_copy / "decoder.onnx").read_bytes()
+    (vq_copy / "student.onnx").write_bytes(decoder)
+    (vq_copy / "decoder.onnx").write_bytes(student)
+    card = read_card(vq_copy)
+    for name in ("student.onnx", "decoder.onnx"):
+        card["files"][name]["sha256"] = sha256_of(vq_copy / name)
+    write_card(vq_copy, card)
+    with pytest.raises(ModelError) as caught:
+        check_index_graphs(load_vq_card(vq_copy))
+    message = one_line(str(caught.value))
+    assert "student.onnx, the model's student, returns shape ['?', '?', '?', '?']" in message
+    assert "a student returns ['?', 128]" in message
+    assert "swapped" in message
+
+
+def test_evaluate_checks_graphs_before_scoring(vq_copy: Path, tmp_path: Path) -> None:
+    swap_file(vq_copy, "student.onnx", MODELS / "vq-g14-k256-aug" / "student.onnx")
+    before = (vq_copy / "card.json").read_bytes()
+    result = cli.invoke(app, ["models", "evaluate", str(vq_copy), "--lfw-root", str(tmp_path / "no-data")])
+    assert result.exit_code == 2
+    assert "student.onnx takes indices of shape" in one_line(result.output)
+    assert (vq_copy / "card.json").read_bytes() == before
 
 
 def test_edge_half_does_not_import_onnx() -> None:

@@ -25,6 +25,7 @@ from rich.markup import escape
 from vqbench import __version__
 from vqbench.console import console, output
 from vqbench.errors import VqbenchError
+from vqbench.text import plural
 
 app = typer.Typer(
     name="vqbench",
@@ -394,7 +395,7 @@ def models_verify(
         check_index_graphs(card)
         checked += len(card.data["files"])
     output.print(
-        f"{checked} file(s) of {len(folders)} model folder(s) {where} match their cards", highlight=False
+        f"{plural(checked, 'file')} of {plural(len(folders), 'model folder')} {where} match their cards", highlight=False
     )
 
     root = lfw_root or default_data_dir() / "lfw"

@@ -75,8 +75,9 @@ def _is_temporary_of(filename: object, path: Path) -> bool:
     """Return whether ``filename`` is a temporary file that ``_make_temporary`` creates for ``path``."""
     if not isinstance(filename, (str, os.PathLike)):
         return False
-    candidate = Path(filename)
-    return (candidate.parent == path.parent and candidate.name.startswith(f".{path.name}.")
+    # mkstemp returns an absolute name even for a relative folder, so compare absolute folders.
+    candidate = Path(os.path.abspath(filename))
+    return (candidate.parent == Path(os.path.abspath(path)).parent and candidate.name.startswith(f".{path.name}.")
             and candidate.name.endswith(".tmp"))
 
 

@@ -505,12 +505,37 @@ def _describe_problem(problem: dict) -> str:
     return text
 
 
+SCHEMA_TITLE = "vqbench scenario"
+
+
 def write_json_schema(path: Path) -> None:
-    """Write the scenario JSON Schema (used by editors and by scenarios/scenario.schema.json)."""
+    """Write the scenario JSON Schema (used by editors and by scenarios/scenario.schema.json).
+
+    An existing file is replaced only when it is an earlier scenario schema, so a mistyped
+    path cannot overwrite a run's results.json or any other file; anything else raises
+    ScenarioError.
+    """
     import json
 
+    from vqbench.io import write_text_atomic
+
+    if path.is_dir():
+        raise ScenarioError(f"--out {path} is a folder; give a file path, such as {path / 'scenario.schema.json'}")
+    if path.exists() and not _is_scenario_schema(path):
+        raise ScenarioError(f"--out {path} already exists and is not a vqbench scenario schema, so it is not "
+                            "replaced; choose another path, or delete that file first")
     path.parent.mkdir(parents=True, exist_ok=True)
     schema = Scenario.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "vqbench scenario"
-    path.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
+    schema["title"] = SCHEMA_TITLE
+    write_text_atomic(path, json.dumps(schema, indent=2) + "\n")
+
+
+def _is_scenario_schema(path: Path) -> bool:
+    import json
+
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(document, dict) and document.get("title") == SCHEMA_TITLE

@@ -36,7 +36,7 @@ def check_output_path(results_dir: Path, path: Path, option: str,
     target, run_dir = path.resolve(), Path(results_dir).resolve()
     if (target.parent == run_dir and target.name in RUN_FILES) or target.is_relative_to(run_dir / SAMPLES_DIR):
         raise DataError(
-            f"{option} {path} would replace {target.name} of the run folder {results_dir} that is being checked; "
+            f"{option} {path} would replace {target.name} of the run folder {results_dir}; "
             "write it outside the run folder or under another name"
         )
     for input_option, input_path in (inputs or {}).items():

@@ -501,7 +501,10 @@ def _reject_html_page(url: str, part: Path, content_type: str) -> None:
     if not _looks_like_html(head, content_type):
         return
     part.unlink(missing_ok=True)
-    label = f"Content-Type {content_type}" if content_type else "no Content-Type"
+    if "html" in content_type.lower():
+        label = f"Content-Type {content_type}"
+    else:
+        label = f"its content starts like HTML, although its Content-Type is {content_type or 'missing'}"
     expected = url.rsplit("/", 1)[-1] or url
     raise DataError(
         f"download of {url} returned an HTML page ({label}) instead of {expected}, usually an error or "

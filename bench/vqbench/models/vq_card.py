@@ -238,15 +238,24 @@ def check_index_graphs(card: VQModelCard, roles: Iterable[str] = INDEX_GRAPH_ROL
     for role in roles:
         name = card.data["onnx"].get(role)
         if name is not None:
-            _check_index_graph(card.folder / name, card.folder / CARD_FILE, card.data["payload"])
+            _check_index_graph(card.folder / name, card.folder / CARD_FILE, card.data["payload"], role)
 
 
-def _check_index_graph(path: Path, card_path: Path, payload: dict) -> None:
-    """Reject a graph whose ``indices`` input does not take the payload's grid and index range.
+#: Per graph role: the rank of its output and the sizes known in advance (None: any size).
+_OUTPUT_SHAPES: dict[str, tuple[int | None, ...]] = {
+    "student": (None, 128),  # a batch of embeddings in the teacher's 128-d space
+    "decoder": (None, None, None, None),  # a batch of chips: channels, height, width
+}
+
+
+def _check_index_graph(path: Path, card_path: Path, payload: dict, role: str) -> None:
+    """Reject a graph whose ``indices`` input or output does not fit its role and the payload.
 
     The graph reads the indices through a Gather from its codebook, so the codebook's row count
     is the index range it accepts. An index past that range would fail inside onnxruntime with
     a message about Gather, and a larger codebook would accept indices the encoder never sends.
+    The output's rank tells a student (embeddings) from a decoder (chips), so files swapped
+    between the two roles are caught here rather than inside the pipeline.
     """
     import onnx
     from google.protobuf.message import DecodeError
@@ -269,6 +278,7 @@ def _check_index_graph(path: Path, card_path: Path, payload: dict) -> None:
             f"ONNX graph {path} takes indices of shape {shape}, but the payload.grid of {card_path} is {grid}; "
             "restore the model folder or retrain"
         )
+    _check_output(graph, path, role)
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     gathers = [node for node in graph.node if node.op_type == "Gather" and node.input[1] == "indices" and node.input[0] in initializers]
     if not gathers:
@@ -281,6 +291,21 @@ def _check_index_graph(path: Path, card_path: Path, payload: dict) -> None:
         raise ModelError(
             f"ONNX graph {path} looks up indices in a codebook of {rows} rows, but the payload.codebook_size of "
             f"{card_path} is {payload['codebook_size']}; restore the model folder or retrain"
+        )
+
+
+def _check_output(graph, path: Path, role: str) -> None:
+    expected = _OUTPUT_SHAPES[role]
+    dims = [dim.dim_value if dim.HasField("dim_value") else None for dim in graph.output[0].type.tensor_type.shape.dim]
+    fits = len(dims) == len(expected) and all(
+        want is None or found is None or found == want for found, want in zip(dims, expected)
+    )
+    if not fits:
+        shape = ["?" if dim is None else dim for dim in dims]
+        wanted = ["?" if dim is None else dim for dim in expected]
+        raise ModelError(
+            f"ONNX graph {path}, the model's {role}, returns shape {shape}, but a {role} returns {wanted}; "
+            "was it swapped with another file of the folder? Restore the model folder or retrain"
         )
 
 

@@ -29,7 +29,7 @@ from vqbench.data.pairs import Pair, read_lfw_pairs
 from vqbench.environment import HostLoadMonitor
 from vqbench.errors import ScenarioError
 from vqbench.metrics.verification import cosine_similarity, evaluate_verification
-from vqbench.models.vq_card import CARD_FILE, VQModelCard, allowed_folds, load_vq_card
+from vqbench.models.vq_card import CARD_FILE, VQModelCard, allowed_folds, check_index_graphs, load_vq_card
 from vqbench.pipelines.edge_vq import chips_to_input, load_onnx_session
 from vqbench.pipelines.payload import PayloadFormat
 from vqbench.training.data import load_cached_arrays, save_cached_arrays
@@ -190,6 +190,8 @@ def evaluate_and_record(
     card key, so that figures on a subset of the folds never replace those on all of them.
     """
     card = load_vq_card(model_dir)
+    # The graphs must fit the card before anything is scored or written into it, as in a run.
+    check_index_graphs(card)
     if not (data_root / "pairs.txt").is_file() or not (data_root / "lfw-deepfunneled").is_dir():
         raise ScenarioError(
             f"{data_root} does not contain pairs.txt and lfw-deepfunneled/; pass --lfw-root with the LFW folder "
