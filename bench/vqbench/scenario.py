@@ -512,8 +512,8 @@ def write_json_schema(path: Path) -> None:
     """Write the scenario JSON Schema (used by editors and by scenarios/scenario.schema.json).
 
     An existing file is replaced only when it is an earlier scenario schema, so a mistyped
-    path cannot overwrite a run's results.json or any other file; anything else raises
-    ScenarioError.
+    path cannot overwrite a run's results.json or any other file. Any other existing file
+    raises ScenarioError.
     """
     import json
 

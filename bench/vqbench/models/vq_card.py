@@ -302,9 +302,9 @@ def _check_output(graph, path: Path, role: str) -> None:
     )
     if not fits:
         shape = ["?" if dim is None else dim for dim in dims]
-        wanted = ["?" if dim is None else dim for dim in expected]
+        role_shape = ["?" if dim is None else dim for dim in expected]
         raise ModelError(
-            f"ONNX graph {path}, the model's {role}, returns shape {shape}, but a {role} returns {wanted}; "
+            f"ONNX graph {path}, the model's {role}, returns shape {shape}, but a {role} returns {role_shape}; "
             "was it swapped with another file of the folder? Restore the model folder or retrain"
         )
 
