@@ -1,4 +1,4 @@
-"""Guards of `vqbench train`: the output folder, non-finite values, checkpoints of other settings."""
+"""Guards of `vqbench train`: config bounds, the output folder, non-finite values, checkpoints, interrupts."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import logging
 import math
 import os
+import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,11 +20,12 @@ from vqbench.errors import ModelError, ScenarioError
 from vqbench.models.cards import verify_model_dir
 from vqbench.models.teacher_torch import load_torch_teacher
 from vqbench.training import train_command
-from vqbench.training.config import TrainConfig, load_train_config
+from vqbench.training.config import TrainConfig, load_train_config, portable_settings
 from vqbench.training.data import PreparedSet, prepare_training_set, select_training_people, training_image_paths
 from vqbench.training.loop import Trainer, TrainingDivergedError, build_models, config_fingerprint, legacy_config_fingerprint
 
-SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "data" / "lfw-sample"
+REPO_DIR = Path(__file__).resolve().parents[1]
+SAMPLE_ROOT = REPO_DIR / "data" / "lfw-sample"
 
 
 def tiny_config(tmp_path: Path, model_id: str = "guard") -> dict:
@@ -70,6 +73,59 @@ def test_config_rejects_non_finite_value(tmp_path: Path, section: str, key: str,
     raw.setdefault(section, {})[key] = value
     with pytest.raises(ScenarioError, match=rf"'{section}\.{key}': Input should be a finite number"):
         load_train_config(write_config(tmp_path, raw))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("vq.widths", [0, 16], "'vq.widths.0': Input should be greater than or equal to 1 (got 0)"),
+        ("vq.widths", [2048, 16], "'vq.widths.0': Input should be less than or equal to 1024 (got 2048)"),
+        ("vq.widths", [], "'vq.widths': List should have at least 1 item"),
+        ("vq.decoder_widths", [-3, 8], "'vq.decoder_widths.0': Input should be greater than or equal to 1 (got -3)"),
+        ("vq.decoder_widths", [], "'vq.decoder_widths': List should have at least 1 item"),
+        ("vq.extra_blocks", True, "'vq.extra_blocks': Input should be a valid integer (got True)"),
+        ("seed", -1, "'seed': Input should be greater than or equal to 0 (got -1)"),
+        ("seed", 10**20, f"'seed': Input should be less than or equal to 4294967295 (got {10**20})"),
+        ("seed", True, "'seed': Input should be a valid integer (got True)"),
+        ("threads", 100000, "'threads': Input should be less than or equal to 256 (got 100000)"),
+        ("threads", True, "'threads': Input should be a valid integer (got True)"),
+        ("stages.batch_size", True, "'stages.batch_size': Input should be a valid integer (got True)"),
+        ("stages.joint_epochs", True, "'stages.joint_epochs': Input should be a valid integer (got True)"),
+        ("stages.checkpoint_every_steps", 2.0, "'stages.checkpoint_every_steps': Input should be a valid integer (got 2.0)"),
+        ("data.max_images", True, "'data.max_images': Input should be a valid integer (got True)"),
+        ("data.train_folds", [True], "'data.train_folds.0': Input should be a valid integer (got True)"),
+    ],
+)
+def test_config_rejects_invalid_integer(tmp_path: Path, key: str, value: object, message: str) -> None:
+    raw = tiny_config(tmp_path)
+    *sections, name = key.split(".")
+    target = raw
+    for section in sections:
+        target = target.setdefault(section, {})
+    target[name] = value
+    with pytest.raises(ScenarioError, match=re.escape(message)):
+        load_train_config(write_config(tmp_path, raw))
+
+
+def test_train_zero_width_exits_2(tmp_path: Path) -> None:
+    raw = tiny_config(tmp_path)
+    raw["vq"]["widths"] = [0, 16]
+    result = CliRunner().invoke(app, ["train", str(write_config(tmp_path, raw))])
+    assert result.exit_code == 2, result.output
+    assert "'vq.widths.0': Input should be greater than or equal to 1 (got 0)" in " ".join(result.output.split())
+    assert not (tmp_path / "cache" / "training").exists()
+
+
+def test_config_accepts_largest_seed_and_threads(tmp_path: Path) -> None:
+    raw = dict(tiny_config(tmp_path), seed=2**32 - 1, threads=256)
+    config = load_train_config(write_config(tmp_path, raw))
+    assert config.seed == 2**32 - 1
+    assert config.threads == 256
+
+
+@pytest.mark.parametrize("path", sorted(REPO_DIR.glob("models/*/train.yaml")), ids=lambda path: path.parent.name)
+def test_committed_configs_within_bounds(path: Path) -> None:
+    assert load_train_config(path).model_id == path.parent.name
 
 
 def test_config_rejects_vq_loss_weights_all_zero(tmp_path: Path) -> None:
@@ -173,6 +229,23 @@ def test_existing_card_needs_overwrite(tmp_path: Path) -> None:
     assert json.loads(card.read_text()) == {"model_id": "committed"}
 
 
+@pytest.mark.parametrize(
+    ("metrics", "warns"),
+    [({}, False), ({"lfw_view2": {"pairs": 6000}}, True)],
+    ids=["no-metrics", "metrics"],
+)
+def test_card_metrics_warning_needs_metrics(tmp_path: Path, metrics: dict, warns: bool) -> None:
+    raw = tiny_config(tmp_path)
+    (tmp_path / "model").mkdir()
+    card = {"model_id": "guard", "training": {"config": portable_settings(TrainConfig.model_validate(raw))}, "metrics": metrics}
+    (tmp_path / "model" / "card.json").write_text(json.dumps(card))
+    result = CliRunner().invoke(app, ["train", str(write_config(tmp_path, raw))])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "already contains model 'guard', trained with these settings" in message
+    assert ("would lose its recorded metrics" in message) == warns
+
+
 def test_interrupt_during_data_preparation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -256,6 +329,94 @@ def test_nan_loss_stops_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert siblings(tmp_path / "model") == []
     state = torch.load(tmp_path / "cache" / "checkpoints" / "guard" / "last.pt", weights_only=False)
     assert state["progress"]["step"] == 1
+
+
+def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> dict:
+    """Make ``Trainer`` raise KeyboardInterrupt before training step ``step`` (counted from 1) while ``on`` is set."""
+    original = Trainer._train_step
+    state = {"on": True, "steps": 0}
+
+    def train_step(self: Trainer, stage: str, rows: object) -> object:
+        if state["on"] and state["steps"] + 1 == step:
+            raise KeyboardInterrupt
+        state["steps"] += 1
+        return original(self, stage, rows)
+
+    monkeypatch.setattr(Trainer, "_train_step", train_step)
+    return state
+
+
+def history_without_times(folder: Path) -> list[dict]:
+    history = json.loads((folder / "card.json").read_text())["training"]["history"]
+    return [{key: value for key, value in record.items() if key != "elapsed_s"} for record in history]
+
+
+@pytest.mark.slow
+def test_resumed_epoch_history_matches_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 8 images in batches of 2 give 4 steps per epoch, and the run stops after step 2 of joint epoch 2.
+    raw = tiny_config(tmp_path)
+    raw["stages"].update(joint_epochs=2, identity_epochs=0.5, batch_size=2)
+    raw["quantize_int8"] = False
+    straight = train_command(write_config(tmp_path / "straight", dict(raw, model_id="straight", output_dir=str(tmp_path / "straight" / "model"))))
+
+    resumed_raw = dict(raw, model_id="resumed", output_dir=str(tmp_path / "resumed" / "model"))
+    config = write_config(tmp_path / "resumed", resumed_raw)
+    interrupt = interrupt_at_step(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        train_command(config)
+    state = torch.load(tmp_path / "cache" / "checkpoints" / "resumed" / "last.pt", weights_only=False)
+    assert (state["progress"]["epoch"], state["progress"]["step"]) == (1, 2)
+    interrupt["on"] = False
+    resumed = train_command(config)
+
+    expected, actual = history_without_times(straight), history_without_times(resumed)
+    assert [(record["stage"], record["epoch"]) for record in actual] == [("joint", 1), ("joint", 2), ("identity", 1)]
+    assert [sorted(record) for record in actual] == [sorted(record) for record in expected]
+    for before, after in zip(expected, actual):
+        for key, value in before.items():
+            where = (before["stage"], before["epoch"], key)
+            if isinstance(value, float):
+                assert after[key] == pytest.approx(value, rel=1e-6, abs=1e-9), where
+            else:
+                assert after[key] == value, where
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_checkpoint_and_exits_143(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        pytest.skip("SIGTERM already has a handler in this process, so train_command leaves it alone")
+    raw = tiny_config(tmp_path)
+    folder = tmp_path / "cache" / "checkpoints" / "guard"
+    folder.mkdir(parents=True)
+    # A write killed by SIGKILL leaves a file named like the first. The other two do not match the writer's names.
+    for name in ("tmpab_cd123.tmp", "notes.tmp", "tmpab_cd123.txt"):
+        (folder / name).write_text("left over")
+
+    original_save = torch.save
+    saves = {"count": 0}
+
+    def save_then_terminate(obj: object, path: object, *args: object, **kwargs: object) -> None:
+        original_save(obj, path, *args, **kwargs)
+        if Path(path).parent != folder:
+            return
+        saves["count"] += 1
+        if saves["count"] == 2:
+            # Without a handler SIGTERM would end the test process, so check for one first.
+            assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL, "train_command installed no SIGTERM handler"
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(torch, "save", save_then_terminate)
+    result = CliRunner().invoke(app, ["train", str(write_config(tmp_path, raw))])
+
+    assert result.exit_code == 143, result.output
+    message = " ".join(result.output.split())
+    assert "interrupted: the last checkpoint" in message
+    assert "run the same command again to resume" in message
+    # The second write was stopped after its temporary file was complete, and that file is gone.
+    assert sorted(entry.name for entry in folder.iterdir()) == ["last.pt", "notes.tmp", "tmpab_cd123.txt"]
+    assert torch.load(folder / "last.pt", weights_only=False)["progress"]["step"] == 1
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert not (tmp_path / "model").exists()
 
 
 @pytest.fixture

@@ -7,6 +7,10 @@ targets), ``losses``, ``loop`` (the two stages, checkpoints) and ``export`` (ONN
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +19,13 @@ if TYPE_CHECKING:
     from vqbench.training.data import PreparedSet
 
 logger = logging.getLogger(__name__)
+
+#: Exit status after SIGTERM: 128 + the signal number, the status a shell reports for a process that SIGTERM killed.
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class TrainingTerminated(KeyboardInterrupt):
+    """SIGTERM during ``train_command``, raised like Ctrl-C so that the same cleanup and message apply."""
 
 
 def train_command(config_path: Path, overwrite: bool = False) -> Path:
@@ -26,7 +37,40 @@ def train_command(config_path: Path, overwrite: bool = False) -> Path:
     ``init_from`` model are checked before the data preparation, which takes minutes on a first
     run. Checkpoints go to ``<cache>/checkpoints/<model_id>/last.pt``, and running the command
     again with the same settings resumes from there (and only re-exports when training had finished).
+
+    Ctrl-C raises KeyboardInterrupt, which ``vqbench train`` turns into exit status 130. SIGTERM
+    prints the same message about the kept checkpoint and then raises ``SystemExit(143)``, so a
+    supervisor gets the exit status of a process ended by SIGTERM. SIGTERM is handled this way only
+    when the call runs in the main thread and no other SIGTERM handler is installed.
     """
+    with _sigterm_as_interrupt():
+        try:
+            return _train(config_path, overwrite)
+        except TrainingTerminated:
+            raise SystemExit(SIGTERM_EXIT_CODE) from None
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Raise ``TrainingTerminated`` on SIGTERM inside the block, unless SIGTERM already has a handler."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        # A second SIGTERM, while the first one unwinds, ends the process at once.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise TrainingTerminated
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _train(config_path: Path, overwrite: bool) -> Path:
+    """Run ``train_command`` without its SIGTERM handling."""
     import numpy as np
     import torch
 

@@ -10,7 +10,7 @@ embedding of the reconstruction close to the teacher's embedding of the original
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,6 +18,14 @@ from vqbench.errors import ScenarioError
 
 
 TRAIN_CONFIG_VERSION = 1
+#: Largest seed that both numpy (``np.random.seed``) and torch accept.
+MAX_SEED = 2**32 - 1
+#: Largest torch thread count a config may ask for (see ``TrainConfig.threads``).
+MAX_THREADS = 256
+
+# Integer fields are strict, because pydantic would otherwise read a YAML `true` as 1 and `2.0` as 2.
+#: Channels of one encoder or decoder stage, capped at 1024 like the student width.
+ChannelCount = Annotated[int, Field(strict=True, ge=1, le=1024)]
 
 
 class _Strict(BaseModel):
@@ -32,9 +40,9 @@ class TrainDataConfig(_Strict):
     root: Optional[str] = Field(
         None, description="Folder holding lfw-deepfunneled/ and pairs.txt; default ${VQBENCH_DATA_DIR}/lfw."
     )
-    train_folds: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5], description="View 2 folds whose people are trained on.")
+    train_folds: list[Annotated[int, Field(strict=True)]] = Field(default_factory=lambda: [1, 2, 3, 4, 5], description="View 2 folds whose people are trained on.")
     include_unpaired_people: bool = Field(True, description="Also train on people who appear in no View 2 pair.")
-    max_images: Optional[int] = Field(None, ge=1, description="Keep only the first N training images (smoke tests).")
+    max_images: Optional[int] = Field(None, strict=True, ge=1, description="Keep only the first N training images (smoke tests).")
     cache_dir: Optional[str] = Field(None, description="Where prepared chips and teacher targets go; default the vqbench cache.")
 
     @field_validator("train_folds")
@@ -48,16 +56,22 @@ class TrainDataConfig(_Strict):
 class VQConfig(_Strict):
     """Edge encoder, codebook and decoder."""
 
-    input_size_px: int = Field(112, ge=32, le=150, description="Side the 150x150 chip is resized to before encoding.")
-    widths: list[int] = Field(default_factory=lambda: [24, 48, 96], description="Channels after each stride-2 stage.")
-    extra_blocks: int = Field(2, ge=0, le=8, description="Stride-1 depthwise-separable blocks at the grid resolution.")
-    grid: int = Field(14, ge=2, le=64, description="Side of the code grid H' = W'.")
-    codebook_size: int = Field(256, ge=2, le=65536, description="K, the number of code vectors.")
-    code_dim: int = Field(32, ge=2, le=512, description="Dimension of each code vector.")
+    input_size_px: int = Field(112, strict=True, ge=32, le=150, description="Side the 150x150 chip is resized to before encoding.")
+    widths: list[ChannelCount] = Field(
+        default_factory=lambda: [24, 48, 96], min_length=1, description="Channels after each stride-2 stage, 1 to 1024 each."
+    )
+    extra_blocks: int = Field(2, strict=True, ge=0, le=8, description="Stride-1 depthwise-separable blocks at the grid resolution.")
+    grid: int = Field(14, strict=True, ge=2, le=64, description="Side of the code grid H' = W'.")
+    codebook_size: int = Field(256, strict=True, ge=2, le=65536, description="K, the number of code vectors.")
+    code_dim: int = Field(32, strict=True, ge=2, le=512, description="Dimension of each code vector.")
     ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
     commitment_weight: float = Field(0.25, ge=0.0)
     dead_code_threshold: float = Field(0.5, ge=0.0, description="EMA usage below which a code is restarted.")
-    decoder_widths: list[int] = Field(default_factory=lambda: [96, 48, 24])
+    decoder_widths: list[ChannelCount] = Field(
+        default_factory=lambda: [96, 48, 24],
+        min_length=1,
+        description="Channels of the decoder's stages, one per entry of widths, 1 to 1024 each.",
+    )
 
 
 class StudentConfig(_Strict):
@@ -100,14 +114,14 @@ class LossConfig(_Strict):
 class StagesConfig(_Strict):
     """Epochs per stage and the optimiser."""
 
-    joint_epochs: int = Field(10, ge=0)
+    joint_epochs: int = Field(10, strict=True, ge=0)
     identity_epochs: float = Field(1.0, ge=0.0, description="Epochs (fractions allowed) of identity fine-tuning.")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, strict=True, ge=1)
     learning_rate: float = Field(2e-3, gt=0.0)
     identity_learning_rate: float = Field(3e-4, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
-    max_steps_per_epoch: Optional[int] = Field(None, ge=1, description="Cut epochs short (smoke tests).")
-    checkpoint_every_steps: int = Field(200, ge=1)
+    max_steps_per_epoch: Optional[int] = Field(None, strict=True, ge=1, description="Cut epochs short (smoke tests).")
+    checkpoint_every_steps: int = Field(200, strict=True, ge=1)
 
 
 class AugmentConfig(_Strict):
@@ -134,8 +148,18 @@ class TrainConfig(_Strict):
     kind: Literal["vq", "edge-embed"] = Field(
         "vq", description="vq: VQ-VAE + student; edge-embed: the encoder without quantiser + student head, on the edge."
     )
-    seed: int = 0
-    threads: int = Field(2, ge=1, description="torch.set_num_threads during training.")
+    seed: int = Field(
+        0, strict=True, ge=0, le=MAX_SEED, description=f"Seed of torch and numpy, 0 to {MAX_SEED} (the range numpy accepts)."
+    )
+    threads: int = Field(
+        2,
+        strict=True,
+        ge=1,
+        le=MAX_THREADS,
+        description=f"torch.set_num_threads during training, 1 to {MAX_THREADS}. The cap is there because 100000 threads "
+        "end the process with a segmentation fault at the first matrix product (torch 2.13, CPU), and threads beyond "
+        "the CPU cores only slow training.",
+    )
     output_dir: Optional[str] = Field(None, description="Model folder to write; default models/<model_id> beside the config's folder parent.")
     init_from: Optional[str] = Field(
         None,

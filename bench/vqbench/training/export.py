@@ -104,7 +104,9 @@ def _describe_card(card_path: Path, config: TrainConfig) -> str:
     recorded = training.get("config") if isinstance(training, dict) else None
     if isinstance(recorded, dict) and training_recipe(recorded) == training_recipe(portable_settings(config)):
         # The same recipe again still retrains or re-exports, and the new card has no metrics yet.
-        return f"{name}, trained with these settings, whose card would lose its recorded metrics"
+        if card.get("metrics"):
+            return f"{name}, trained with these settings, whose card would lose its recorded metrics"
+        return f"{name}, trained with these settings"
     return name
 
 

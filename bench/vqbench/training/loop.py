@@ -16,11 +16,13 @@ usage are restarted. Stage ``identity`` freezes encoder and codebook and trains 
 reconstruction + (1 - cos(teacher(reconstruction), teacher embedding of the original)), with
 the gradient passing through the frozen PyTorch teacher.
 
-A checkpoint (models, optimiser, schedule, stage, epoch, step, RNG state and the settings it was
-trained with) is written every ``checkpoint_every_steps`` steps and at the end of every epoch. A
-new run with the same settings continues from it. The batch order of each epoch depends only on
-(seed, stage, epoch), so a resumed epoch skips exactly the batches already done. A checkpoint of
-other settings is renamed ``last.<fingerprint prefix>.pt`` instead of being overwritten, and a
+A checkpoint (models, optimiser, schedule, stage, epoch, step, RNG state, the running loss sums
+and code counts of the current epoch, and the settings it was trained with) is written every
+``checkpoint_every_steps`` steps and at the end of every epoch. A new run with the same settings
+continues from it. The batch order of each epoch depends only on (seed, stage, epoch), so a
+resumed epoch skips exactly the batches already done, and its history record has the losses and
+codebook figures of an uninterrupted run. Temporary checkpoint files that a killed run left
+behind are deleted when a run starts. A checkpoint of other settings is renamed ``last.<fingerprint prefix>.pt`` instead of being overwritten, and a
 later run with those settings resumes from it again.
 
 A non-finite loss, or non-finite weights after a step, stops training with
@@ -34,6 +36,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -65,6 +68,11 @@ STAGES = ("joint", "identity")
 STASH_PREFIX_CHARS = 12
 #: Differing settings named in the message about a checkpoint of other settings.
 MAX_REPORTED_DIFFERENCES = 6
+#: Prefix and suffix of the temporary file a checkpoint is written to before it replaces the last one.
+#: The prefix is tempfile's default, so files left by earlier versions match too.
+TEMPORARY_PREFIX, TEMPORARY_SUFFIX = "tmp", ".tmp"
+#: Names that ``tempfile.mkstemp`` gives with that prefix and suffix (CPython 3 puts eight characters from [a-z0-9_] between them).
+_TEMPORARY_NAME = re.compile(rf"{re.escape(TEMPORARY_PREFIX)}[a-z0-9_]{{8}}{re.escape(TEMPORARY_SUFFIX)}")
 
 
 class TrainingDivergedError(VqbenchError):
@@ -122,6 +130,24 @@ class Progress:
     elapsed_s: float = 0.0
 
 
+@dataclass
+class EpochTotals:
+    """Running sums of the current epoch, from its first step, for its history record."""
+
+    loss_sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    #: Number of times each code was chosen, shape (codebook_size,), or None before the first step.
+    code_counts: torch.Tensor | None = None
+
+    def add(self, losses: dict[str, float], indices: torch.Tensor, codebook_size: int) -> None:
+        """Add one step's losses and chosen code indices."""
+        for name, value in losses.items():
+            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + value
+        counts = torch.bincount(indices.flatten().cpu(), minlength=codebook_size)
+        self.code_counts = counts if self.code_counts is None else self.code_counts + counts
+        self.steps += 1
+
+
 class Trainer:
     """Run both stages over a prepared training set, checkpointing into ``checkpoint_path``."""
 
@@ -137,6 +163,7 @@ class Trainer:
         self.legacy_fingerprint = legacy_config_fingerprint(config, initial)
         self.saved_at: str | None = None  # position of the last checkpoint written or resumed from
         self.progress = Progress()
+        self.totals = EpochTotals()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.embedding_mean, self.feature_mean = self._target_means()
         self.optimizer = self._make_optimizer("joint")
@@ -207,6 +234,7 @@ class Trainer:
 
     def run(self) -> Progress:
         """Train from the checkpoint (if any) to the end of stage ``identity``."""
+        self._remove_stale_temporaries()
         self._resume()
         started = time.perf_counter() - self.progress.elapsed_s
         for stage in STAGES[STAGES.index(self.progress.stage) :]:
@@ -216,6 +244,7 @@ class Trainer:
                 self._run_epoch(stage, started)
                 self.progress.epoch += 1
                 self.progress.step = 0
+                self.totals = EpochTotals()
                 self.progress.elapsed_s = time.perf_counter() - started
                 self._save_checkpoint()
         self.progress.elapsed_s = time.perf_counter() - started
@@ -234,6 +263,7 @@ class Trainer:
 
     def _enter_stage(self, stage: str) -> None:
         self.progress.stage, self.progress.epoch, self.progress.step = stage, 0, 0
+        self.totals = EpochTotals()
         self.optimizer = self._make_optimizer(stage)
         self.scheduler = self._make_scheduler(stage)
 
@@ -244,16 +274,14 @@ class Trainer:
 
     def _run_epoch(self, stage: str, started: float) -> None:
         batches = self._batches(stage, self.progress.epoch)
-        sums: dict[str, float] = {}
-        epoch_indices: list[torch.Tensor] = []
+        if self.progress.step == 0:
+            self.totals = EpochTotals()
         self._set_modes(stage)
         with progress_bar() as bar:
             task = bar.add_task(f"{stage} epoch {self.progress.epoch + 1}", total=len(batches), completed=self.progress.step, status="")
             for step in range(self.progress.step, len(batches)):
                 losses, indices = self._train_step(stage, batches[step])
-                epoch_indices.append(indices)
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + value
+                self.totals.add(losses, indices, self.config.vq.codebook_size)
                 self.progress.step = step + 1
                 status = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
                 bar.update(task, advance=1, status=status)
@@ -262,7 +290,7 @@ class Trainer:
                 if self.progress.step % self.config.stages.checkpoint_every_steps == 0:
                     self.progress.elapsed_s = time.perf_counter() - started
                     self._save_checkpoint()
-        self._log_epoch(stage, sums, epoch_indices, started)
+        self._log_epoch(stage, started)
 
     def _set_modes(self, stage: str) -> None:
         vqvae = self.models.vqvae
@@ -271,10 +299,10 @@ class Trainer:
         self.models.student.tail.train(False)
         vqvae.decoder.train(True)
 
-    def _log_epoch(self, stage: str, sums: dict[str, float], indices: list[torch.Tensor], started: float) -> None:
-        steps = max(1, len(indices))
-        means = {name: total / steps for name, total in sums.items()}
-        usage = self._usage(indices)
+    def _log_epoch(self, stage: str, started: float) -> None:
+        steps = max(1, self.totals.steps)
+        means = {name: total / steps for name, total in self.totals.loss_sums.items()}
+        usage = self._usage(self.totals.code_counts)
         elapsed_s = time.perf_counter() - started
         record = {"stage": stage, "epoch": self.progress.epoch + 1, **means, **usage, "elapsed_s": round(elapsed_s, 1)}
         self.progress.history.append(record)
@@ -283,11 +311,13 @@ class Trainer:
             stage, self.progress.epoch + 1, " ".join(f"{k}={v:.4f}" for k, v in {**means, **usage}.items()), elapsed_s,
         )
 
-    def _usage(self, indices: list[torch.Tensor]) -> dict[str, float]:
+    def _usage(self, code_counts: torch.Tensor | None) -> dict[str, float]:
         """Codebook perplexity and the number of codes unused during the epoch."""
-        if not indices:
+        if code_counts is None:
             return {}
-        perplexity, unused = codebook_usage(torch.cat(indices), self.config.vq.codebook_size)
+        # codebook_usage takes indices, so the counts are expanded back into a sorted index list.
+        indices = torch.repeat_interleave(torch.arange(len(code_counts)), code_counts)
+        perplexity, unused = codebook_usage(indices, self.config.vq.codebook_size)
         return {"perplexity": perplexity, "unused_codes": unused}
 
     # ----- one step ----------------------------------------------------------------------
@@ -410,6 +440,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "progress": vars(self.progress),
+            "epoch_totals": vars(self.totals),
             "generator": self.generator.get_state(),
         }
 
@@ -419,7 +450,7 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         path = self.checkpoint_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX)
         os.close(handle)
         try:
             torch.save(self._state(), temporary)
@@ -427,6 +458,18 @@ class Trainer:
         finally:
             Path(temporary).unlink(missing_ok=True)
         self.saved_at = self._position()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the temporary files that a checkpoint write killed midway (SIGKILL, a crash) left behind."""
+        # NOTE: a second run of the same model_id writing checkpoints at this moment would lose
+        # its temporary file and fail. Two such runs also overwrite each other's last.pt anyway.
+        folder = self.checkpoint_path.parent
+        if not folder.is_dir():
+            return
+        for entry in sorted(folder.iterdir()):
+            if _TEMPORARY_NAME.fullmatch(entry.name) and entry.is_file():
+                entry.unlink(missing_ok=True)
+                logger.info("deleted %s, left by a checkpoint write that did not finish", entry)
 
     def _read_checkpoint(self) -> dict | None:
         """Return the checkpoint's state, or None when there is none or it cannot be used (logged)."""
@@ -503,6 +546,7 @@ class Trainer:
             return
         self._load_module_states(state)
         self.progress = Progress(**state["progress"])
+        self._restore_totals(state.get("epoch_totals"))
         self.optimizer = self._make_optimizer(self.progress.stage)
         self.scheduler = self._make_scheduler(self.progress.stage)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -510,6 +554,18 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.saved_at = self._position()
         logger.info("resumed from %s at %s", self.checkpoint_path, self.saved_at)
+
+    def _restore_totals(self, saved: dict | None) -> None:
+        """Restore the running sums of the epoch the checkpoint stopped in."""
+        self.totals = EpochTotals(**saved) if saved is not None else EpochTotals()
+        if self.progress.step > 0 and self.totals.steps != self.progress.step:
+            # Checkpoints written before the sums were stored lack them, so the record covers only the remaining steps.
+            logger.warning(
+                "checkpoint %s has no running loss sums for %s, so that epoch's history record covers only the "
+                "steps after the resume",
+                self.checkpoint_path, self._position(),
+            )
+            self.totals = EpochTotals()
 
 
 @dataclass
@@ -554,7 +610,7 @@ class EmbedTrainer(Trainer):
     def _finish(self) -> None:
         pass
 
-    def _usage(self, indices: list[torch.Tensor]) -> dict[str, float]:
+    def _usage(self, code_counts: torch.Tensor | None) -> dict[str, float]:
         return {}
 
     def _module_states(self) -> dict:
