@@ -96,6 +96,17 @@ def test_negative_dynamic_energy_loads(tmp_path):
     assert row.cloud_dynamic_energy_j_per_inference == -0.01
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("lfw_accuracy_mean", "0.9"), ("payload_bytes_mean", True), ("n_pairs", 300.0), ("link_feasible", 1)],
+)
+def test_load_rejects_value_of_other_type(tmp_path, field, value):
+    run_dir = _edit_student_row(_write_run(tmp_path), field, value)
+    with pytest.raises(DataError, match=f"is not a valid results file .*first at 'rows.[0-9]+.{field}'") as caught:
+        load_results(run_dir)
+    assert caught.value.exit_code == 2
+
+
 def test_synthetic_run_has_no_problem():
     assert results_problem(synthetic_run(0, with_samples=False).results) is None
 

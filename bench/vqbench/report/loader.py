@@ -80,7 +80,9 @@ def load_results(run_dir: Path) -> RunResults:
         raise DataError(f"{path} could not be read ({error}); check its permissions") from error
     _check_schema_version(path, content)
     try:
-        results = RunResults.model_validate_json(content)
+        # Strict: a figure written as text ("0.9") or a flag written as a number is an edited
+        # file, not something `vqbench run` writes, so it is refused rather than converted.
+        results = RunResults.model_validate_json(content, strict=True)
     except ValidationError as error:
         first = error.errors()[0]
         location = ".".join(str(part) for part in first["loc"])
