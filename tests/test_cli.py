@@ -150,3 +150,21 @@ def test_quickstart_http_matches_served_scenario():
     assert "vqbench serve --scenario scenarios/quickstart.yaml --port 8080" in text
     assert http["transport"] == {"mode": "http", "url": "http://127.0.0.1:8080"}
     assert "vqbench run scenarios/quickstart-http.yaml" in text
+
+
+def test_stopped_phase_keeps_its_count():
+    from vqbench.console import RichProgress, _PhaseSpinner
+
+    progress = RichProgress()
+    stopped = progress.phase("Timing 3 variants, interleaved", 5)
+    progress.advance(stopped)
+    progress.done(stopped, finished=False)
+    finished = progress.phase("Aligning faces", 4)
+    progress.done(finished)
+
+    first, second = progress._progress.tasks
+    assert first.completed == 1
+    assert first.description == "Timing 3 variants, interleaved (stopped)"
+    assert str(_PhaseSpinner().render(first)) == "x"
+    assert second.completed == 4
+    assert not second.fields.get("stopped")

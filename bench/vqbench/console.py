@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 # A pipe or CI log is not a terminal: rich would assume 80 columns and cut every table cell.
 #: Progress bars, logs and errors.
@@ -15,12 +16,21 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 output = Console(width=None if sys.stdout.isatty() else 140)
 
 
+class _PhaseSpinner(SpinnerColumn):
+    """A spinner that turns into a red cross for a phase stopped by an error or an interrupt."""
+
+    def render(self, task: Any) -> Any:
+        if task.fields.get("stopped"):
+            return Text("x", style="red")
+        return super().render(task)
+
+
 class RichProgress:
     """Show one progress bar per runner phase (a spinner when the total is unknown)."""
 
     def __init__(self) -> None:
         self._progress = Progress(
-            SpinnerColumn(),
+            _PhaseSpinner(),
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -50,7 +60,7 @@ class RichProgress:
         total = self._totals.pop(task, None)
         if not finished:
             description = self._progress.tasks[self._progress.task_ids.index(task)].description
-            self._progress.update(task, description=f"{description} (stopped)")
+            self._progress.update(task, description=f"{description} (stopped)", stopped=True)
             self._progress.stop_task(task)
         elif total is None:
             self._progress.update(task, total=1, completed=1)
