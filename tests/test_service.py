@@ -364,6 +364,22 @@ def test_enrol_rejects_image_without_face(face_client: TestClient) -> None:
     _assert_problem(face_client.get("/v1/gallery/staff"), 404, "gallery_not_found")
 
 
+def test_unknown_image_format_named_plainly(face_client: TestClient) -> None:
+    garbage = face_client.post("/v1/embed/cloud-raw/original", content=b"\x10" + bytes(300),
+                               headers={"content-type": "image/jpeg"})
+    _assert_problem(garbage, 422, "payload_invalid")
+    assert "not in a known image format" in garbage.json()["detail"]
+    assert "BytesIO" not in garbage.text
+
+
+@pytest.mark.parametrize("label", ["%00", "a%0Ab", "%E2%80%AEevil"])
+def test_enrol_rejects_control_characters_in_label(face_client: TestClient, camera_jpeg: bytes, label: str) -> None:
+    response = face_client.post(f"/v1/gallery/staff/enrol?pipeline=cloud-raw&variant=original&label={label}",
+                                content=camera_jpeg, headers={"content-type": "image/jpeg"})
+    _assert_problem(response, 422, "invalid_label")
+    assert "control or formatting characters" in response.json()["detail"]
+
+
 def test_enrol_accepts_detected_face(face_client: TestClient, camera_jpeg: bytes) -> None:
     response = face_client.post("/v1/gallery/staff/enrol?pipeline=cloud-raw&variant=original&label=someone",
                                 content=camera_jpeg, headers={"content-type": "image/jpeg"})
@@ -877,6 +893,15 @@ def test_client_errors_name_url_and_fix(served: str, pipelines: dict[str, Pipeli
         with pytest.raises(HttpTransportError, match="timed out after 0.1 s") as caught:
             impatient.embed("test-slow", "v1", slow_payload, content_type="application/octet-stream")
     assert caught.value.kind == "timeout"
+
+
+def test_loadtest_payloads_alternate_variants() -> None:
+    from vqbench.network.loadtest import LoadPayload, _alternate_variants
+
+    empty = np.zeros(2, dtype=np.float32)
+    items = [LoadPayload("a", "1", bytes([i]), empty) for i in range(3)] + [LoadPayload("b", "1", b"x", empty)]
+    ordered = [(item.pipeline, item.payload) for item in _alternate_variants(items)]
+    assert ordered == [("a", b"\x00"), ("b", b"x"), ("a", b"\x01"), ("a", b"\x02")]
 
 
 def test_loadtest_without_token_names_option(served: str, pipelines: dict[str, Pipeline], camera_jpeg: bytes) -> None:

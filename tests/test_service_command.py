@@ -143,3 +143,17 @@ def test_serve_prints_ready_and_stopped_lines(tmp_path: Path) -> None:
 
     assert any(f"vqbench serve: stopped listening on {url} after 1 request" in line for line in stderr_lines), stderr_lines
     assert not any("Traceback" in line for line in stderr_lines), stderr_lines
+
+
+def test_port_in_use_is_usage_error() -> None:
+    from vqbench.errors import ScenarioError
+
+    busy = listen_socket("127.0.0.1", 0)
+    try:
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ScenarioError, match=f"cannot listen on 127.0.0.1:{port}") as caught:
+            listen_socket("127.0.0.1", port)
+    finally:
+        busy.close()
+    assert caught.value.exit_code == 2

@@ -41,8 +41,16 @@ class AlignedChip:
     detected: bool
 
 
-def decode_image(data: bytes, source: str = "<bytes>") -> np.ndarray:
-    """Decode image file bytes to an RGB uint8 array, raising CorruptImageError on failure."""
+#: The fix for an image that does not decode, when it came as a payload rather than from a file.
+PAYLOAD_IMAGE_FIX = "send a complete image file"
+
+
+def decode_image(data: bytes, source: str = "<bytes>", fix: str = "replace or remove the file") -> np.ndarray:
+    """Decode image file bytes to an RGB uint8 array, raising CorruptImageError on failure.
+
+    ``fix`` ends the error message; payloads pass ``PAYLOAD_IMAGE_FIX``, since their sender has
+    no file to replace.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -50,9 +58,9 @@ def decode_image(data: bytes, source: str = "<bytes>") -> np.ndarray:
             image.load()
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except UnidentifiedImageError as error:
-        raise CorruptImageError(f"cannot decode image {source}: not a known image format; replace or remove the file") from error
+        raise CorruptImageError(f"cannot decode image {source}: not a known image format; {fix}") from error
     except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
-        raise CorruptImageError(f"cannot decode image {source}: {error}; replace or remove the file") from error
+        raise CorruptImageError(f"cannot decode image {source}: {error}; {fix}") from error
 
 
 def fallback_box(width: int, height: int) -> tuple[int, int, int, int]:

@@ -22,6 +22,7 @@ that names the path and refers to the figures printed above, so the caller print
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
@@ -175,7 +176,7 @@ def run_loadtest(
         raise ScenarioError(f"duration_s must be in (0, {MAX_DURATION_S:g}], got {duration_s}")
     if not payloads:
         raise ScenarioError("the load test needs at least one payload")
-    items = [LoadPayload(p, v, data, np.asarray(e, dtype=np.float32)) for p, v, data, e in payloads]
+    items = _alternate_variants([LoadPayload(p, v, data, np.asarray(e, dtype=np.float32)) for p, v, data, e in payloads])
 
     # One preflight request fails fast on a wrong URL or token and fixes the content types.
     with HttpCloud(url, token=token, timeout_s=timeout_s, max_connections=1, token_option=TOKEN_OPTION,
@@ -202,6 +203,19 @@ def run_loadtest(
         thread.join()
     elapsed_s = time.monotonic() - started_s
     return _summarise(url, clients, elapsed_s, [outcome for outcomes in results for outcome in outcomes])
+
+
+def _alternate_variants(items: list[LoadPayload]) -> list[LoadPayload]:
+    """Order the payloads so that consecutive ones cycle through the variants.
+
+    Each client walks the list from its own offset, so a list grouped by variant would let a
+    short test reach only the first variants.
+    """
+    by_variant: dict[tuple[str, str], list[LoadPayload]] = {}
+    for item in items:
+        by_variant.setdefault((item.pipeline, item.variant), []).append(item)
+    rounds = itertools.zip_longest(*by_variant.values())
+    return [item for round_items in rounds for item in round_items if item is not None]
 
 
 def _client_loop(

@@ -95,8 +95,11 @@ def check_image_header(payload: bytes, content_type: str, max_pixels: int) -> tu
             width, height = image.size
             mime_type = image.get_format_mimetype()
     except Image.DecompressionBombError as error:
-        raise PayloadError(f"image payload declares too many pixels: {error}") from error
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
+        raise PayloadError(f"image payload declares more pixels than Pillow opens, above the limit of {max_pixels}") \
+            from error
+    except UnidentifiedImageError as error:
+        raise PayloadError(f"image payload is not in a known image format (Content-Type {content_type})") from error
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
         raise PayloadError(f"image payload header is invalid: {error}") from error
     if mime_type != content_type:
         raise PayloadError(f"payload is {mime_type or 'an unknown format'} but Content-Type is {content_type}")

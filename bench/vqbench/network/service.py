@@ -459,6 +459,10 @@ def _protected_router(state: _ServiceState) -> APIRouter:
         if not 1 <= len(label) <= _MAX_LABEL_CHARS:
             raise ServiceProblem(422, "invalid_label", f"label must be 1 to {_MAX_LABEL_CHARS} characters, got {len(label)}",
                                  "shorten the label")
+        if not label.isprintable():
+            # Control and direction-override characters would change how logs and listings read.
+            raise ServiceProblem(422, "invalid_label", f"label {label!r} contains control or formatting characters",
+                                 "use printable characters only")
         served = state.pipeline(pipeline, variant)
         payload = await _read_payload(state, served, request)
         result = await _compute(state, served, [payload], request)
@@ -707,7 +711,8 @@ def listen_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as error:
         sock.close()
-        raise RunError(f"cannot listen on {host}:{port}: {error.strerror}; choose another --port or host") from error
+        # Nothing has been served yet, so this is a mistake in the options (exit 2), not a failed run.
+        raise ScenarioError(f"cannot listen on {host}:{port}: {error.strerror}; choose another --port or host") from error
     sock.listen(2048)
     return sock
 

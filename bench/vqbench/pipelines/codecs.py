@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from vqbench.data.align import decode_image
+from vqbench.data.align import PAYLOAD_IMAGE_FIX, decode_image
 
 #: Pillow format names by codec.
 PILLOW_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
@@ -33,7 +33,7 @@ def encode_chip(chip: np.ndarray, codec: str, quality: int, size_px: int) -> byt
 
 def decode_chip(payload: bytes, size_px: int) -> np.ndarray:
     """Decode a codec payload and upscale it to ``size_px`` x ``size_px`` RGB."""
-    chip = decode_image(payload, source="codec payload")
+    chip = decode_image(payload, source="codec payload", fix=PAYLOAD_IMAGE_FIX)
     if chip.shape[0] != size_px or chip.shape[1] != size_px:
         image = Image.fromarray(chip).resize((size_px, size_px), Image.Resampling.BICUBIC)
         chip = np.asarray(image, dtype=np.uint8)
