@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -103,6 +105,16 @@ def test_decode_rejects_deflate_with_trailing_bytes() -> None:
     compressed = FORMAT.encode(np.zeros(FORMAT.grid, dtype=np.int64))
     with pytest.raises(PayloadError, match="does not end cleanly"):
         FORMAT.decode(compressed + b"\x00")
+
+
+def test_decode_names_deflate_bomb_limit() -> None:
+    plain = FORMAT.encode(np.zeros(FORMAT.grid, dtype=np.int64), entropy_coding=False)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = deflate.compress(bytes(1_000_000)) + deflate.flush()
+    # The low four bits of the first header byte are the flags.
+    flagged = bytes([plain[0] | FLAG_DEFLATE]) + plain[1:HEADER_BYTES] + bomb
+    with pytest.raises(PayloadError, match=f"inflates to more than the model's {FORMAT.body_bytes} bytes"):
+        FORMAT.decode(flagged)
 
 
 def test_encode_rejects_bad_indices() -> None:

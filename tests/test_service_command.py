@@ -157,3 +157,20 @@ def test_port_in_use_is_usage_error() -> None:
     finally:
         busy.close()
     assert caught.value.exit_code == 2
+
+
+def test_busy_port_fails_before_models_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqbench.errors import ScenarioError
+    from vqbench.network import service
+
+    def no_models(*args: object) -> None:
+        raise AssertionError("models were loaded for a port that cannot be bound")
+
+    monkeypatch.setattr(service, "build_served_pipelines", no_models)
+    busy = listen_socket("127.0.0.1", 0)
+    try:
+        busy.listen()
+        with pytest.raises(ScenarioError, match="cannot listen on"):
+            service.serve_command("127.0.0.1", busy.getsockname()[1], None, None)
+    finally:
+        busy.close()

@@ -745,24 +745,27 @@ def serve(
                             f"give the largest request body to accept, in bytes (default {DEFAULT_MAX_REQUEST_BYTES})")
     announce = announce or _log_announcement
     token = read_token_file(token_file) if token_file is not None else None
-    if token is None and not is_loopback_host(host):
-        logger.warning("serving on %s without a token: anyone who can reach it can use it; pass --token-file", host)
     scenario = load_scenario(scenario_path) if scenario_path is not None else None
-    pipelines = build_served_pipelines(scenario)
-    logger.info("loading models for %s", ", ".join(f"{p.kind}/{p.variant}" for p in pipelines))
-    warm_up_errors = warm_up(pipelines)
-    meter_names = scenario.meters.host if scenario is not None else MetersConfig().host
-    energy = open_energy_monitor(meter_names, window_s=energy_window_s)
-    if not energy.available:
-        logger.warning("server-side energy is unavailable: %s", energy.reason)
-    app = create_app(pipelines, token, max_request_bytes, energy=energy, warm_up_errors=warm_up_errors)
-
+    # Bound before the models load, so a busy port or a wrong host fails at once.
     sock = listen_socket(host, port)
-    config = uvicorn.Config(
-        app, log_config=None, access_log=False, timeout_graceful_shutdown=int(math.ceil(graceful_shutdown_s)),
-        timeout_keep_alive=5, limit_concurrency=1024,
-    )
-    announcing_server(config, app, service_url(host, sock.getsockname()[1]), announce).run(sockets=[sock])
+    try:
+        if token is None and not is_loopback_host(host):
+            logger.warning("serving on %s without a token: anyone who can reach it can use it; pass --token-file", host)
+        pipelines = build_served_pipelines(scenario)
+        logger.info("loading models for %s", ", ".join(f"{p.kind}/{p.variant}" for p in pipelines))
+        warm_up_errors = warm_up(pipelines)
+        meter_names = scenario.meters.host if scenario is not None else MetersConfig().host
+        energy = open_energy_monitor(meter_names, window_s=energy_window_s)
+        if not energy.available:
+            logger.warning("server-side energy is unavailable: %s", energy.reason)
+        app = create_app(pipelines, token, max_request_bytes, energy=energy, warm_up_errors=warm_up_errors)
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, timeout_graceful_shutdown=int(math.ceil(graceful_shutdown_s)),
+            timeout_keep_alive=5, limit_concurrency=1024,
+        )
+        announcing_server(config, app, service_url(host, sock.getsockname()[1]), announce).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 def service_url(host: str, port: int) -> str:

@@ -169,6 +169,11 @@ class PayloadFormat:
             inflated = decompressor.decompress(body, self.body_bytes + 1)
         except zlib.error as error:
             raise PayloadError(f"payload body is flagged DEFLATE but does not inflate ({error}); the payload is corrupt") from error
+        if len(inflated) > self.body_bytes:
+            raise PayloadError(
+                f"payload DEFLATE body inflates to more than the model's {self.body_bytes} bytes of indices; "
+                "the payload is corrupt or was made for another model"
+            )
         if not decompressor.eof or decompressor.unused_data:
             raise PayloadError(
                 f"payload DEFLATE body does not end cleanly after inflating to {len(inflated)} bytes "
