@@ -537,10 +537,11 @@ def _select_meter(meters: list[Any]) -> tuple[Any, dict[str, dict[str, object]],
 def _open_transport(scenario: Scenario, scenario_path: Path, scenario_dir: Path, pipelines: list[Pipeline]) -> Any:
     """Connect to `vqbench serve` when the scenario sends payloads over HTTP; return the client, or None.
 
-    Raises ScenarioError when the service cannot be reached or refuses the client (nothing has
-    been measured yet, so the URL or token file is at fault), when it does not serve a variant
-    of the scenario, or when it aligns a variant it serves with other settings than the
-    scenario's, because the run would then score other chips than its results record.
+    Raises ScenarioError when the service cannot be reached or rejects the client. Nothing has
+    been measured yet, so the URL or the token file is at fault. Also raises ScenarioError when
+    the service does not serve a variant of the scenario, or aligns a variant it serves with
+    other settings than the scenario's, because the run would then score other chips than its
+    results record.
     """
     transport = scenario.transport
     if transport.mode != "http":

@@ -254,8 +254,8 @@ def _check_index_graph(path: Path, card_path: Path, payload: dict, role: str) ->
     The graph reads the indices through a Gather from its codebook, so the codebook's row count
     is the index range it accepts. An index past that range would fail inside onnxruntime with
     a message about Gather, and a larger codebook would accept indices the encoder never sends.
-    The output's rank tells a student (embeddings) from a decoder (chips), so files swapped
-    between the two roles are caught here rather than inside the pipeline.
+    The output's rank distinguishes a student (embeddings) from a decoder (chips), so files
+    swapped between the two roles are caught here rather than inside the pipeline.
     """
     import onnx
     from google.protobuf.message import DecodeError
