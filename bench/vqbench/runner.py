@@ -327,7 +327,7 @@ def _run_variants(
 ) -> tuple[_RunTables, list[str]]:
     """Time and meter all variants together, then score and size each in turn.
 
-    The results files are rewritten after each variant; return the tables and failures.
+    Return the tables and the failures. The results files are rewritten after each variant.
     """
     scenario = context.scenario
     tables = _RunTables()

@@ -20,7 +20,7 @@ from vqbench.errors import ScenarioError
 TRAIN_CONFIG_VERSION = 1
 #: Largest seed that both numpy (``np.random.seed``) and torch accept.
 MAX_SEED = 2**32 - 1
-#: Largest torch thread count a config may ask for (see ``TrainConfig.threads``).
+#: Largest torch thread count a config may request (see ``TrainConfig.threads``).
 MAX_THREADS = 256
 
 # Integer fields are strict, because pydantic would otherwise read a YAML `true` as 1 and `2.0` as 2.
