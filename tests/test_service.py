@@ -12,6 +12,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import socket
 import struct
 import threading
@@ -33,7 +34,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-from vqbench.data.align import AlignedChip, decode_image
+from vqbench.data.align import FILE_IMAGE_FIX, AlignedChip, decode_image
 from vqbench.errors import PayloadError, RunError, ScenarioError
 from vqbench.meters.base import Availability, EnergyMeter, EnergyReading
 from vqbench.network.client import (
@@ -95,8 +96,8 @@ class FakeAligner:
     fingerprint = "fake"
     model_bytes = 0
 
-    def align_bytes(self, data: bytes, source: str = "<bytes>") -> AlignedChip:
-        pixels = decode_image(data, source)
+    def align_bytes(self, data: bytes, source: str = "<bytes>", fix: str = FILE_IMAGE_FIX) -> AlignedChip:
+        pixels = decode_image(data, source, fix)
         image = Image.fromarray(pixels).resize((150, 150))
         return AlignedChip(chip=np.asarray(image, dtype=np.uint8), detected=bool(pixels.std() > 1.0))
 
@@ -1001,6 +1002,59 @@ def test_loadtest_checks_every_response(served: str, pipelines: dict[str, Pipeli
     report = run_loadtest(served, clients=2, duration_s=0.3, payloads=swapped, token=TOKEN, max_requests=10)
     assert report.correct == 0
     assert report.wrong_embeddings == report.requests > 0
+
+
+def test_loadtest_backs_off_when_service_stops(camera_jpeg: bytes) -> None:
+    pipeline = CodesPipeline()
+    payload = pipeline.edge(camera_jpeg).payload
+    payloads = [(pipeline.kind, pipeline.variant, payload, pipeline.cloud([payload])[0])]
+    with running_server(create_app([pipeline], None)) as (url, server):
+        stopper = threading.Timer(0.4, lambda: setattr(server, "should_exit", True))
+        stopper.start()
+        report = run_loadtest(url, clients=2, duration_s=2.5, payloads=payloads, token=None)
+        stopper.join()
+    unreachable = report.errors_by_kind.get("connect", 0) + report.errors_by_kind.get("protocol", 0)
+    assert report.correct > 0
+    assert unreachable > 0
+    # About 2 s without a service: with waits of 0.05, 0.1, 0.2, 0.4, 0.8 and 1 s, each client
+    # tries about 6 times. Without them it would try thousands of times.
+    assert unreachable <= 2 * 10, report.errors_by_kind
+
+
+@pytest.mark.parametrize(
+    ("clients", "duration_s", "message"),
+    [(0, 1.0, "--clients must be 1 to 64, got 0"), (65, 1.0, "--clients must be 1 to 64, got 65"),
+     (1, float("nan"), "--duration-s must be a number of seconds above 0 and at most 3600, got nan"),
+     (1, 0.0, "--duration-s must be"), (1, 3601.0, "--duration-s must be")],
+)
+def test_loadtest_settings_checked_first(clients: int, duration_s: float, message: str) -> None:
+    # Nothing listens at the URL: the settings must be refused before any connection.
+    with pytest.raises(ScenarioError, match=re.escape(message)) as caught:
+        loadtest_command("http://127.0.0.1:9", clients, duration_s, None, None, 1)
+    assert caught.value.exit_code == 2
+
+
+def test_loadtest_help_states_the_limits() -> None:
+    import typer
+
+    from vqbench.cli import app
+    from vqbench.network.loadtest import MAX_CLIENTS, MAX_DURATION_S
+
+    options = {param.name: param for param in typer.main.get_command(app).commands["loadtest"].params}
+    assert f"1 to {MAX_CLIENTS}" in options["clients"].help
+    assert f"at most {MAX_DURATION_S:g}" in options["duration_s"].help
+
+
+def test_loadtest_warns_when_images_exceed_sample(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("vqbench.network.loadtest.sample_image_files", lambda n_images: [Path("a.jpg"), Path("b.jpg")])
+    monkeypatch.setattr("vqbench.network.loadtest.build_payloads", lambda pipelines, files: [])
+    pipeline = CodesPipeline()
+    monkeypatch.setattr("vqbench.network.service.build_served_pipelines", lambda *args: [pipeline])
+    with running_server(create_app([pipeline], None)) as (url, _server):
+        with caplog.at_level(logging.WARNING), pytest.raises(ScenarioError, match="at least one payload"):
+            loadtest_command(url, 1, 1.0, None, None, 500)
+    assert any("--images 500 asks for more images than the LFW sample holds; using all 2" in record.getMessage()
+               for record in caplog.records)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from test_service import CodesPipeline, FakeAligner, FakeComponents, FakeTeacher, running_server
-from vqbench.data.align import AlignedChip, decode_image
+from vqbench.data.align import FILE_IMAGE_FIX, AlignedChip, decode_image
 from vqbench.errors import ScenarioError
 from vqbench.network.loadtest import check_alignment, loadtest_command, service_alignment
 from vqbench.network.service import create_app
@@ -32,8 +32,8 @@ class UpsampleCroppingAligner(FakeAligner):
     def __init__(self, upsample: int) -> None:
         self.upsample = upsample
 
-    def align_bytes(self, data: bytes, source: str = "<bytes>") -> AlignedChip:
-        pixels = decode_image(data, source)
+    def align_bytes(self, data: bytes, source: str = "<bytes>", fix: str = FILE_IMAGE_FIX) -> AlignedChip:
+        pixels = decode_image(data, source, fix)
         border_px = 20 * self.upsample
         cropped = pixels[border_px : pixels.shape[0] - border_px, border_px : pixels.shape[1] - border_px]
         chip = np.asarray(Image.fromarray(cropped).resize((150, 150)), dtype=np.uint8)

@@ -1,11 +1,13 @@
 """Faults on the client's side that the service must report as such: non-finite edge
 embeddings (422, not 500), a client that disconnects mid-body (one warning, no traceback),
-and bodies over the size limit (413 naming ``--max-request-bytes``)."""
+bodies over the size limit (413 naming ``--max-request-bytes``, after the token check), bodies
+that stall (408 naming ``--body-timeout-s``) and truncated images."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import socket
 import time
@@ -21,7 +23,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-from test_service import CodesPipeline, FakeComponents, running_server
+from test_service import TOKEN, CodesPipeline, FakeComponents, running_server
 from vqbench.network.service import (
     DEFAULT_MAX_REQUEST_BYTES,
     PAIR_CONTENT_TYPE,
@@ -196,6 +198,35 @@ def test_413_names_serve_option_and_limit() -> None:
     assert "vqbench serve --max-request-bytes" in body["fix"]
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+def test_token_checked_before_body_size(chunked: bool) -> None:
+    # A client without the token learns nothing about the service's limits.
+    body = b"\x00" * 2_000
+    content = iter([body]) if chunked else body
+    with TestClient(create_app([CodesPipeline()], TOKEN, max_request_bytes=1_000)) as protected:
+        response = protected.post("/v1/embed/test-codes/v1", content=content, headers=OCTET)
+        assert response.status_code == 401, response.text
+        authorised = protected.post("/v1/embed/test-codes/v1", content=body,
+                                    headers={**OCTET, "authorization": f"Bearer {TOKEN}"})
+        assert authorised.status_code == 413, authorised.text
+        assert authorised.headers["connection"] == "close"
+
+
+def test_unknown_pipeline_checked_before_body_size() -> None:
+    with TestClient(create_app([CodesPipeline()], None, max_request_bytes=1_000)) as small_client:
+        response = small_client.post("/v1/embed/test-codes/v9", content=b"\x00" * 2_000, headers=OCTET)
+    assert response.status_code == 404, response.text
+
+
+def test_413_counted_under_its_route() -> None:
+    with TestClient(create_app([CodesPipeline()], None, max_request_bytes=1_000)) as small_client:
+        small_client.post("/v1/embed/test-codes/v1", content=b"\x00" * 2_000, headers=OCTET)
+        small_client.post("/v1/embed/test-codes/v1", content=iter([b"\x00" * 2_000]), headers=OCTET)
+        statuses = small_client.get("/metrics").json()["statuses"]
+    assert statuses["/v1/embed/{kind}/{variant}"] == {"413": 2}
+    assert "unmatched" not in statuses
+
+
 def test_default_body_limit_fits_pixel_limit() -> None:
     # Estimate: a camera JPEG takes about 0.2 to 0.5 bytes per pixel. A JPEG at cloud-raw's
     # pixel limit and at the top of that range must still fit under the default body limit.
@@ -281,3 +312,84 @@ def test_unusable_url_is_scenario_error(url, problem):
         HttpCloud(url, url_option="--url")
     assert problem in str(caught.value)
     assert caught.value.exit_code == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# A body that stalls.
+
+
+def _stalling_exchange(app, headers: list[tuple[bytes, bytes]], first_part: bytes) -> list[dict]:
+    """POST ``first_part`` as the start of a body whose rest never arrives, and return what the app sent."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/embed/test-codes/v1", "raw_path": b"/v1/embed/test-codes/v1", "query_string": b"",
+             "root_path": "", "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    parts = [{"type": "http.request", "body": first_part, "more_body": True}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if parts:
+            return parts.pop(0)
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=10))
+    return sent
+
+
+def test_stalled_body_gets_408() -> None:
+    app = create_app([CodesPipeline()], None, body_timeout_s=0.2)
+    headers = [(b"content-type", b"application/octet-stream"), (b"content-length", b"131")]
+    started_s = time.monotonic()
+    sent = _stalling_exchange(app, headers, b"TC\x01" + b"\x00" * 47)
+    assert time.monotonic() - started_s < 5
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    assert start["status"] == 408
+    assert (b"connection", b"close") in start["headers"]
+    body = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    problem = json.loads(body)
+    assert problem["error"] == "body_timeout"
+    assert "for 0.2 s (50 of 131 bytes received)" in problem["detail"]
+    assert "vqbench serve --body-timeout-s" in problem["fix"]
+    statuses = app.state.service.metrics.snapshot()["statuses"]
+    assert statuses["/v1/embed/{kind}/{variant}"] == {"408": 1}
+
+
+def test_stalled_body_over_socket_is_closed() -> None:
+    with running_server(create_app([CodesPipeline()], None, body_timeout_s=0.3)) as (url, _server):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(b"POST /v1/embed/test-codes/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                               b"Content-Type: application/octet-stream\r\nContent-Length: 131\r\n\r\n"
+                               + b"TC\x01" + b"\x00" * 47)
+            response = b""
+            # The client keeps its side open; the service must answer and close the connection itself.
+            while chunk := connection.recv(65536):
+                response += chunk
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert b"connection: close" in head.lower()
+        assert json.loads(body)["error"] == "body_timeout"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert connection.recv(65536).startswith(b"HTTP/1.1 200 ")
+
+
+# ---------------------------------------------------------------------------------------------
+# A truncated image sent to cloud-raw.
+
+
+def test_truncated_jpeg_to_cloud_raw_names_payload_fix() -> None:
+    rng = np.random.default_rng(5)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(buffer, format="JPEG", quality=80)
+    truncated = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    with TestClient(create_app([CloudRawPipeline(FakeComponents())], None)) as raw_client:
+        response = raw_client.post("/v1/embed/cloud-raw/original", content=truncated, headers={"content-type": "image/jpeg"})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "cloud-raw payload" in detail
+    assert "send a complete image file" in detail
+    assert "replace or remove the file" not in detail

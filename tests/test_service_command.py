@@ -1,5 +1,5 @@
-"""``vqbench serve`` as a command: the ``--max-request-bytes`` option, and the console lines
-it prints once it listens and once it has stopped."""
+"""``vqbench serve`` as a command: the ``--max-request-bytes`` and ``--body-timeout-s``
+options, and the console lines it prints once it listens and once it has stopped."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from test_service import CodesPipeline
 from vqbench.cli import app
 from vqbench.network.service import (
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_REQUEST_BYTES,
     announcing_server,
     create_app,
@@ -32,9 +33,9 @@ runner = CliRunner()
 
 @pytest.fixture()
 def captured_serve(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
-    """Replace the service entry point, recording the arguments the command passes."""
+    """Replace the service entry point, recording the arguments the command passes (keywords last, as a dict)."""
     calls: list[tuple] = []
-    monkeypatch.setattr("vqbench.network.service.serve_command", lambda *args: calls.append(args))
+    monkeypatch.setattr("vqbench.network.service.serve_command", lambda *args, **kwargs: calls.append((*args, kwargs)))
     return calls
 
 
@@ -67,6 +68,33 @@ def test_serve_rejects_non_positive_limit(value: str) -> None:
     assert result.exit_code == 2
     message = " ".join(result.output.split())
     assert f"--max-request-bytes must be at least 1, got {value}" in message
+    assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# --body-timeout-s.
+
+
+def test_serve_default_body_timeout_is_service_default(captured_serve: list[tuple]) -> None:
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 0, result.output
+    assert captured_serve[0][-1] == {"body_timeout_s": DEFAULT_BODY_TIMEOUT_S}
+
+
+def test_serve_passes_body_timeout(captured_serve: list[tuple]) -> None:
+    result = runner.invoke(app, ["serve", "--body-timeout-s", "2.5"])
+    assert result.exit_code == 0, result.output
+    assert captured_serve[0][-1] == {"body_timeout_s": 2.5}
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_serve_rejects_bad_body_timeout(value: str) -> None:
+    # Checked before any model is loaded, like --max-request-bytes.
+    result = runner.invoke(app, ["serve", "--body-timeout-s", value])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "--body-timeout-s must be a positive number of seconds" in message
+    assert f"got {float(value)}" in message
     assert "Traceback" not in result.output
 
 

@@ -41,11 +41,13 @@ class AlignedChip:
     detected: bool
 
 
+#: The fix for an image file that does not decode.
+FILE_IMAGE_FIX = "replace or remove the file"
 #: The fix for an image that does not decode, when it came as a payload rather than from a file.
 PAYLOAD_IMAGE_FIX = "send a complete image file"
 
 
-def decode_image(data: bytes, source: str = "<bytes>", fix: str = "replace or remove the file") -> np.ndarray:
+def decode_image(data: bytes, source: str = "<bytes>", fix: str = FILE_IMAGE_FIX) -> np.ndarray:
     """Decode image file bytes to an RGB uint8 array, raising CorruptImageError on failure.
 
     ``fix`` ends the error message; payloads pass ``PAYLOAD_IMAGE_FIX``, since their sender has
@@ -129,6 +131,6 @@ class DlibAligner:
         distances = [(box.center().x - centre_x) ** 2 + (box.center().y - centre_y) ** 2 for box in detections]
         return int(np.argmin(distances))
 
-    def align_bytes(self, data: bytes, source: str = "<bytes>") -> AlignedChip:
-        """Decode image file bytes and align the face in them."""
-        return self.align(decode_image(data, source))
+    def align_bytes(self, data: bytes, source: str = "<bytes>", fix: str = FILE_IMAGE_FIX) -> AlignedChip:
+        """Decode image file bytes and align the face in them; ``fix`` ends a decoding error."""
+        return self.align(decode_image(data, source, fix))

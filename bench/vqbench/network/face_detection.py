@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vqbench.data.align import FILE_IMAGE_FIX
 from vqbench.pipelines.base import Components, Pipeline
 
 if TYPE_CHECKING:
@@ -64,8 +65,8 @@ class DetectionRecorder:
     def align(self, image_rgb: np.ndarray) -> "AlignedChip":
         return self._record(self.aligner.align(image_rgb))
 
-    def align_bytes(self, data: bytes, source: str = "<bytes>") -> "AlignedChip":
-        return self._record(self.aligner.align_bytes(data, source))
+    def align_bytes(self, data: bytes, source: str = "<bytes>", fix: str = FILE_IMAGE_FIX) -> "AlignedChip":
+        return self._record(self.aligner.align_bytes(data, source, fix))
 
     def _record(self, aligned: "AlignedChip") -> "AlignedChip":
         flags = getattr(self._local, "flags", None)

@@ -15,6 +15,12 @@ when the scenario's settings differ, naming both, rather than count correct resp
 Latency is the client's whole request time (connect on the first request, send, queue,
 compute, receive). Throughput counts correct responses per second of test time.
 
+A client whose request cannot reach the service (the connection is refused or breaks) waits
+before its next one, 50 ms at first and twice as long after each further such failure, up
+to 1 s; a request that gets through resets the wait. A service that stops mid-test therefore
+costs a few requests per client and second, each counted as an error, rather than a flood of
+connection attempts.
+
 With ``--json``, ``loadtest_command`` checks that the report file can be created before the
 test starts. If writing it still fails at the end, ``write_report_json`` raises a RunError
 that names the path and refers to the figures printed above, so the caller prints them first.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -48,6 +55,11 @@ logger = logging.getLogger(__name__)
 
 MAX_CLIENTS = 64
 MAX_DURATION_S = 3600.0
+#: First and longest wait, in seconds, after a request that could not reach the service.
+RETRY_WAIT_FIRST_S = 0.05
+RETRY_WAIT_MAX_S = 1.0
+#: Error kinds that mean the service could not be reached, rather than that it answered.
+UNREACHABLE_KINDS = frozenset({"connect", "protocol"})
 #: Largest absolute difference between a returned and an expected embedding component.
 EMBEDDING_ATOL = 1e-4
 SAMPLE_IMAGES_DIR = Path(__file__).resolve().parents[3] / "data" / "lfw-sample" / "lfw-deepfunneled"
@@ -155,6 +167,20 @@ class _RequestBudget:
             self._remaining -= 1
             return True
 
+    def wait(self, wait_s: float) -> None:
+        """Sleep ``wait_s``, or less where the deadline comes first."""
+        time.sleep(max(0.0, min(wait_s, self._deadline_s - time.monotonic())))
+
+
+def check_load_settings(clients: int, duration_s: float, *, clients_name: str = "clients",
+                        duration_name: str = "duration_s") -> None:
+    """Raise ScenarioError, naming the setting, for a client count or a test length out of range."""
+    if not 1 <= clients <= MAX_CLIENTS:
+        raise ScenarioError(f"{clients_name} must be 1 to {MAX_CLIENTS}, got {clients}")
+    if not (math.isfinite(duration_s) and 0 < duration_s <= MAX_DURATION_S):
+        raise ScenarioError(f"{duration_name} must be a number of seconds above 0 and at most {MAX_DURATION_S:g}, "
+                            f"got {duration_s}")
+
 
 def run_loadtest(
     url: str,
@@ -170,10 +196,7 @@ def run_loadtest(
 
     ``payloads`` contains (pipeline, variant, payload bytes, expected embedding) tuples.
     """
-    if not 1 <= clients <= MAX_CLIENTS:
-        raise ScenarioError(f"clients must be in 1..{MAX_CLIENTS}, got {clients}")
-    if not 0 < duration_s <= MAX_DURATION_S:
-        raise ScenarioError(f"duration_s must be in (0, {MAX_DURATION_S:g}], got {duration_s}")
+    check_load_settings(clients, duration_s)
     if not payloads:
         raise ScenarioError("the load test needs at least one payload")
     items = _alternate_variants([LoadPayload(p, v, data, np.asarray(e, dtype=np.float32)) for p, v, data, e in payloads])
@@ -224,12 +247,19 @@ def _client_loop(
 ) -> None:
     # Clients start at evenly spread offsets so that concurrent requests mix variants.
     position = index * len(items) // clients
+    wait_s = 0.0
     with HttpCloud(url, token=token, timeout_s=timeout_s, max_connections=1, token_option=TOKEN_OPTION,
                    url_option=URL_OPTION) as cloud:
         while budget.take():
             item = items[position % len(items)]
-            outcomes.append(_one_request(cloud, item, content_types[position % len(items)], f"load-{index}-{uuid.uuid4().hex}"))
+            outcome = _one_request(cloud, item, content_types[position % len(items)], f"load-{index}-{uuid.uuid4().hex}")
+            outcomes.append(outcome)
             position += 1
+            if outcome.error_kind in UNREACHABLE_KINDS:
+                wait_s = min(max(2 * wait_s, RETRY_WAIT_FIRST_S), RETRY_WAIT_MAX_S)
+                budget.wait(wait_s)
+            else:
+                wait_s = 0.0
 
 
 def _one_request(cloud: HttpCloud, item: LoadPayload, content_type: str, request_id: str) -> _Outcome:
@@ -332,6 +362,9 @@ def loadtest_command(
     from vqbench.network.service import build_served_pipelines
     from vqbench.scenario import load_scenario
 
+    check_load_settings(clients, duration_s, clients_name="--clients", duration_name="--duration-s")
+    if n_images < 1:
+        raise ScenarioError(f"--images must be at least 1, got {n_images}")
     if json_path is not None:
         check_report_path(json_path)
     token = read_token_file(token_file) if token_file is not None else None
@@ -354,6 +387,8 @@ def loadtest_command(
                        "pass the scenario the service was started with")
     check_alignment(usable, entries, url, f"--scenario {scenario}" if scenario is not None else "the default settings")
     image_files = sample_image_files(n_images)
+    if len(image_files) < n_images:
+        logger.warning("--images %d asks for more images than the LFW sample holds; using all %d", n_images, len(image_files))
     logger.info("building payloads: %d images x %d variants", len(image_files), len(usable))
     payloads = build_payloads(usable, image_files)
     return run_loadtest(url, clients, duration_s, payloads, token)

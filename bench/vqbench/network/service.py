@@ -55,13 +55,17 @@ Match framing (``Content-Type: application/vnd.vqbench.pair``, the payloads' own
 
 Checks, in order: bearer token (401), pipeline and variant (404), content type (415), body
 size (413, from ``Content-Length`` before the body is read, then while reading it; the limit
-is ``vqbench serve --max-request-bytes``), payload validation and decoding (422). A ``PayloadError`` or ``CorruptImageError`` raised by a
-pipeline's ``cloud()`` becomes a 422; any other exception becomes a 500 whose traceback is
-logged with the request id. Every response carries ``X-Request-ID``: the client's value when
-it is 1 to 64 characters of ``[A-Za-z0-9._:-]``, otherwise one the service generates. A
-client that closes the connection before its whole body has arrived gets no response: the
-service logs one warning with the request id and counts the request with status 499 in
-``/metrics``.
+is ``vqbench serve --max-request-bytes``), a body that stalls (408, when no part of it arrives
+for ``vqbench serve --body-timeout-s``), payload validation and decoding (422). A 413 or 408
+closes the connection, since the rest of the body was never read. A ``PayloadError`` or
+``CorruptImageError`` raised by a pipeline's ``cloud()`` becomes a 422; any other exception
+becomes a 500 whose traceback is logged with the request id. Every response carries
+``X-Request-ID``: the client's value when it is 1 to 64 characters of ``[A-Za-z0-9._:-]``,
+otherwise one the service generates. A client that closes the connection before its whole
+body has arrived gets no response: the service logs one warning with the request id and
+counts the request with status 499 in ``/metrics``. Under ``vqbench serve`` a malformed
+chunked body looks the same to the app: uvicorn answers it with its own 400 and closes the
+connection, and the app only learns that the body stopped, so it too counts as 499.
 
 ``/v1/pipelines`` lists, per variant, the ``alignment`` settings of its cloud half (the
 scenario's ``alignment`` section, null for a pipeline without the shared models). A load
@@ -202,6 +206,12 @@ _MAX_LABEL_CHARS = 128
 #: smaller host that untrusted clients can reach.
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
+#: Default longest wait, in seconds, for the next part of a request body
+#: (``vqbench serve --body-timeout-s``). A client that stops sending mid-body would otherwise
+#: hold its connection and its partial body for as long as it likes. The wait is per read,
+#: not for the whole body, so a slow link that keeps sending is not cut off.
+DEFAULT_BODY_TIMEOUT_S = 30.0
+
 #: Status counted in ``/metrics`` for a request whose client disconnected before its body
 #: arrived. No response is sent; 499 is nginx's code for a request the client closed.
 CLIENT_CLOSED_REQUEST_STATUS = 499
@@ -228,6 +238,7 @@ class _ServiceState:
         pipelines: list[Pipeline],
         token: str | None,
         max_request_bytes: int,
+        body_timeout_s: float,
         max_pending_requests: int,
         galleries: GalleryStore,
         energy: EnergyMonitor,
@@ -236,6 +247,7 @@ class _ServiceState:
         self.pipelines = _index_pipelines(pipelines)
         self.token = token.encode() if token is not None else None
         self.max_request_bytes = max_request_bytes
+        self.body_timeout_s = body_timeout_s
         self.max_pending_requests = max_pending_requests
         self.galleries = galleries
         self.energy = energy
@@ -272,6 +284,7 @@ def create_app(
     galleries: GalleryStore | None = None,
     max_pending_requests: int = 64,
     warm_up_errors: dict[str, str | None] | None = None,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> FastAPI:
     """Build the service for ``pipelines``; ``token`` None serves without authentication.
 
@@ -280,8 +293,9 @@ def create_app(
     """
     if max_request_bytes < 1:
         raise ScenarioError(f"max_request_bytes must be at least 1, got {max_request_bytes}")
+    _check_body_timeout(body_timeout_s)
     state = _ServiceState(
-        pipelines, token, max_request_bytes, max_pending_requests,
+        pipelines, token, max_request_bytes, body_timeout_s, max_pending_requests,
         galleries or GalleryStore(), energy or EnergyMonitor(None, "no energy meter was configured"),
         warm_up_errors or {},
     )
@@ -299,7 +313,7 @@ def create_app(
 
     app = FastAPI(title="vqbench cloud half", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = state
-    app.add_middleware(_RequestContextMiddleware, metrics=state.metrics, max_request_bytes=max_request_bytes)
+    app.add_middleware(_RequestContextMiddleware, metrics=state.metrics)
     _add_exception_handlers(app)
     app.include_router(_public_router(state))
     app.include_router(_protected_router(state), dependencies=[Depends(_token_dependency(state))])
@@ -326,12 +340,11 @@ def _add_exception_handlers(app: FastAPI) -> None:
 
 
 class _RequestContextMiddleware:
-    """Assign the request id, reject bodies declared too large, count every response, and log client disconnects."""
+    """Assign the request id, count every response under its route, and log client disconnects."""
 
-    def __init__(self, app: Any, metrics: ServiceMetrics, max_request_bytes: int) -> None:
+    def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.max_request_bytes = max_request_bytes
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -357,11 +370,7 @@ class _RequestContextMiddleware:
             return message
 
         try:
-            problem = self._declared_length_problem(headers)
-            if problem is not None:
-                await problem.response()(scope, receive, send_with_id)
-            else:
-                await self.app(scope, receive_counted, send_with_id)
+            await self.app(scope, receive_counted, send_with_id)
         except ClientDisconnect:
             # starlette raises this while the body is read. The connection is gone, so no
             # response can be sent, and a dropped edge link is not a fault of the service.
@@ -375,23 +384,24 @@ class _RequestContextMiddleware:
             route = scope.get("route")
             self.metrics.record_request(getattr(route, "path", "unmatched"), status[0])
 
-    def _declared_length_problem(self, headers: Headers) -> ServiceProblem | None:
-        declared = headers.get("content-length")
-        if declared is None:
-            return None
-        if not _CONTENT_LENGTH_PATTERN.match(declared):
-            return ServiceProblem(400, "invalid_content_length", f"Content-Length {declared!r} is not a number",
-                                  "send a decimal Content-Length or use chunked transfer encoding")
-        if int(declared) > self.max_request_bytes:
-            return _too_large(int(declared), self.max_request_bytes)
-        return None
+
+
+def _check_body_timeout(body_timeout_s: float) -> None:
+    if not (math.isfinite(body_timeout_s) and body_timeout_s > 0):
+        raise ScenarioError(f"--body-timeout-s must be a positive number of seconds, got {body_timeout_s}; "
+                            f"give the longest wait for the next part of a request body (default {DEFAULT_BODY_TIMEOUT_S:g})")
+
+
+#: Sent with a response given before the whole body was read: the connection cannot carry
+#: another request, because the unread rest of the body would be taken for one.
+_CLOSE_CONNECTION = {"Connection": "close"}
 
 
 def _too_large(size_bytes: int, limit_bytes: int) -> ServiceProblem:
     return ServiceProblem(413, "payload_too_large",
                           f"request body of {size_bytes} bytes exceeds the service's limit of {limit_bytes} bytes",
                           "send one payload per request, or restart the service with a larger "
-                          f"`vqbench serve --max-request-bytes` (now {limit_bytes})")
+                          f"`vqbench serve --max-request-bytes` (now {limit_bytes})", headers=_CLOSE_CONNECTION)
 
 
 def _token_dependency(state: _ServiceState) -> Callable[[Request], None]:
@@ -608,22 +618,47 @@ def _payload_problem(error: VqbenchError) -> ServiceProblem:
                           "send the unmodified bytes produced by the edge half of this pipeline variant")
 
 
-async def _read_body(request: Request, limit_bytes: int) -> bytes:
-    """Read the body, stopping with 413 as soon as it passes ``limit_bytes``."""
+async def _read_body(request: Request, limit_bytes: int, timeout_s: float) -> bytes:
+    """Read the body after checking its declared length.
+
+    Stops with 413 as soon as the body passes ``limit_bytes``, and with 408 when no part of it
+    arrives for ``timeout_s``.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        # Only in process can such a header reach the app; uvicorn's parser rejects it first.
+        if not _CONTENT_LENGTH_PATTERN.match(declared):
+            raise ServiceProblem(400, "invalid_content_length", f"Content-Length {declared!r} is not a number",
+                                 "send a decimal Content-Length or use chunked transfer encoding")
+        if int(declared) > limit_bytes:
+            raise _too_large(int(declared), limit_bytes)
     chunks: list[bytes] = []
     size_bytes = 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout(timeout_s):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except TimeoutError:
+            expected = f" of {declared}" if declared is not None else ""
+            raise ServiceProblem(
+                408, "body_timeout",
+                f"no part of the request body arrived for {timeout_s:g} s ({size_bytes}{expected} bytes received)",
+                "send the whole body without pausing, or restart the service with a larger "
+                f"`vqbench serve --body-timeout-s` (now {timeout_s:g})", headers=_CLOSE_CONNECTION,
+            ) from None
         size_bytes += len(chunk)
         if size_bytes > limit_bytes:
             raise _too_large(size_bytes, limit_bytes)
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _read_payload(state: _ServiceState, pipeline: Pipeline, request: Request) -> bytes:
     declared = media_type(request.headers.get("content-type"))
     kind = _check_content_type(pipeline, declared)
-    payload = await _read_body(request, state.max_request_bytes)
+    payload = await _read_body(request, state.max_request_bytes, state.body_timeout_s)
     _validate_payload(pipeline, kind, payload, declared)
     return payload
 
@@ -634,7 +669,7 @@ async def _read_pair(state: _ServiceState, pipeline: Pipeline, request: Request)
                              f"send Content-Type {PAIR_CONTENT_TYPE} with the framing in the service documentation")
     inner_type = media_type(request.headers.get(PAYLOAD_TYPE_HEADER))
     kind = _check_content_type(pipeline, inner_type)
-    body = await _read_body(request, state.max_request_bytes)
+    body = await _read_body(request, state.max_request_bytes, state.body_timeout_s)
     try:
         payloads = split_pair(body)
     except PayloadError as error:
@@ -724,6 +759,7 @@ def serve(
     token_file: Path | None,
     *,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     graceful_shutdown_s: float = 30.0,
     energy_window_s: float = 5.0,
     announce: Callable[[str], None] | None = None,
@@ -743,6 +779,7 @@ def serve(
     if max_request_bytes < 1:
         raise ScenarioError(f"--max-request-bytes must be at least 1, got {max_request_bytes}; "
                             f"give the largest request body to accept, in bytes (default {DEFAULT_MAX_REQUEST_BYTES})")
+    _check_body_timeout(body_timeout_s)
     announce = announce or _log_announcement
     token = read_token_file(token_file) if token_file is not None else None
     scenario = load_scenario(scenario_path) if scenario_path is not None else None
@@ -758,7 +795,8 @@ def serve(
         energy = open_energy_monitor(meter_names, window_s=energy_window_s)
         if not energy.available:
             logger.warning("server-side energy is unavailable: %s", energy.reason)
-        app = create_app(pipelines, token, max_request_bytes, energy=energy, warm_up_errors=warm_up_errors)
+        app = create_app(pipelines, token, max_request_bytes, energy=energy, warm_up_errors=warm_up_errors,
+                         body_timeout_s=body_timeout_s)
         config = uvicorn.Config(
             app, log_config=None, access_log=False, timeout_graceful_shutdown=int(math.ceil(graceful_shutdown_s)),
             timeout_keep_alive=5, limit_concurrency=1024,
@@ -816,6 +854,8 @@ def serve_command(
     token_file: Path | None,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     announce: Callable[[str], None] | None = None,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> None:
     """Entry point for ``vqbench serve``: run the service in the foreground."""
-    serve(host, port, scenario, token_file, max_request_bytes=max_request_bytes, announce=announce)
+    serve(host, port, scenario, token_file, max_request_bytes=max_request_bytes, body_timeout_s=body_timeout_s,
+          announce=announce)

@@ -11,6 +11,7 @@ import hashlib
 
 import numpy as np
 
+from vqbench.data.align import PAYLOAD_IMAGE_FIX
 from vqbench.models.teacher import CHIP_SIZE_PX, Teacher
 from vqbench.pipelines.base import Components, EdgeOutput, HalfFootprint, Pipeline, VariantInfo
 from vqbench.pipelines.codecs import decode_chip, encode_chip
@@ -33,7 +34,8 @@ class CloudRawPipeline(Pipeline):
         raise NotImplementedError("cloud-raw sends the original file; there is no chip on the edge")
 
     def cloud(self, payloads: list[bytes]) -> np.ndarray:
-        chips = np.stack([self.components.aligner.align_bytes(payload, "cloud-raw payload").chip for payload in payloads])
+        aligner = self.components.aligner
+        chips = np.stack([aligner.align_bytes(payload, "cloud-raw payload", PAYLOAD_IMAGE_FIX).chip for payload in payloads])
         return self.components.teacher.embed(chips)
 
     @property
