@@ -162,6 +162,34 @@ def test_disconnect_mid_body_logs_one_warning(caplog: pytest.LogCaptureFixture) 
     assert statuses["/v1/embed/{kind}/{variant}"] == {"499": 1}
 
 
+def test_disconnect_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app([CodesPipeline()], None)
+    headers = [(b"content-type", b"application/octet-stream"), (b"content-length", b"131")]
+
+    def disconnect(request_id: str) -> None:
+        messages = [{"type": "http.request", "body": b"TC\x01", "more_body": True}, {"type": "http.disconnect"}]
+        _asgi_exchange(app, "/v1/embed/test-codes/v1", [*headers, (b"x-request-id", request_id.encode())], messages)
+
+    now_s = [1000.0]
+    app.state.service.disconnect_log.clock_s = lambda: now_s[0]
+    with caplog.at_level(logging.DEBUG, logger="vqbench.network.service"):
+        for number in range(3):
+            disconnect(f"burst-{number}")
+            now_s[0] += 1.0
+        # The next disconnect comes after the quiet interval of 60 s.
+        now_s[0] = 1061.0
+        disconnect("later-1")
+    warned = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warned) == 2
+    assert "burst-0" in warned[0]
+    assert "later-1" in warned[1]
+    assert "2 other disconnects in the last 61 s went to the DEBUG log" in warned[1]
+    debugged = [record.getMessage() for record in caplog.records if record.levelno == logging.DEBUG]
+    assert any("burst-1" in line for line in debugged) and any("burst-2" in line for line in debugged)
+    statuses = app.state.service.metrics.snapshot()["statuses"]
+    assert statuses["/v1/embed/{kind}/{variant}"] == {"499": 4}
+
+
 def test_disconnect_over_socket_has_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
     # A flaky edge link: a declared Content-Length, part of the body, then the client closes.
     with running_server(create_app([CodesPipeline()], None)) as (url, _server):

@@ -62,10 +62,12 @@ closes the connection, since the rest of the body was never read. A ``PayloadErr
 becomes a 500 whose traceback is logged with the request id. Every response carries
 ``X-Request-ID``: the client's value when it is 1 to 64 characters of ``[A-Za-z0-9._:-]``,
 otherwise one the service generates. A client that closes the connection before its whole
-body has arrived gets no response: the service logs one warning with the request id and
-counts the request with status 499 in ``/metrics``. Under ``vqbench serve`` a malformed
-chunked body looks the same to the app: uvicorn answers it with its own 400 and closes the
-connection, and the app only learns that the body stopped, so it too counts as 499.
+body has arrived gets no response: the service logs a warning with the request id and
+counts the request with status 499 in ``/metrics``. Warnings about such clients come at most
+once a minute; the others go to the DEBUG log, and the next warning gives their number.
+Under ``vqbench serve`` a malformed chunked body looks the same to the app: uvicorn answers
+it with its own 400 and closes the connection, and the app only learns that the body
+stopped, so it too counts as 499.
 
 ``/v1/pipelines`` lists, per variant, the ``alignment`` settings of its cloud half (the
 scenario's ``alignment`` section, null for a pipeline without the shared models). A load
@@ -148,6 +150,7 @@ from vqbench.network.served_pipelines import (
 from vqbench.network.service_errors import ServiceProblem
 from vqbench.network.service_metrics import EnergyMonitor, EnergyWindow, ServiceMetrics, open_energy_monitor
 from vqbench.pipelines.base import Components, Pipeline
+from vqbench.text import plural
 
 if TYPE_CHECKING:
     import uvicorn
@@ -253,6 +256,7 @@ class _ServiceState:
         self.energy = energy
         self.warm_up_errors = warm_up_errors
         self.metrics = ServiceMetrics()
+        self.disconnect_log = _DisconnectLog()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqbench-cloud")
         self.pending = 0
 
@@ -313,7 +317,7 @@ def create_app(
 
     app = FastAPI(title="vqbench cloud half", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = state
-    app.add_middleware(_RequestContextMiddleware, metrics=state.metrics)
+    app.add_middleware(_RequestContextMiddleware, metrics=state.metrics, disconnect_log=state.disconnect_log)
     _add_exception_handlers(app)
     app.include_router(_public_router(state))
     app.include_router(_protected_router(state), dependencies=[Depends(_token_dependency(state))])
@@ -342,9 +346,10 @@ def _add_exception_handlers(app: FastAPI) -> None:
 class _RequestContextMiddleware:
     """Assign the request id, count every response under its route, and log client disconnects."""
 
-    def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: Any, metrics: ServiceMetrics, disconnect_log: "_DisconnectLog") -> None:
         self.app = app
         self.metrics = metrics
+        self.disconnect_log = disconnect_log
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -377,12 +382,41 @@ class _RequestContextMiddleware:
             status[0] = CLIENT_CLOSED_REQUEST_STATUS
             # uvicorn drops body bytes that arrive together with the disconnect, so the count is
             # of bytes the app read, which can be fewer than the client sent.
-            logger.warning("request %s: client disconnected before its body was read (%d of %s bytes read) from %s %s; "
-                           "no response sent", request_id, received_bytes[0],
-                           headers.get("content-length", "an undeclared number of"), scope.get("method"), scope.get("path"))
+            self.disconnect_log.record(
+                f"request {request_id}: client disconnected before its body was read ({received_bytes[0]} of "
+                f"{headers.get('content-length', 'an undeclared number of')} bytes read) from {scope.get('method')} "
+                f"{scope.get('path')}; no response sent")
         finally:
             route = scope.get("route")
             self.metrics.record_request(getattr(route, "path", "unmatched"), status[0])
+
+
+class _DisconnectLog:
+    """Log client disconnects as warnings, at most one per ``interval_s``; the others go to DEBUG.
+
+    A link that drops many uploads would otherwise fill the log with one warning each. The
+    first warning after a quiet spell gives the number it left out, and ``/metrics`` counts
+    every one under status 499.
+    """
+
+    def __init__(self, interval_s: float = 60.0, clock_s: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self.clock_s = clock_s
+        self._last_warning_s: float | None = None
+        self._left_out = 0
+
+    def record(self, line: str) -> None:
+        now_s = self.clock_s()
+        if self._last_warning_s is not None and now_s - self._last_warning_s < self.interval_s:
+            self._left_out += 1
+            logger.debug("%s", line)
+            return
+        left_out = "" if not self._left_out else (
+            f" ({plural(self._left_out, 'other disconnect')} in the last {now_s - self._last_warning_s:.0f} s "
+            "went to the DEBUG log)")
+        logger.warning("%s%s", line, left_out)
+        self._last_warning_s = now_s
+        self._left_out = 0
 
 
 
@@ -826,7 +860,7 @@ def announcing_server(config: "uvicorn.Config", app: FastAPI, url: str, announce
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
-                announce(f"vqbench serve: listening on {url} with {_count(len(state.pipelines), 'pipeline variant')} "
+                announce(f"vqbench serve: listening on {url} with {plural(len(state.pipelines), 'pipeline variant')} "
                          "(GET /v1/pipelines lists them); press Ctrl-C to stop")
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -834,13 +868,9 @@ def announcing_server(config: "uvicorn.Config", app: FastAPI, url: str, announce
                 await super().shutdown(sockets=sockets)
             finally:
                 requests = sum(state.metrics.snapshot()["requests"].values())
-                announce(f"vqbench serve: stopped listening on {url} after {_count(requests, 'request')}")
+                announce(f"vqbench serve: stopped listening on {url} after {plural(requests, 'request')}")
 
     return AnnouncingServer(config)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _log_announcement(line: str) -> None:
