@@ -243,3 +243,41 @@ def test_device_without_ratio_rejected_before_measuring():
     # Known MACs, or a speed ratio, are enough to model the device.
     check_deployment(config, pipelines[:1])
     check_deployment(DeploymentConfig(edge_devices=[{"name": "raspberry-pi-4", "speed_ratio": 4.0}]), pipelines)
+
+
+# -- presets against their sources ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("link", "field", "mw_per_mbps"),
+    [("wifi", "energy_per_byte_up_j", 283), ("wifi", "energy_per_byte_down_j", 137),
+     ("lte", "energy_per_byte_up_j", 438), ("lte", "energy_per_byte_down_j", 52)],
+)
+def test_per_byte_energy_matches_huang_power_model(link, field, mw_per_mbps):
+    # Huang et al., MobiSys 2012, give power per throughput: x mW per Mbps is x * 1e-3 W per
+    # 1e6 bit/s, so x * 1e-9 J per bit and x * 8e-9 J per byte. A per-bit slip is 8x off.
+    assert getattr(get_link_profile(link), field) == pytest.approx(mw_per_mbps * 8e-9, rel=0.01)
+    assert str(mw_per_mbps) in get_link_profile(link).sources[field].source
+
+
+@pytest.mark.parametrize(
+    ("spreading_factor", "payload_bytes", "airtime_ms"),
+    # Published airtime calculators for LoRaWAN at 125 kHz, coding rate 4/5, 8 preamble symbols.
+    [(7, 10, 41.216), (11, 10, 577.536), (9, 13, 164.864)],
+)
+def test_lora_time_on_air_matches_published_calculators(spreading_factor, payload_bytes, airtime_ms):
+    modulation = LoraModulation(spreading_factor=spreading_factor, bandwidth_hz=125_000)
+    assert lora_time_on_air_s(payload_bytes, modulation) * 1e3 == pytest.approx(airtime_ms, rel=1e-9)
+
+
+def test_lora_duty_cycle_budget_per_day_boundary():
+    # 106 B on SF12: frames of 64, 64 and 17 PHY bytes, 6.906 s on air per transfer. At 1 %
+    # duty cycle a day allows 864 s on air: 125 transfers fit and 126 do not.
+    sf12 = get_link_profile("lorawan-sf12")
+    modulation = sf12.lora
+    airtime_s = 2 * lora_time_on_air_s(64, modulation) + lora_time_on_air_s(17, modulation)
+    assert 125 * airtime_s <= 864 < 126 * airtime_s
+    assert link_cost(sf12, 106, transfers_per_day=125).feasible
+    over = link_cost(sf12, 106, transfers_per_day=126)
+    assert not over.feasible
+    assert "duty cycle" in over.infeasible_reason

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vqbench.check.validation import run_evaluation_set
@@ -57,8 +58,9 @@ def _numeric_columns() -> list[str]:
 
 def _frame(run_dir: Path) -> pd.DataFrame:
     rows = load_results(Path(run_dir)).rows
-    frame = pd.DataFrame([row.model_dump() for row in rows], columns=list(RESULT_COLUMNS))
-    frame[COMBINED_METHODS] = pd.Series([_combined_methods(row) for row in rows], index=frame.index, dtype="object")
+    records = [{**row.model_dump(), COMBINED_METHODS: _combined_methods(row)} for row in rows]
+    # The column list also fixes the columns of a run without rows.
+    frame = pd.DataFrame(records, columns=[*RESULT_COLUMNS, COMBINED_METHODS])
     # Missing links and devices become "" so that rows without them still match in the merge.
     frame = frame.astype({"link": "object", "edge_device": "object"})
     return frame.fillna({"link": "", "edge_device": ""})
@@ -86,11 +88,14 @@ def compare_runs(run_a: Path, run_b: Path) -> pd.DataFrame:
     frame_a, frame_b = _frame(run_a), _frame(run_b)
     metrics = _numeric_columns()
     methods = sorted(set(METHOD_COLUMNS.values()))
-    merged = frame_a[[*KEY_COLUMNS, *metrics, *methods]].merge(
-        frame_b[[*KEY_COLUMNS, *metrics, *methods]], on=list(KEY_COLUMNS), how="outer", suffixes=("_a", "_b"),
-        indicator=True,
+    columns = [*KEY_COLUMNS, *metrics, *methods]
+    # Marker columns instead of merge(indicator=True): the indicator is inserted into the wide
+    # merged frame, which makes pandas warn about fragmentation.
+    merged = frame_a[columns].assign(_in_a=True).merge(
+        frame_b[columns].assign(_in_b=True), on=list(KEY_COLUMNS), how="outer", suffixes=("_a", "_b"),
     )
-    presence = merged["_merge"].map({"both": "both", "left_only": "only_a", "right_only": "only_b"})
+    in_a, in_b = merged["_in_a"].notna(), merged["_in_b"].notna()
+    presence = pd.Series(np.select([in_a & in_b, in_a], ["both", "only_a"], "only_b"), index=merged.index)
     records = []
     for index, row in merged.iterrows():
         for metric in metrics:

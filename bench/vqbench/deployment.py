@@ -3,10 +3,12 @@
 The host measurements are the base. For an edge device that is not the host, the edge half's
 time and energy come from the device profile (``modeled-device-profile``): its time from a
 speed ratio the scenario gives, else from the edge half's MACs and the profile's throughput.
-For a link, each payload's size (the bytes counted on the wire when payloads went over HTTP)
-gives its transfer time, the radio energy on the device and the network's transit energy
-(``modeled-link``). A payload the link cannot carry marks the row infeasible and leaves its
-network figures, its end-to-end latency and its totals empty.
+For a link, the size of each payload the edge half produced, framed as the link's profile
+says, gives its transfer time, the radio energy on the device and the network's transit energy
+(``modeled-link``). The same sizes decide whether the link can carry the payloads: one it
+cannot carry marks the row infeasible and leaves its network figures, its end-to-end latency
+and its totals empty. The transit part of the network energy has its own column, with its
+range under the published factors, because the choice of factor alone moves it about 20x.
 
 CO2e per inference counts edge energy at the edge's grid intensity, cloud energy at the
 cloud's, and network energy (radio and transit) at the edge's. The device's embodied CO2e is a
@@ -79,6 +81,10 @@ class _Network:
     method: str | None
     feasible: bool | None
     reason: str | None
+    # The part of energy_j spent in the network beyond the radio, at the link's factor and at
+    # the lowest and highest published factor.
+    transit_j: float | None = None
+    transit_range_j: tuple[float, float] | None = None
 
 
 def check_deployment(config: DeploymentConfig, pipelines: Sequence[Pipeline] = ()) -> None:
@@ -148,8 +154,9 @@ def _edge_on_device(measured: VariantMeasurement, device: EdgeDeviceChoice, conf
             f"the edge half's MACs are unknown (dlib alignment), so modeling it on {device.name} "
             "needs deployment.edge_devices[].speed_ratio (device time / host time)"
         )
-    host_ms = float(np.median(measured.edge_ms)) if measured.edge_ms else 0.0
-    cost = model_stage_on_device(profile, host_ms / 1000, None if device.speed_ratio else macs, device.speed_ratio)
+    # Energy per inference is the mean over inferences, so the ratio scales the mean host time.
+    host_mean_ms = float(np.mean(measured.edge_ms)) if measured.edge_ms else 0.0
+    cost = model_stage_on_device(profile, host_mean_ms / 1000, None if device.speed_ratio else macs, device.speed_ratio)
     if cost.basis == "speed-ratio":
         latency_ms = [value * device.speed_ratio for value in measured.edge_ms]  # type: ignore[operator]
     else:
@@ -182,21 +189,32 @@ def _network(
     if link is None:
         return _Network(transfer_ms=list(measured.transfer_ms), energy_j=None, method=None, feasible=None, reason=None)
 
-    from vqbench.network.links import get_link_profile, link_cost
+    from vqbench.network.links import get_link_profile, link_cost, transit_energy_sensitivity_j
 
     profile = get_link_profile(link)
     per_day = _transfers_per_day(config, device)
-    down = int(np.mean(measured.wire_bytes_down)) if measured.wire_bytes_down else config.downlink_bytes
-    # Energy over every evaluated payload; latency over the timed samples (wire bytes when measured).
+    # The link carries the edge half's payload up and the deployment's reply down, for energy,
+    # latency and feasibility alike. The link's profile adds its own framing. The HTTP exchange
+    # of a run with transport http is measured in the wire_* columns and is not modeled here:
+    # its headers belong to the test transport, and LoRa or NB-IoT would not carry HTTP at all.
+    down = config.downlink_bytes
+    # Energy over every evaluated payload; latency over the timed samples.
     sizes_for_energy = [int(size) for size in measured.payload_bytes]
-    sizes_for_latency = measured.wire_bytes_up or measured.sample_payload_bytes
-    costs = [link_cost(profile, size, down, transfers_per_day=per_day) for size in sizes_for_energy]
-    infeasible = next((cost for cost in costs if not cost.feasible), None)
+    sizes_for_latency = [int(size) for size in measured.sample_payload_bytes]
+    costs = {size: link_cost(profile, size, down, transfers_per_day=per_day)
+             for size in sorted(set(sizes_for_energy) | set(sizes_for_latency))}
+    method = next(iter(costs.values())).method if costs else "modeled-link"
+    infeasible = next((cost for cost in costs.values() if not cost.feasible), None)
     if infeasible is not None:
-        return _Network([], None, costs[0].method, False, infeasible.infeasible_reason)
-    latency = [link_cost(profile, size, down, transfers_per_day=per_day).transfer_latency_ms for size in sizes_for_latency]
-    energy_j = float(np.mean([cost.radio_energy_j + cost.transit_energy_j for cost in costs]))
-    return _Network(latency, energy_j, costs[0].method, True, None)
+        return _Network([], None, method, False, infeasible.infeasible_reason)
+    latency = [costs[size].transfer_latency_ms for size in sizes_for_latency]
+    if not sizes_for_energy:
+        return _Network(latency, None, method, True, None)
+    energy_j = float(np.mean([costs[size].radio_energy_j + costs[size].transit_energy_j for size in sizes_for_energy]))
+    transit_j = float(np.mean([costs[size].transit_energy_j for size in sizes_for_energy]))
+    by_factor = [transit_energy_sensitivity_j(costs[size].wire_bytes) for size in sizes_for_energy]
+    means = [float(np.mean([factors[name] for factors in by_factor])) for name in by_factor[0]]
+    return _Network(latency, energy_j, method, True, None, transit_j, (min(means), max(means)))
 
 
 def _transfer_basis(link: str | None, transfer_ms: list[float]) -> str | None:
@@ -279,6 +297,9 @@ def _row(
         cloud_energy_j_per_inference_repeats=list(getattr(cloud, "repeats_j_per_inference", ())),
         network_energy_j_per_inference=network.energy_j,
         network_energy_method=network.method,
+        network_transit_energy_j_per_inference=network.transit_j,
+        network_transit_energy_j_per_inference_min=network.transit_range_j[0] if network.transit_range_j else None,
+        network_transit_energy_j_per_inference_max=network.transit_range_j[1] if network.transit_range_j else None,
         total_energy_j_per_inference=total_j,
         co2e_g_per_inference=co2e,
         embodied_co2e_g_per_inference=edge.embodied_co2e_g,

@@ -121,7 +121,9 @@ def model_stage_on_device(
     """Model one inference of a stage on ``profile``.
 
     MACs take precedence when given, because they do not depend on the host's speed.
-    Otherwise ``speed_ratio`` (device time / host time) scales the measured host time.
+    Otherwise ``speed_ratio`` (device time / host time) scales the measured host time. A
+    scenario's ``speed_ratio`` is a measurement on the device, so ``vqbench.deployment`` passes
+    no MACs when the scenario gives one.
     """
     profile = _modeled(profile)
     if macs is not None:

@@ -75,6 +75,11 @@ class ResultRow(BaseModel):
     cloud_energy_j_per_inference_repeats: list[float] = Field(default_factory=list)
     network_energy_j_per_inference: Optional[float] = None
     network_energy_method: Optional[str] = None
+    # Of the network energy, the part beyond the radio (transit), at the link's factor and at
+    # the lowest and highest published factor (vqbench.network.links.TRANSIT_KWH_PER_GB_REFERENCES).
+    network_transit_energy_j_per_inference: Optional[float] = None
+    network_transit_energy_j_per_inference_min: Optional[float] = None
+    network_transit_energy_j_per_inference_max: Optional[float] = None
     total_energy_j_per_inference: Optional[float] = None
 
     co2e_g_per_inference: Optional[float] = None

@@ -250,10 +250,12 @@ class DeploymentConfig(_Strict):
             raise ValueError(f"links {repeated} are listed more than once; each link gives its own results rows, so list it once")
         return links
     downlink_bytes: int = Field(
-        0, ge=0, description="Bytes the cloud returns per face; measured wire bytes replace it with transport http."
+        0, ge=0, description="Bytes the cloud returns per face over a modeled link, such as a match decision; "
+        "with transport http the service's own responses are measured in the wire_* columns instead."
     )
     transfers_per_day: Optional[float] = Field(
-        None, gt=0, description="Faces sent per day, for duty-cycle limits; default: the device profile's figure."
+        None, gt=0, description="Faces sent per day, for duty-cycle limits and for spreading a device's embodied CO2e "
+        "over its lifetime; default: the device profile's figure."
     )
 
     @field_validator("edge_devices")

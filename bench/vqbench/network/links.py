@@ -18,7 +18,14 @@ Profiles live in ``data_files/links.yaml``, each number with its source. For one
 A transfer that breaks the link's rules (more frames than ``max_frames_per_transfer``, more
 time on air per day than the duty cycle allows at ``transfers_per_day``, or longer than a given
 ``max_transfer_latency_s``) is returned with ``feasible=False``, the reason, and NaN figures.
-It is never computed as if it fitted. TCP slow start and retransmissions are not modeled.
+It is never computed as if it fitted.
+
+Not modeled: TCP connection set-up (one more round trip on a new connection), slow start and
+retransmissions, and the LTE promotion delay (its energy is in ``fixed_energy_j``, its time is
+not). The fixed energy assumes transfers further apart than the radio's tail time, so each
+pays the whole tail. On NB-IoT the round trip is charged at the transmit power, an upper
+bound for a modem that waits. A LoRa downlink is timed like an uplink frame (explicit
+header, CRC on) and its receive energy is in the fixed energy per uplink frame.
 """
 
 from __future__ import annotations

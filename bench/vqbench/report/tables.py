@@ -91,6 +91,17 @@ def _dynamic(stage: str) -> Callable[[ResultRow], str]:
     return cell
 
 
+def _transit(row: ResultRow) -> str:
+    """Print the transit part of the network energy in mJ with its range: ``0.0337 (0.0337 to 0.258)``."""
+    if row.network_transit_energy_j_per_inference is None:
+        return MISSING
+    text = format_number(row.network_transit_energy_j_per_inference * 1e3)
+    low_j, high_j = row.network_transit_energy_j_per_inference_min, row.network_transit_energy_j_per_inference_max
+    if low_j is None or high_j is None:
+        return text
+    return f"{text} ({format_number(low_j * 1e3)} to {format_number(high_j * 1e3)})"
+
+
 def _co2e_per_million(row: ResultRow) -> str:
     return format_number(None if row.co2e_g_per_inference is None else row.co2e_g_per_inference * 1e6)
 
@@ -134,6 +145,7 @@ DETAIL_COLUMNS: tuple[Column, ...] = (
     Column("Cloud peak RSS", lambda r: format_bytes(r.cloud_peak_rss_bytes)),
     Column("Codebook size", _number("codebook_size")),
     Column("Code grid", lambda r: _text(r.code_grid), numeric=False),
+    Column("Network transit (mJ/inference; range over published factors)", _transit),
     Column("Edge grid (gCO2e/kWh)", _number("grid_intensity_edge_gco2e_per_kwh")),
     Column("Cloud grid (gCO2e/kWh)", _number("grid_intensity_cloud_gco2e_per_kwh")),
 )
