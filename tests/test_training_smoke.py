@@ -318,6 +318,40 @@ def test_init_from_continues_a_trained_model(tmp_path: Path) -> None:
         assert torch.equal(state[key], base_state[key]), key
 
 
+def test_init_from_with_other_decoder_trains_a_new_decoder(tmp_path: Path) -> None:
+    base_dir = train_base_model(tmp_path)
+    base_widths = load_vq_card(base_dir).data["architecture"]["vq"]["decoder_widths"]
+
+    config = tiny_config(tmp_path / "wide")
+    config["model_id"] = "smoke-wide"
+    config["init_from"] = str(base_dir)
+    config["vq"]["decoder_widths"] = [2 * width for width in base_widths]
+    with pytest.raises(ModelError, match="set stages.joint_epochs to 0"):
+        train_command(write_config(tmp_path / "wide", config))
+
+    config["stages"]["joint_epochs"] = 0
+    model_dir = train_command(write_config(tmp_path / "wide", config))
+    card = load_vq_card(model_dir)
+    assert card.data["architecture"]["vq"]["decoder_widths"] == [2 * width for width in base_widths]
+    # The edge half is the base model's: the same encoder and codebook weights and the same ONNX graph.
+    base_state = torch.load(base_dir / "weights.pt", weights_only=True)["vqvae"]
+    state = torch.load(model_dir / "weights.pt", weights_only=True)["vqvae"]
+    for key in state:
+        if not key.startswith("decoder."):
+            assert torch.equal(state[key], base_state[key]), key
+    assert state["decoder.out.weight"].shape[1] == 2 * base_state["decoder.out.weight"].shape[1]
+    import onnxruntime as ort
+
+    outputs = []
+    for folder in (base_dir, model_dir):
+        session = ort.InferenceSession(str(folder / "edge_encoder.onnx"), providers=["CPUExecutionProvider"])
+        model_input = session.get_inputs()[0]
+        shape = [1 if not isinstance(size, int) else size for size in model_input.shape]
+        chips = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
+        outputs.append(session.run(None, {model_input.name: chips})[0])
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
 def test_init_from_rejects_other_people(tmp_path: Path) -> None:
     base_dir = train_base_model(tmp_path)
 

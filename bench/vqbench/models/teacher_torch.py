@@ -205,6 +205,23 @@ class DlibResNet(nn.Module):
         x = x.mean(dim=(2, 3))
         return self.fc(x)
 
+    def stage_output(self, x: torch.Tensor, channels: int) -> torch.Tensor:
+        """Run the chips up to the last residual block with ``channels`` output channels and return its map.
+
+        With dlib's network and 150x150 chips, 128 channels give an (N, 128, 8, 8) map.
+        """
+        last = max((index for index, block in enumerate(self.spec.blocks) if block.conv2.out_channels == channels), default=None)
+        if last is None:
+            present = sorted({block.conv2.out_channels for block in self.spec.blocks})
+            raise ValueError(f"the teacher has no residual block with {channels} output channels; choose one of {present}")
+        x = (x - self.channel_means) / 256.0
+        x = F.relu(self.affine(self.conv(x)))
+        pool = self.spec.stem_pool
+        x = F.max_pool2d(x, pool.kernel, pool.stride, pool.padding)
+        for block in self.blocks[: last + 1]:
+            x = block(x)
+        return x
+
 
 def _kinds(layers: tuple[DlibLayer, ...]) -> tuple[str, ...]:
     return tuple(layer.kind for layer in layers)

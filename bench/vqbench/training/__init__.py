@@ -148,14 +148,17 @@ def _output_dir(config: "TrainConfig", base: Path) -> Path:
 
 
 def _prepare_data(config: "TrainConfig", paths: list[Path], cache_dir: Path) -> "PreparedSet":
-    """Align and label the training images, with augmented views and tail inputs, from or into ``cache_dir``."""
+    """Align and label the training images, with augmented views, tail inputs and hint maps, from or into ``cache_dir``."""
     from vqbench.console import console
-    from vqbench.training.data import add_teacher_views, prepare_training_set, relabel_tail_inputs
+    from vqbench.training.data import add_hint_maps, add_teacher_views, prepare_training_set, relabel_tail_inputs
 
     try:
         data = prepare_training_set(paths, cache_dir)
         data = add_teacher_views(data, config.augment, config.seed, cache_dir)
-        return relabel_tail_inputs(data, config.student.tail_blocks, cache_dir)
+        data = relabel_tail_inputs(data, config.student.tail_blocks, cache_dir)
+        if config.loss.encoder_hint > 0:
+            data = add_hint_maps(data, config.vq.grid, cache_dir)
+        return data
     except KeyboardInterrupt:
         # Each cache file is written whole or not at all, so only the unfinished step is lost.
         console.print(

@@ -104,6 +104,14 @@ class LossConfig(_Strict):
     student_feature: float = Field(1.0, ge=0.0, description="MSE to the teacher's 4x4x256 map that enters the reused blocks.")
     student_relational: float = Field(1.0, ge=0.0, description="MSE between the batch's cosine-similarity matrices.")
     identity: float = Field(1.0, ge=0.0, description="1 - cos(teacher(recon), teacher(original)) in stage identity.")
+    encoder_hint: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of the encoder hint in stage joint: the MSE between a 1x1 convolution of the encoder's "
+        "output before quantisation and the teacher's last 128-channel map (8x8), average-pooled to the code grid "
+        "and standardised per channel. The convolution is used only in training and is not exported. With 0 the "
+        "hint maps are neither computed nor cached.",
+    )
     center_embeddings: bool = Field(
         True,
         description="Subtract the mean teacher embedding and feature map of the training set before the "
@@ -194,6 +202,11 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _check_loss_weights(self) -> "TrainConfig":
         loss = self.loss
+        if self.kind != "vq" and loss.encoder_hint > 0:
+            raise ValueError(
+                f"loss.encoder_hint is {loss.encoder_hint:g}, but the encoder hint needs the code grid of kind vq, "
+                f"not {self.kind!r}; set loss.encoder_hint to 0"
+            )
         distillation = loss.student_cosine + loss.student_feature + loss.student_relational
         if self.kind == "edge-embed" and distillation == 0:
             raise ValueError(
@@ -219,10 +232,16 @@ class TrainConfig(_Strict):
 
 
 def portable_settings(config: TrainConfig, exclude: set[str] | None = None) -> dict:
-    """Return the config as plain data without machine-specific paths (output, data, cache and init_from folders)."""
+    """Return the config as plain data without machine-specific paths (output, data, cache and init_from folders).
+
+    ``loss.encoder_hint`` is left out while it is 0, so that configs written before it existed
+    keep their checkpoint fingerprints and the recipes recorded in their cards.
+    """
     settings = config.model_dump(mode="json", exclude={"output_dir", "init_from", *(exclude or set())})
     settings["data"].pop("root", None)
     settings["data"].pop("cache_dir", None)
+    if "loss" in settings and settings["loss"]["encoder_hint"] == 0:
+        del settings["loss"]["encoder_hint"]
     return settings
 
 

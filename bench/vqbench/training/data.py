@@ -10,7 +10,9 @@ the teacher's last residual block (the student's feature target). The result is 
 appends random augmented views (``vqbench.training.augment``) with the same two targets, cached
 in a second file keyed by the chips, the view parameters and the teacher. For a student that
 reuses more than the teacher's last block, ``relabel_tail_inputs`` replaces the feature targets
-by the map at that earlier cut, cached in a third file.
+by the map at that earlier cut, cached in a third file. For the encoder hint
+(``loss.encoder_hint``), ``add_hint_maps`` labels every view with the teacher's last
+128-channel map, average-pooled to the code grid, cached in a fourth file.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 LFW_IMAGE_FOLDER = "lfw-deepfunneled"
 _PREPARED_FORMAT = 1
+#: Channels of the teacher map that the encoder hint targets. That stage is 8x8, the teacher's size nearest the code grids of 9 to 14.
+HINT_CHANNELS = 128
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class PreparedSet:
     embeddings: np.ndarray  # (N, V, 128) float32
     features: np.ndarray  # (N, V, 256, 4, 4) float16
     view_params: np.ndarray | None = None  # (N, V, 7), see vqbench.training.augment; None: chip and flip only
+    hint_maps: np.ndarray | None = None  # (N, V, 128, grid, grid) float16; None without the encoder hint
 
     def __len__(self) -> int:
         return len(self.chips)
@@ -251,6 +256,73 @@ def relabel_tail_inputs(prepared: PreparedSet, tail_blocks: int, cache_dir: Path
         features = cached["features"]
         logger.info("loaded the inputs of the teacher's last %d blocks from %s", tail_blocks, cache_file)
     return dataclasses.replace(prepared, features=features)
+
+
+def label_hint_maps(chips: np.ndarray, params: np.ndarray, grid: int, batch_size: int = 32) -> np.ndarray:
+    """Return the teacher's last 128-channel map of the views ``params`` (N, V, 7), pooled to (N, V, 128, grid, grid).
+
+    The map is 8x8 for a 150x150 chip. Adaptive average pooling to a larger grid, such as 10,
+    averages overlapping windows of the 8x8 map.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from vqbench.models.teacher_torch import load_torch_teacher
+    from vqbench.training.augment import render_views
+    from vqbench.training.progress import progress_bar
+
+    teacher = load_torch_teacher()
+    n_views = params.shape[1]
+    maps = np.empty((len(chips), n_views, HINT_CHANNELS, grid, grid), dtype=np.float16)
+    with progress_bar() as progress, torch.no_grad():
+        task = progress.add_task(f"labelling hint maps of {n_views} views per image", total=len(chips), status="")
+        for start in range(0, len(chips), batch_size):
+            stop = min(start + batch_size, len(chips))
+            for view in range(n_views):
+                stage = teacher.stage_output(render_views(chips[start:stop], params[start:stop, view]), HINT_CHANNELS)
+                maps[start:stop, view] = F.adaptive_avg_pool2d(stage, grid).numpy().astype(np.float16)
+            progress.advance(task, stop - start)
+    return maps
+
+
+def add_hint_maps(prepared: PreparedSet, grid: int, cache_dir: Path, batch_size: int = 32) -> PreparedSet:
+    """Label every view of the prepared set with the encoder hint's target map (cached)."""
+    from vqbench.models.teacher_torch import TEACHER_DAT_SHA256
+    from vqbench.training.augment import chip_and_flip_params, view_params_sha256
+
+    params = prepared.view_params if prepared.view_params is not None else chip_and_flip_params(len(prepared))
+    digest = hashlib.sha256(
+        f"{_PREPARED_FORMAT}|{TEACHER_DAT_SHA256}|{view_params_sha256(params)}|hint|{HINT_CHANNELS}|{grid}".encode()
+    )
+    digest.update(np.ascontiguousarray(prepared.chips).data)
+    cache_file = cache_dir / f"hint-maps-{digest.hexdigest()[:20]}.npz"
+    cached = load_cached_arrays(cache_file, ("hint_maps",))
+    if cached is None:
+        maps = label_hint_maps(prepared.chips, params, grid, batch_size)
+        save_cached_arrays(cache_file, {"hint_maps": maps})
+        logger.info("labelled hint maps of %d views per image and cached them in %s", params.shape[1], cache_file)
+    else:
+        maps = cached["hint_maps"]
+        logger.info("loaded hint maps of %d views per image from %s", params.shape[1], cache_file)
+    return dataclasses.replace(prepared, hint_maps=maps)
+
+
+def channel_mean_std(maps: np.ndarray, chunk_rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Return the per-channel mean and standard deviation (float32) of (N, V, C, H, W) maps.
+
+    The sums run over chunks of ``chunk_rows`` images in float64, so no float32 copy of the whole array is made.
+    """
+    channels = maps.shape[2]
+    total = np.zeros(channels)
+    total_square = np.zeros(channels)
+    for start in range(0, len(maps), chunk_rows):
+        chunk = maps[start : start + chunk_rows].astype(np.float64)
+        total += chunk.sum(axis=(0, 1, 3, 4))
+        total_square += np.square(chunk).sum(axis=(0, 1, 3, 4))
+    count = maps.size // channels
+    mean = total / count
+    variance = np.maximum(total_square / count - np.square(mean), 0.0)
+    return mean.astype(np.float32), np.sqrt(variance).astype(np.float32)
 
 
 def _load_prepared(path: Path) -> PreparedSet | None:

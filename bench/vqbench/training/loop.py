@@ -6,7 +6,9 @@ chip, its flip or an augmented view, each labelled by the teacher), apply the un
 
     reconstruction (decoder output vs input)   + commitment (encoder output vs its code)
     + student cosine to the teacher embedding  + student feature MSE to the teacher's 4x4x256 map
-    + relational term between the batch's similarity matrices.
+    + relational term between the batch's similarity matrices
+    + encoder hint, if ``loss.encoder_hint`` > 0: MSE between a 1x1 convolution of the encoder
+      output before quantisation and the teacher's 128-channel map at the code grid.
 
 The reconstruction term covers the first ``reconstruction_fraction`` of the batch. With a
 fraction of 0 it is left out, the decoder rests until stage identity, and the codes carry only
@@ -19,9 +21,10 @@ the gradient passing through the frozen PyTorch teacher.
 A checkpoint (models, optimiser, schedule, stage, epoch, step, RNG state, the running loss sums
 and code counts of the current epoch, and the settings it was trained with) is written every
 ``checkpoint_every_steps`` steps and at the end of every epoch. A new run with the same settings
-continues from it. The batch order of each epoch depends only on (seed, stage, epoch), so a
-resumed epoch skips exactly the batches already done, and its history record has the losses and
-codebook figures of an uninterrupted run. Temporary checkpoint files that a killed run left
+continues from it. The checkpoint contains the hint head, but the export leaves it out, so the
+head adds nothing to the edge encoder. The batch order of each epoch depends only on (seed,
+stage, epoch), so a resumed epoch skips exactly the batches already done, and its history
+record has the losses and codebook figures of an uninterrupted run. Temporary checkpoint files that a killed run left
 behind are deleted when a run starts. A checkpoint of other settings is renamed ``last.<fingerprint prefix>.pt`` instead of being overwritten, and a
 later run with those settings resumes from it again.
 
@@ -53,8 +56,8 @@ from vqbench.models.teacher_torch import DlibResNet
 from vqbench.models.vqvae import VQVAE, VQVAEShape, codebook_usage
 from vqbench.training.augment import chip_and_flip_params, render_views
 from vqbench.training.config import TrainConfig, portable_settings
-from vqbench.training.data import PreparedSet
-from vqbench.training.losses import cosine_loss, feature_loss, reconstruction_loss, relational_loss
+from vqbench.training.data import HINT_CHANNELS, PreparedSet, channel_mean_std
+from vqbench.training.losses import cosine_loss, feature_loss, hint_loss, reconstruction_loss, relational_loss
 from vqbench.training.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -102,10 +105,16 @@ class Models:
     vqvae: VQVAE
     student: Student
     teacher: DlibResNet
+    #: 1x1 convolution from the encoder output to the teacher's hint map; training only, never exported.
+    hint_head: torch.nn.Conv2d | None = None
 
 
 def build_models(config: TrainConfig, teacher: DlibResNet) -> Models:
-    """Create freshly initialised models (seeded by the caller)."""
+    """Create freshly initialised models (seeded by the caller).
+
+    The hint head is created last, and only with ``loss.encoder_hint`` > 0, so the VQ-VAE and
+    student start from the same weights with and without it.
+    """
     vqvae = VQVAE(vq_shape(config), ema_decay=config.vq.ema_decay)
     student = Student(
         vqvae.quantizer.codebook,
@@ -116,7 +125,8 @@ def build_models(config: TrainConfig, teacher: DlibResNet) -> Models:
         tail_blocks=config.student.tail_blocks,
     )
     teacher.requires_grad_(False)
-    return Models(vqvae, student, teacher.eval())
+    hint_head = torch.nn.Conv2d(config.vq.code_dim, HINT_CHANNELS, 1) if config.loss.encoder_hint > 0 else None
+    return Models(vqvae, student, teacher.eval(), hint_head)
 
 
 @dataclass
@@ -166,6 +176,7 @@ class Trainer:
         self.totals = EpochTotals()
         self.generator = torch.Generator().manual_seed(config.seed)
         self.embedding_mean, self.feature_mean = self._target_means()
+        self.hint_mean, self.hint_std = self._hint_statistics()
         self.optimizer = self._make_optimizer("joint")
         self.scheduler = self._make_scheduler("joint")
 
@@ -178,6 +189,24 @@ class Trainer:
         embedding_mean = torch.from_numpy(self.data.embeddings.mean(axis=(0, 1)).astype(np.float32))
         feature_mean = torch.from_numpy(self.data.features.astype(np.float32).mean(axis=(0, 1)))
         return embedding_mean, feature_mean
+
+    def _hint_statistics(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Return the per-channel mean and standard deviation (HINT_CHANNELS, 1, 1) of the hint maps over all views.
+
+        Both are None without the encoder hint.
+        """
+        if self.config.loss.encoder_hint == 0:
+            return None, None
+        if self.data.hint_maps is None or self.models.hint_head is None:
+            raise ValueError(
+                "loss.encoder_hint is positive, but the prepared set has no hint maps or the models no hint head; "
+                "prepare the data with add_hint_maps and build the models with build_models"
+            )
+        mean, std = channel_mean_std(self.data.hint_maps)
+        # A channel that is 0 on every view gets std 1 instead of 0, so its standardised target stays 0.
+        std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+        logger.info("hint maps: per-channel std from %.3g to %.3g", float(std.min()), float(std.max()))
+        return torch.from_numpy(mean).view(-1, 1, 1), torch.from_numpy(std).view(-1, 1, 1)
 
     def _distillation_losses(self, trunk: torch.Tensor, embeddings: torch.Tensor, target_embeddings: torch.Tensor, target_features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Cosine, feature and relational terms of a student output against the teacher's."""
@@ -197,6 +226,8 @@ class Trainer:
         params = list(self.models.vqvae.encoder.parameters())
         if self.config.loss.reconstruction_fraction > 0:
             params += decoder
+        if self.models.hint_head is not None:
+            params += list(self.models.hint_head.parameters())
         return params + [p for p in self.models.student.parameters() if p.requires_grad]
 
     def _make_optimizer(self, stage: str) -> torch.optim.Optimizer:
@@ -255,11 +286,17 @@ class Trainer:
         self.models.student.set_codebook(self.models.vqvae.quantizer.codebook)
 
     def _module_states(self) -> dict:
-        return {"vqvae": self.models.vqvae.state_dict(), "student": self.models.student.state_dict()}
+        states = {"vqvae": self.models.vqvae.state_dict(), "student": self.models.student.state_dict()}
+        if self.models.hint_head is not None:
+            states["hint_head"] = self.models.hint_head.state_dict()
+        return states
 
     def _load_module_states(self, state: dict) -> None:
         self.models.vqvae.load_state_dict(state["vqvae"])
         self.models.student.load_state_dict(state["student"])
+        if self.models.hint_head is not None:
+            # The fingerprint covers loss.encoder_hint, so a checkpoint that matches this run has the head.
+            self.models.hint_head.load_state_dict(state["hint_head"])
 
     def _enter_stage(self, stage: str) -> None:
         self.progress.stage, self.progress.epoch, self.progress.step = stage, 0, 0
@@ -322,8 +359,11 @@ class Trainer:
 
     # ----- one step ----------------------------------------------------------------------
 
-    def _batch_tensors(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return encoder input, reconstruction target, teacher embeddings and teacher features."""
+    def _batch_tensors(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Return encoder input, reconstruction target, teacher embeddings, teacher features and standardised hint maps.
+
+        The hint maps are None without the encoder hint.
+        """
         rows = np.sort(rows)
         views = self._pick_views(len(rows)).numpy()
         params = self.data.view_params
@@ -332,7 +372,11 @@ class Trainer:
         chips = render_views(self.data.chips[rows], params[rows, views])
         embeddings = torch.from_numpy(self.data.embeddings[rows, views])
         features = torch.from_numpy(self.data.features[rows, views].astype(np.float32))
-        return self._jitter(chips), chips, embeddings, features
+        hints = None
+        if self.hint_mean is not None:
+            raw = torch.from_numpy(self.data.hint_maps[rows, views].astype(np.float32))
+            hints = (raw - self.hint_mean) / self.hint_std
+        return self._jitter(chips), chips, embeddings, features, hints
 
     def _pick_views(self, n: int) -> torch.Tensor:
         """Draw one labelled view per sample: the chip, its flip (``flip_augment``) or an augmented view."""
@@ -353,9 +397,9 @@ class Trainer:
         return ((chips - mean) * contrast + mean * brightness).clamp(0.0, 255.0)
 
     def _train_step(self, stage: str, rows: np.ndarray) -> tuple[dict[str, float], torch.Tensor]:
-        inputs, originals, target_embeddings, target_features = self._batch_tensors(rows)
+        inputs, originals, target_embeddings, target_features, target_hints = self._batch_tensors(rows)
         if stage == "joint":
-            losses, indices = self._joint_losses(inputs, target_embeddings, target_features)
+            losses, indices = self._joint_losses(inputs, target_embeddings, target_features, target_hints)
         else:
             losses, indices = self._identity_losses(originals, target_embeddings)
         total = sum(losses.values())
@@ -374,7 +418,9 @@ class Trainer:
             raise self._diverged(stage, f"this step's update made {bad} NaN or infinite")
         return {name: float(value.detach()) for name, value in losses.items()}, indices
 
-    def _joint_losses(self, inputs: torch.Tensor, target_embeddings: torch.Tensor, target_features: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _joint_losses(
+        self, inputs: torch.Tensor, target_embeddings: torch.Tensor, target_features: torch.Tensor, target_hints: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         weights = self.config.loss
         vqvae, student = self.models.vqvae, self.models.student
         z = vqvae.encoder(inputs)
@@ -389,6 +435,8 @@ class Trainer:
             decoded = max(1, round(len(inputs) * weights.reconstruction_fraction))
             reconstruction = vqvae.decoder(quantized.quantized[:decoded])
             losses = {"recon": weights.reconstruction * reconstruction_loss(reconstruction, inputs[:decoded]), **losses}
+        if self.models.hint_head is not None and target_hints is not None:
+            losses["hint"] = weights.encoder_hint * hint_loss(self.models.hint_head(z), target_hints)
         if (self.scheduler.last_epoch + 1) % RESTART_EVERY_STEPS == 0:
             restarted = vqvae.quantizer.restart_dead_codes(z, self.config.vq.dead_code_threshold, self.generator)
             if restarted:
@@ -602,7 +650,10 @@ class EmbedTrainer(Trainer):
         self.models.embedder.train(True)
         self.models.embedder.head.tail.train(False)
 
-    def _joint_losses(self, inputs: torch.Tensor, target_embeddings: torch.Tensor, target_features: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _joint_losses(
+        self, inputs: torch.Tensor, target_embeddings: torch.Tensor, target_features: torch.Tensor, target_hints: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        # The config rejects loss.encoder_hint for kind edge-embed, so target_hints is always None here.
         trunk = self.models.embedder.trunk_features(inputs)
         embeddings = self.models.embedder.head.tail(trunk)
         return self._distillation_losses(trunk, embeddings, target_embeddings, target_features), torch.zeros(1, dtype=torch.long)
@@ -643,14 +694,37 @@ def check_initial_model(folder: Path, people: frozenset[str], output_dir: Path) 
 
 
 def load_initial_weights(models: Models, card: "VQModelCard", config: TrainConfig) -> dict:
-    """Load a checked model folder's VQ-VAE and student weights into ``models``; return what the card records."""
+    """Load a checked model folder's VQ-VAE and student weights into ``models``; return what the card records.
+
+    When ``vq.decoder_widths`` differs from the source's, the decoder keeps its new weights and
+    everything else is loaded, so that stage identity can train a decoder of another size on
+    the source's codes. The decoder runs in the cloud, so its size leaves the edge unchanged.
+    """
     from vqbench.models.files import sha256_file
     from vqbench.training.export import WEIGHTS_FILE
 
     weights = card.folder / WEIGHTS_FILE
     state = torch.load(weights, map_location="cpu", weights_only=True)
+    architecture = card.data.get("architecture", {})
+    source_vq = architecture.get("vq", {}) if isinstance(architecture, dict) else {}
+    source_widths = source_vq.get("decoder_widths") if isinstance(source_vq, dict) else None
+    new_decoder = source_widths is not None and list(source_widths) != list(config.vq.decoder_widths)
     try:
-        models.vqvae.load_state_dict(state["vqvae"])
+        if new_decoder:
+            if config.stages.joint_epochs > 0:
+                raise ModelError(
+                    f"init_from {card.folder}: vq.decoder_widths is {source_widths} there and "
+                    f"{list(config.vq.decoder_widths)} here, which trains a new decoder on the source's codes; "
+                    "set stages.joint_epochs to 0 so that the codes stay as they are, or use the same decoder_widths"
+                )
+            kept = {key: value for key, value in state["vqvae"].items() if not key.startswith("decoder.")}
+            missing, unexpected = models.vqvae.load_state_dict(kept, strict=False)
+            if unexpected or any(not key.startswith("decoder.") for key in missing):
+                raise RuntimeError(f"missing keys {missing}, unexpected keys {unexpected}")
+            logger.info("the decoder starts from new weights: decoder_widths %s there, %s here",
+                        list(source_widths), list(config.vq.decoder_widths))
+        else:
+            models.vqvae.load_state_dict(state["vqvae"])
         models.student.load_state_dict(state["student"])
     except (KeyError, RuntimeError) as error:
         raise ModelError(

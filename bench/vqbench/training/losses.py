@@ -46,3 +46,11 @@ def relational_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Ten
     p = F.normalize(prediction, dim=1)
     t = F.normalize(target, dim=1)
     return F.mse_loss(p @ p.t(), t @ t.t())
+
+
+def hint_loss(prediction: torch.Tensor, standardized_target: torch.Tensor) -> torch.Tensor:
+    """MSE between the hint head's output and a teacher map standardised per channel.
+
+    A head that predicts the training-set mean map scores 1.
+    """
+    return F.mse_loss(prediction, standardized_target)
