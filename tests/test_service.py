@@ -1053,7 +1053,7 @@ def test_loadtest_warns_when_images_exceed_sample(monkeypatch: pytest.MonkeyPatc
     with running_server(create_app([pipeline], None)) as (url, _server):
         with caplog.at_level(logging.WARNING), pytest.raises(ScenarioError, match="at least one payload"):
             loadtest_command(url, 1, 1.0, None, None, 500)
-    assert any("--images 500 asks for more images than the LFW sample holds; using all 2" in record.getMessage()
+    assert any("--images 500 is more than the 2 images of the LFW sample; using all of them" in record.getMessage()
                for record in caplog.records)
 
 

@@ -393,7 +393,7 @@ def test_stalled_body_over_socket_is_closed() -> None:
                                b"Content-Type: application/octet-stream\r\nContent-Length: 131\r\n\r\n"
                                + b"TC\x01" + b"\x00" * 47)
             response = b""
-            # The client keeps its side open; the service must answer and close the connection itself.
+            # The client keeps its side open, so the service must respond and close the connection itself.
             while chunk := connection.recv(65536):
                 response += chunk
         head, _, body = response.partition(b"\r\n\r\n")

@@ -14,6 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 import vqbench.training.data as training_data
+from test_training_smoke import _trainer
 from vqbench.models.teacher_torch import load_torch_teacher
 from vqbench.training import train_command
 from vqbench.training.augment import chip_and_flip_params, render_views
@@ -23,7 +24,7 @@ from vqbench.training.data import (
     training_image_paths,
 )
 from vqbench.training.export import footprint
-from vqbench.training.loop import Trainer, build_models, config_fingerprint
+from vqbench.training.loop import build_models, config_fingerprint
 
 SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "data" / "lfw-sample"
 
@@ -46,28 +47,6 @@ def tiny_config(tmp_path: Path, encoder_hint: float = 1.0) -> dict:
 def prepared(tmp_path: Path) -> PreparedSet:
     people = select_training_people(SAMPLE_ROOT, [9])
     return prepare_training_set(training_image_paths(SAMPLE_ROOT, people.people)[:8], tmp_path / "cache")
-
-
-class InterruptedTrainer(Trainer):
-    """A trainer that stops, as if killed, after a number of steps."""
-
-    def __init__(self, *args: object, stop_after_steps: int, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
-        self.steps_left = stop_after_steps
-
-    def _train_step(self, stage: str, rows: np.ndarray) -> tuple[dict[str, float], torch.Tensor]:
-        if self.steps_left == 0:
-            raise KeyboardInterrupt
-        self.steps_left -= 1
-        return super()._train_step(stage, rows)
-
-
-def make_trainer(config: TrainConfig, data: PreparedSet, checkpoint: Path, stop_after_steps: int | None = None) -> Trainer:
-    torch.manual_seed(config.seed)
-    models = build_models(config, load_torch_teacher())
-    if stop_after_steps is None:
-        return Trainer(config, data, models, checkpoint)
-    return InterruptedTrainer(config, data, models, checkpoint, stop_after_steps=stop_after_steps)
 
 
 # ----- config ----------------------------------------------------------------------------------
@@ -171,7 +150,7 @@ def test_hint_maps_match_teacher_and_are_cached(tmp_path: Path, prepared: Prepar
 @pytest.mark.slow
 def test_zero_hint_trains_without_hint_term(tmp_path: Path, prepared: PreparedSet) -> None:
     torch.set_num_threads(1)
-    trainer = make_trainer(TrainConfig.model_validate(tiny_config(tmp_path, encoder_hint=0.0)), prepared, tmp_path / "last.pt")
+    trainer = _trainer(TrainConfig.model_validate(tiny_config(tmp_path, encoder_hint=0.0)), prepared, tmp_path / "last.pt")
     trainer.run()
     assert "hint" not in trainer.progress.history[-1]
     assert "cos" in trainer.progress.history[-1]
@@ -181,7 +160,7 @@ def test_zero_hint_trains_without_hint_term(tmp_path: Path, prepared: PreparedSe
 @pytest.mark.slow
 def test_trainer_rejects_missing_hint_maps(tmp_path: Path, prepared: PreparedSet) -> None:
     with pytest.raises(ValueError, match="the prepared set has no hint maps"):
-        make_trainer(TrainConfig.model_validate(tiny_config(tmp_path)), prepared, tmp_path / "last.pt")
+        _trainer(TrainConfig.model_validate(tiny_config(tmp_path)), prepared, tmp_path / "last.pt")
 
 
 @pytest.mark.slow
@@ -190,7 +169,7 @@ def test_hint_head_resumes_like_uninterrupted_run(tmp_path: Path, prepared: Prep
     config = TrainConfig.model_validate(tiny_config(tmp_path))
     data = add_hint_maps(prepared, config.vq.grid, tmp_path / "cache")
 
-    straight = make_trainer(config, data, tmp_path / "a.pt")
+    straight = _trainer(config, data, tmp_path / "a.pt")
     initial_head = {name: value.clone() for name, value in straight.models.hint_head.state_dict().items()}
     straight.run()
     record = straight.progress.history[-1]
@@ -198,9 +177,9 @@ def test_hint_head_resumes_like_uninterrupted_run(tmp_path: Path, prepared: Prep
     assert all(not torch.equal(straight.models.hint_head.state_dict()[name], value) for name, value in initial_head.items())
 
     with pytest.raises(KeyboardInterrupt):
-        make_trainer(config, data, tmp_path / "b.pt", stop_after_steps=1).run()
+        _trainer(config, data, tmp_path / "b.pt", stop_after_steps=1).run()
     assert "hint_head" in torch.load(tmp_path / "b.pt", weights_only=False)
-    resumed = make_trainer(config, data, tmp_path / "b.pt")
+    resumed = _trainer(config, data, tmp_path / "b.pt")
     resumed.run()
     for name, value in straight.models.hint_head.state_dict().items():
         assert torch.allclose(value, resumed.models.hint_head.state_dict()[name], atol=1e-5), name

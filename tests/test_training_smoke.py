@@ -318,7 +318,7 @@ def test_init_from_continues_a_trained_model(tmp_path: Path) -> None:
         assert torch.equal(state[key], base_state[key]), key
 
 
-def test_init_from_with_other_decoder_trains_a_new_decoder(tmp_path: Path) -> None:
+def test_init_from_new_decoder_widths(tmp_path: Path) -> None:
     base_dir = train_base_model(tmp_path)
     base_widths = load_vq_card(base_dir).data["architecture"]["vq"]["decoder_widths"]
 

@@ -471,7 +471,7 @@ def serve(
     body_timeout_s: Annotated[
         float,
         typer.Option("--body-timeout-s",
-                     help="Longest wait for the next part of a request body, in seconds; a body that stalls "
+                     help="Maximum wait for the next part of a request body, in seconds; a body that stalls "
                           "longer gets 408 and its connection is closed."),
     ] = 30.0,
 ) -> None:
@@ -498,7 +498,7 @@ def loadtest(
                                         "Default: the service's default pipelines, aligned with the settings it lists."),
     ] = None,
     token_file: Annotated[Optional[Path], typer.Option("--token-file", help="File holding the bearer token.")] = None,
-    images: Annotated[int, typer.Option("--images", min=1, help="LFW sample images to build payloads from; more than the sample holds uses all of it.")] = 16,
+    images: Annotated[int, typer.Option("--images", min=1, help="LFW sample images to build payloads from; a value above the sample's size uses the whole sample.")] = 16,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Send real payloads from N concurrent clients and check every response."""

@@ -3,9 +3,9 @@
 The host measurements are the base. For an edge device that is not the host, the edge half's
 time and energy come from the device profile (``modeled-device-profile``): its time from a
 speed ratio the scenario gives, else from the edge half's MACs and the profile's throughput.
-For a link, the size of each payload the edge half produced, framed as the link's profile
-says, gives its transfer time, the radio energy on the device and the network's transit energy
-(``modeled-link``). The same sizes decide whether the link can carry the payloads: one it
+For a link, the size of each payload the edge half produced, with the framing of the link's
+profile, gives its transfer time, the radio energy on the device and the network's transit
+energy (``modeled-link``). The same sizes decide whether the link can carry the payloads: one it
 cannot carry marks the row infeasible and leaves its network figures, its end-to-end latency
 and its totals empty. The transit part of the network energy has its own column, with its
 range under the published factors, because the choice of factor alone moves it about 20x.

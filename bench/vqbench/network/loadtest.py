@@ -16,9 +16,9 @@ Latency is the client's whole request time (connect on the first request, send, 
 compute, receive). Throughput counts correct responses per second of test time.
 
 A client whose request cannot reach the service (the connection is refused or breaks) waits
-before its next one, 50 ms at first and twice as long after each further such failure, up
-to 1 s; a request that gets through resets the wait. A service that stops mid-test therefore
-costs a few requests per client and second, each counted as an error, rather than a flood of
+before its next one: 50 ms at first, then twice as long after each further such failure, up
+to 1 s. A request that gets through resets the wait. So a service that stops mid-test costs
+a few failed requests per client and second, each counted as an error, instead of a flood of
 connection attempts.
 
 With ``--json``, ``loadtest_command`` checks that the report file can be created before the
@@ -58,7 +58,7 @@ MAX_DURATION_S = 3600.0
 #: First and longest wait, in seconds, after a request that could not reach the service.
 RETRY_WAIT_FIRST_S = 0.05
 RETRY_WAIT_MAX_S = 1.0
-#: Error kinds that mean the service could not be reached, rather than that it answered.
+#: Error kinds that mean the request did not reach the service, as opposed to an error response.
 UNREACHABLE_KINDS = frozenset({"connect", "protocol"})
 #: Largest absolute difference between a returned and an expected embedding component.
 EMBEDDING_ATOL = 1e-4
@@ -388,7 +388,7 @@ def loadtest_command(
     check_alignment(usable, entries, url, f"--scenario {scenario}" if scenario is not None else "the default settings")
     image_files = sample_image_files(n_images)
     if len(image_files) < n_images:
-        logger.warning("--images %d asks for more images than the LFW sample holds; using all %d", n_images, len(image_files))
+        logger.warning("--images %d is more than the %d images of the LFW sample; using all of them", n_images, len(image_files))
     logger.info("building payloads: %d images x %d variants", len(image_files), len(usable))
     payloads = build_payloads(usable, image_files)
     return run_loadtest(url, clients, duration_s, payloads, token)

@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 LFW_IMAGE_FOLDER = "lfw-deepfunneled"
 _PREPARED_FORMAT = 1
-#: Channels of the teacher map that the encoder hint targets. That stage is 8x8, the teacher's size nearest the code grids of 9 to 14.
+#: Channels of the teacher map that the encoder hint targets. That stage is 8x8, the teacher's
+#: map size nearest the code grids of 9 to 14.
 HINT_CHANNELS = 128
 
 
@@ -310,7 +311,8 @@ def add_hint_maps(prepared: PreparedSet, grid: int, cache_dir: Path, batch_size:
 def channel_mean_std(maps: np.ndarray, chunk_rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Return the per-channel mean and standard deviation (float32) of (N, V, C, H, W) maps.
 
-    The sums run over chunks of ``chunk_rows`` images in float64, so no float32 copy of the whole array is made.
+    The sums run over chunks of ``chunk_rows`` images in float64, so no float32 copy of the
+    whole array is made.
     """
     channels = maps.shape[2]
     total = np.zeros(channels)

@@ -717,8 +717,8 @@ def load_initial_weights(models: Models, card: "VQModelCard", config: TrainConfi
                     f"{list(config.vq.decoder_widths)} here, which trains a new decoder on the source's codes; "
                     "set stages.joint_epochs to 0 so that the codes stay as they are, or use the same decoder_widths"
                 )
-            kept = {key: value for key, value in state["vqvae"].items() if not key.startswith("decoder.")}
-            missing, unexpected = models.vqvae.load_state_dict(kept, strict=False)
+            without_decoder = {key: value for key, value in state["vqvae"].items() if not key.startswith("decoder.")}
+            missing, unexpected = models.vqvae.load_state_dict(without_decoder, strict=False)
             if unexpected or any(not key.startswith("decoder.") for key in missing):
                 raise RuntimeError(f"missing keys {missing}, unexpected keys {unexpected}")
             logger.info("the decoder starts from new weights: decoder_widths %s there, %s here",
