@@ -57,10 +57,13 @@ def test_http_run_models_the_link_on_payload_bytes() -> None:
 
 def test_payload_the_link_cannot_carry_empties_the_row() -> None:
     # 221 B over SF12 needs 8 frames; at 1,000 transfers a day the duty cycle forbids it.
-    measured = _measurement([221], [10.0])
+    measured = _measurement([221, 300, 221], [10.0, 10.0, 10.0])
     (row,) = build_rows(measured, DeploymentConfig(links=["lorawan-sf12"], transfers_per_day=1000), (300.0, 50.0))
     assert row.link_feasible is False
     assert "duty cycle" in row.link_infeasible_reason
+    # The reason is the largest payload's, the one furthest from fitting.
+    largest = link_cost(get_link_profile("lorawan-sf12"), 300, 0, transfers_per_day=1000).infeasible_reason
+    assert row.link_infeasible_reason == f"{largest} (largest payload 300 B; 2 payload sizes do not fit)"
     assert row.network_energy_j_per_inference is None
     assert row.total_energy_j_per_inference is None
     assert row.end_to_end_latency_ms_p50 is None

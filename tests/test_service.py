@@ -707,6 +707,17 @@ def _small_report() -> LoadTestReport:
     )
 
 
+def test_loadtest_summary_without_requests() -> None:
+    import dataclasses
+
+    empty = dataclasses.replace(_small_report(), requests=0, correct=0, throughput_rps=0.0)
+    lines = empty.summary_lines()
+    assert lines[0].startswith("http://127.0.0.1:1: 1 client for 1.0 s, 0 requests,")
+    assert "no request finished within the test's duration" in lines[3]
+    assert not empty.all_correct
+    assert not any("no request finished" in line for line in _small_report().summary_lines())
+
+
 def test_report_path_check_rejects_unwritable(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="/proc/x.json") as caught:
         check_report_path(Path("/proc/x.json"))

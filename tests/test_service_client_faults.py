@@ -240,6 +240,15 @@ def test_token_checked_before_body_size(chunked: bool) -> None:
         assert authorised.headers["connection"] == "close"
 
 
+def test_match_without_payload_type_names_header() -> None:
+    with TestClient(create_app([CodesPipeline()], None)) as plain_client:
+        response = plain_client.post("/v1/match/test-codes/v1", content=b"\x00" * 20,
+                                     headers={"content-type": PAIR_CONTENT_TYPE})
+    assert response.status_code == 415, response.text
+    assert "needs the x-payload-type header" in response.json()["detail"]
+    assert "application/octet-stream" in response.json()["fix"]
+
+
 def test_unknown_pipeline_checked_before_body_size() -> None:
     with TestClient(create_app([CodesPipeline()], None, max_request_bytes=1_000)) as small_client:
         response = small_client.post("/v1/embed/test-codes/v9", content=b"\x00" * 2_000, headers=OCTET)

@@ -87,13 +87,13 @@ def test_serve_passes_body_timeout(captured_serve: list[tuple]) -> None:
     assert captured_serve[0][-1] == {"body_timeout_s": 2.5}
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e300"])
 def test_serve_rejects_bad_body_timeout(value: str) -> None:
     # Checked before any model is loaded, like --max-request-bytes.
     result = runner.invoke(app, ["serve", "--body-timeout-s", value])
     assert result.exit_code == 2
     message = " ".join(result.output.split())
-    assert "--body-timeout-s must be a positive number of seconds" in message
+    assert "--body-timeout-s must be a positive number of seconds up to 3600" in message
     assert f"got {float(value)}" in message
     assert "Traceback" not in result.output
 
@@ -202,3 +202,28 @@ def test_busy_port_fails_before_models_load(monkeypatch: pytest.MonkeyPatch) -> 
             service.serve_command("127.0.0.1", busy.getsockname()[1], None, None)
     finally:
         busy.close()
+
+
+def test_shutdown_announces_requests_in_flight() -> None:
+    # A stalled body keeps uvicorn's shutdown waiting, so the service announces what it waits for.
+    lines: list[str] = []
+    app = create_app([CodesPipeline()], None, body_timeout_s=1.0)
+    sock = listen_socket("127.0.0.1", 0)
+    config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+    server = announcing_server(config, app, service_url("127.0.0.1", sock.getsockname()[1]), lines.append)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with socket.create_connection(sock.getsockname(), timeout=5) as stalled:
+        stalled.sendall(b"POST /v1/embed/test-codes/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        b"Content-Type: application/octet-stream\r\nContent-Length: 131\r\n\r\nTC\x01")
+        time.sleep(0.2)
+        server.should_exit = True
+        thread.join(timeout=10)
+        assert stalled.recv(65536).startswith(b"HTTP/1.1 408 ")
+    sock.close()
+    assert not thread.is_alive()
+    assert "vqbench serve: stopping; waiting up to 5 s for 1 request in flight" in lines
+    assert lines[-1].endswith("after 1 request")

@@ -152,7 +152,7 @@ def _print_summary(run_dir: Path) -> None:
         "network_energy_j_per_inference": ("link", "network_energy_method"),
         "cloud_energy_j_per_inference": ("cloud", "cloud_energy_method"),
     }
-    table = Table(title=f"vqbench results ({len(frame)} rows; all columns in results.csv)")
+    table = Table(title=f"vqbench results ({plural(len(frame), 'row')}; all columns in results.csv)")
     table.add_column("variant", no_wrap=True)
     table.add_column("link/device")
     for _, title, _ in columns:

@@ -40,6 +40,9 @@ METHOD_COLUMNS = {
     "cloud_energy_ci95_j": "cloud_energy_method",
     "cloud_dynamic_energy_j_per_inference": "cloud_energy_method",
     "network_energy_j_per_inference": "network_energy_method",
+    "network_transit_energy_j_per_inference": "network_energy_method",
+    "network_transit_energy_j_per_inference_min": "network_energy_method",
+    "network_transit_energy_j_per_inference_max": "network_energy_method",
     "total_energy_j_per_inference": COMBINED_METHODS,
     "co2e_g_per_inference": COMBINED_METHODS,
 }

@@ -29,6 +29,7 @@ from vqbench.metrics.verification import VerificationResult
 from vqbench.pipelines.base import HalfFootprint, Pipeline
 from vqbench.results import ResultRow
 from vqbench.scenario import DeploymentConfig, EdgeDeviceChoice
+from vqbench.text import plural
 
 JOULES_PER_KWH = 3.6e6
 HOST = "host"
@@ -204,9 +205,12 @@ def _network(
     costs = {size: link_cost(profile, size, down, transfers_per_day=per_day)
              for size in sorted(set(sizes_for_energy) | set(sizes_for_latency))}
     method = next(iter(costs.values())).method if costs else "modeled-link"
-    infeasible = next((cost for cost in costs.values() if not cost.feasible), None)
-    if infeasible is not None:
-        return _Network([], None, method, False, infeasible.infeasible_reason)
+    # The largest payload the link cannot carry names the reason, since it is the furthest from fitting.
+    infeasible = [(size, cost) for size, cost in costs.items() if not cost.feasible]
+    if infeasible:
+        size, cost = infeasible[-1]
+        reason = f"{cost.infeasible_reason} (largest payload {size} B; {plural(len(infeasible), 'payload size')} do not fit)"
+        return _Network([], None, method, False, reason)
     latency = [costs[size].transfer_latency_ms for size in sizes_for_latency]
     if not sizes_for_energy:
         return _Network(latency, None, method, True, None)

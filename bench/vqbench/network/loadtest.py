@@ -47,6 +47,7 @@ from vqbench.errors import DataError, RunError, ScenarioError
 from vqbench.io import write_json_atomic
 from vqbench.metrics.latency import percentile_ms
 from vqbench.network.client import HttpCloud, HttpTransportError, TransferStats, read_token_file
+from vqbench.text import plural
 
 if TYPE_CHECKING:
     from vqbench.scenario import AlignmentConfig
@@ -121,12 +122,14 @@ class LoadTestReport:
     def summary_lines(self) -> list[str]:
         """Describe the report in a few lines of plain text."""
         lines = [
-            f"{self.url}: {self.clients} clients for {self.duration_s:.1f} s, {self.requests} requests, "
+            f"{self.url}: {plural(self.clients, 'client')} for {self.duration_s:.1f} s, {plural(self.requests, 'request')}, "
             f"{self.correct} correct, {self.throughput_rps:.2f} correct responses/s",
             f"latency p50 {_ms(self.latency_p50_ms)}, p95 {_ms(self.latency_p95_ms)}, p99 {_ms(self.latency_p99_ms)}",
             f"errors: {dict(self.errors_by_kind) or 'none'}; wrong embeddings: {self.wrong_embeddings}; "
             f"wrong request ids: {self.wrong_request_ids}",
         ]
+        if self.requests == 0:
+            lines.append("no request finished within the test's duration, so nothing was checked; give a longer duration")
         for label, load in self.per_variant.items():
             lines.append(
                 f"  {label}: {load.requests} requests, p50 {_ms(load.latency_p50_ms)}, p95 {_ms(load.latency_p95_ms)}, "

@@ -57,7 +57,9 @@ Checks, in order: bearer token (401), pipeline and variant (404), content type (
 size (413, from ``Content-Length`` before the body is read, then while reading it; the limit
 is ``vqbench serve --max-request-bytes``), a body that stalls (408, when no part of it arrives
 for ``vqbench serve --body-timeout-s``), payload validation and decoding (422). A 413 or 408
-closes the connection, since the rest of the body was never read. A ``PayloadError`` or
+closes the connection, since the rest of the body was never read. NOTE: request headers that
+never finish are not timed out: they never reach the app, and uvicorn 0.55 has no limit for
+them (a client that stalled mid-headers kept its connection for 90 s in a test). A ``PayloadError`` or
 ``CorruptImageError`` raised by a pipeline's ``cloud()`` becomes a 422; any other exception
 becomes a 500 whose traceback is logged with the request id. Every response carries
 ``X-Request-ID``: the client's value when it is 1 to 64 characters of ``[A-Za-z0-9._:-]``,
@@ -214,6 +216,9 @@ DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 #: hold its connection and its partial body for as long as it likes. The wait is per read,
 #: not for the whole body, so a slow link that keeps sending is not cut off.
 DEFAULT_BODY_TIMEOUT_S = 30.0
+#: Largest accepted ``--body-timeout-s``: one hour, far above any upload of a face, so that a
+#: typo such as 1e300 cannot turn the limit off.
+MAX_BODY_TIMEOUT_S = 3600.0
 
 #: Status counted in ``/metrics`` for a request whose client disconnected before its body
 #: arrived. No response is sent; 499 is nginx's code for a request the client closed.
@@ -421,9 +426,10 @@ class _DisconnectLog:
 
 
 def _check_body_timeout(body_timeout_s: float) -> None:
-    if not (math.isfinite(body_timeout_s) and body_timeout_s > 0):
-        raise ScenarioError(f"--body-timeout-s must be a positive number of seconds, got {body_timeout_s}; "
-                            f"give the longest wait for the next part of a request body (default {DEFAULT_BODY_TIMEOUT_S:g})")
+    if not (math.isfinite(body_timeout_s) and 0 < body_timeout_s <= MAX_BODY_TIMEOUT_S):
+        raise ScenarioError(f"--body-timeout-s must be a positive number of seconds up to {MAX_BODY_TIMEOUT_S:g}, got "
+                            f"{body_timeout_s}; give the maximum wait for the next part of a request body "
+                            f"(default {DEFAULT_BODY_TIMEOUT_S:g})")
 
 
 #: Sent with a response given before the whole body was read: the connection cannot carry
@@ -434,7 +440,7 @@ _CLOSE_CONNECTION = {"Connection": "close"}
 def _too_large(size_bytes: int, limit_bytes: int) -> ServiceProblem:
     return ServiceProblem(413, "payload_too_large",
                           f"request body of {size_bytes} bytes exceeds the service's limit of {limit_bytes} bytes",
-                          "send one payload per request, or restart the service with a larger "
+                          "send one payload per request (a pair for /v1/match), or restart the service with a larger "
                           f"`vqbench serve --max-request-bytes` (now {limit_bytes})", headers=_CLOSE_CONNECTION)
 
 
@@ -702,6 +708,10 @@ async def _read_pair(state: _ServiceState, pipeline: Pipeline, request: Request)
         raise ServiceProblem(415, "unsupported_media_type", "a match request must be a payload pair",
                              f"send Content-Type {PAIR_CONTENT_TYPE} with the framing in the service documentation")
     inner_type = media_type(request.headers.get(PAYLOAD_TYPE_HEADER))
+    if not inner_type:
+        raise ServiceProblem(415, "unsupported_media_type", f"a match request needs the {PAYLOAD_TYPE_HEADER} header",
+                             f"send the payloads' own Content-Type in {PAYLOAD_TYPE_HEADER}, such as "
+                             f"{payload_kind_of(pipeline).content_types(pipeline)[0]}")
     kind = _check_content_type(pipeline, inner_type)
     body = await _read_body(request, state.max_request_bytes, state.body_timeout_s)
     try:
@@ -864,6 +874,11 @@ def announcing_server(config: "uvicorn.Config", app: FastAPI, url: str, announce
                          "(GET /v1/pipelines lists them); press Ctrl-C to stop")
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            in_flight = len(self.server_state.tasks)
+            if in_flight:
+                # A request whose body stalls keeps the shutdown waiting until it times out.
+                announce(f"vqbench serve: stopping; waiting up to {self.config.timeout_graceful_shutdown} s for "
+                         f"{plural(in_flight, 'request')} in flight")
             try:
                 await super().shutdown(sockets=sockets)
             finally:

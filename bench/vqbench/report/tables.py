@@ -134,6 +134,7 @@ DETAIL_COLUMNS: tuple[Column, ...] = (
     Column("Detection fallbacks", lambda r: format_integer(r.detection_fallbacks)),
     Column("Edge p50 (ms)", _number("edge_latency_ms_p50")),
     Column("Transfer p50 (ms)", _number("transfer_latency_ms_p50")),
+    Column("Transfer basis", lambda r: _text(r.transfer_latency_basis), numeric=False),
     Column("Cloud p50 (ms)", _number("cloud_latency_ms_p50")),
     Column("Edge params", _number("edge_params")),
     Column("Edge MACs", _number("edge_macs")),
