@@ -934,17 +934,24 @@ def test_scenario_client_401_names_setting(served: str, tmp_path: Path) -> None:
     assert "--token-file at" not in str(caught.value)
 
 
-def test_bad_content_length_over_socket_is_uvicorn_400(served: str) -> None:
-    # h11 rejects the header before the app runs, so the body is uvicorn's text, not the service's JSON.
-    port = int(served.rsplit(":", 1)[1])
-    request = (b"POST /v1/embed/test-codes/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-               b"Content-Type: application/octet-stream\r\nContent-Length: abc\r\n\r\nabc")
+def raw_exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """Send raw request bytes to 127.0.0.1:``port``, keep the sending side open, and return the
+    response's head and body once the server closes the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
         connection.sendall(request)
         response = b""
         while chunk := connection.recv(65536):
             response += chunk
     head, _, body = response.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_bad_content_length_over_socket_is_uvicorn_400(served: str) -> None:
+    # h11 rejects the header before the app runs, so the body is uvicorn's text, not the service's JSON.
+    port = int(served.rsplit(":", 1)[1])
+    request = (b"POST /v1/embed/test-codes/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               b"Content-Type: application/octet-stream\r\nContent-Length: abc\r\n\r\nabc")
+    head, body = raw_exchange(port, request)
     assert head.startswith(b"HTTP/1.1 400 ")
     assert b"content-type: text/plain" in head.lower()
     assert body == b"Invalid HTTP request received."

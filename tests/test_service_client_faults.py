@@ -23,7 +23,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-from test_service import TOKEN, CodesPipeline, FakeComponents, running_server
+from test_service import TOKEN, CodesPipeline, FakeComponents, raw_exchange, running_server
 from vqbench.network.service import (
     DEFAULT_MAX_REQUEST_BYTES,
     PAIR_CONTENT_TYPE,
@@ -397,15 +397,10 @@ def test_stalled_body_gets_408() -> None:
 def test_stalled_body_over_socket_is_closed() -> None:
     with running_server(create_app([CodesPipeline()], None, body_timeout_s=0.3)) as (url, _server):
         port = int(url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
-            connection.sendall(b"POST /v1/embed/test-codes/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                               b"Content-Type: application/octet-stream\r\nContent-Length: 131\r\n\r\n"
-                               + b"TC\x01" + b"\x00" * 47)
-            response = b""
-            # The client keeps its side open, so the service must respond and close the connection itself.
-            while chunk := connection.recv(65536):
-                response += chunk
-        head, _, body = response.partition(b"\r\n\r\n")
+        # The client keeps its side open, so the service must respond and close the connection itself.
+        head, body = raw_exchange(port, b"POST /v1/embed/test-codes/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                        b"Content-Type: application/octet-stream\r\nContent-Length: 131\r\n\r\n"
+                                        + b"TC\x01" + b"\x00" * 47)
         assert head.startswith(b"HTTP/1.1 408 ")
         assert b"connection: close" in head.lower()
         assert json.loads(body)["error"] == "body_timeout"

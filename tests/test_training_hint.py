@@ -14,7 +14,8 @@ import yaml
 from pydantic import ValidationError
 
 import vqbench.training.data as training_data
-from test_training_smoke import _trainer
+from test_training_smoke import SAMPLE_ROOT, _trainer
+from test_training_smoke import tiny_config as smoke_config
 from vqbench.models.teacher_torch import load_torch_teacher
 from vqbench.training import train_command
 from vqbench.training.augment import chip_and_flip_params, render_views
@@ -26,21 +27,13 @@ from vqbench.training.data import (
 from vqbench.training.export import footprint
 from vqbench.training.loop import build_models, config_fingerprint
 
-SAMPLE_ROOT = Path(__file__).resolve().parents[1] / "data" / "lfw-sample"
-
-
 def tiny_config(tmp_path: Path, encoder_hint: float = 1.0) -> dict:
-    """A config that trains in seconds on 8 sample images, with an 8x8 code grid."""
-    return {
-        "model_id": "hint",
-        "threads": 1,
-        "output_dir": str(tmp_path / "model"),
-        "data": {"root": str(SAMPLE_ROOT), "train_folds": [9], "max_images": 8, "cache_dir": str(tmp_path / "cache")},
-        "vq": {"input_size_px": 32, "widths": [8, 16], "extra_blocks": 1, "grid": 8, "codebook_size": 16, "code_dim": 8, "decoder_widths": [16, 8]},
-        "student": {"width": 8, "blocks": 2},
-        "loss": {"encoder_hint": encoder_hint},
-        "stages": {"joint_epochs": 1, "identity_epochs": 0.0, "batch_size": 4, "checkpoint_every_steps": 1},
-    }
+    """Return the smoke tests' config (8 sample images, an 8x8 code grid) with the encoder hint and no stage identity."""
+    config = smoke_config(tmp_path)
+    config["model_id"] = "hint"
+    config["loss"] = {"encoder_hint": encoder_hint}
+    config["stages"]["identity_epochs"] = 0.0
+    return config
 
 
 @pytest.fixture
