@@ -42,7 +42,6 @@ from vqbench.network.client import (
     HttpPayloadRejected,
     HttpTransportError,
     measured_transfer_columns,
-    read_token_file,
     sniff_image_type,
 )
 from vqbench.network.loadtest import (
@@ -63,6 +62,7 @@ from vqbench.network.service import (
     listen_socket,
     split_pair,
 )
+from vqbench.network.token_file import read_token_file
 from vqbench.pipelines.base import Components, EdgeOutput, HalfFootprint, Pipeline
 from vqbench.pipelines.cloud import CloudCodecPipeline, CloudRawPipeline
 from vqbench.scenario import AlignmentConfig, TeacherConfig, TransportConfig
@@ -697,6 +697,17 @@ def test_read_token_file(tmp_path: Path) -> None:
     (tmp_path / "binary").write_bytes(b"\xff\xfe token\n")
     with pytest.raises(ScenarioError, match="not UTF-8 text"):
         read_token_file(tmp_path / "binary")
+
+
+def test_token_file_readable_by_others_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "token"
+    path.write_text("abc123\n")
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        assert read_token_file(path) == "abc123"
+    # Logged under the token file's own module, not the client's, since the service reads it too.
+    assert [(record.name, record.getMessage()) for record in caplog.records] == [
+        ("vqbench.network.token_file", f"token file {path} can be read by other users; run chmod 600 on it")]
 
 
 def _small_report() -> LoadTestReport:

@@ -409,6 +409,59 @@ def test_stalled_body_over_socket_is_closed() -> None:
             assert connection.recv(65536).startswith(b"HTTP/1.1 200 ")
 
 
+@pytest.mark.parametrize("path, headers, status", [
+    ("/v1/embed/test-codes/v1", OCTET, 401),
+    ("/v1/embed/test-codes/v9", {**OCTET, "authorization": f"Bearer {TOKEN}"}, 404),
+    ("/v1/embed/test-codes/v1", {"content-type": "text/plain", "authorization": f"Bearer {TOKEN}"}, 415),
+], ids=["token", "pipeline", "content-type"])
+def test_rejection_before_body_closes_connection(path: str, headers: dict[str, str], status: int) -> None:
+    with TestClient(create_app([CodesPipeline()], TOKEN)) as protected:
+        rejected = protected.post(path, content=b"\x00" * 200, headers=headers)
+        bodiless = protected.get("/v1/pipelines")
+    assert rejected.status_code == status, rejected.text
+    assert rejected.headers["connection"] == "close"
+    # A request without a body leaves nothing unread, so its connection stays open.
+    assert bodiless.status_code == 401
+    assert "connection" not in bodiless.headers
+
+
+def test_rejection_before_body_over_socket_closes_at_once() -> None:
+    with running_server(create_app([CodesPipeline()], TOKEN)) as (url, _server):
+        port = int(url.rsplit(":", 1)[1])
+        # 2 s is well below uvicorn's 5 s keep-alive timeout, which closed the connection before.
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as connection:
+            connection.sendall(b"POST /v1/embed/test-codes/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                               b"Content-Type: application/octet-stream\r\nContent-Length: 131\r\n\r\n"
+                               + b"TC\x01" + b"\x00" * 128)
+            response = b""
+            while chunk := connection.recv(65536):
+                response += chunk
+    assert response.startswith(b"HTTP/1.1 401 ")
+    assert b"connection: close" in response.lower()
+
+
+def test_rejections_logged_rate_limited_per_status(caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app([CodesPipeline()], TOKEN, max_request_bytes=1_000)
+    now_s = [500.0]
+    for log in app.state.service.rejection_logs.values():
+        log.clock_s = lambda: now_s[0]
+    authorised = {**OCTET, "authorization": f"Bearer {TOKEN}"}
+    with TestClient(app) as protected, caplog.at_level(logging.DEBUG, logger="vqbench.network.service"):
+        for number in range(3):
+            protected.post("/v1/embed/test-codes/v1", content=b"\x00" * 20,
+                           headers={**OCTET, "x-request-id": f"no-token-{number}"})
+        protected.post("/v1/embed/test-codes/v1", content=b"\x00" * 2_000, headers={**authorised, "x-request-id": "big-1"})
+        now_s[0] += 61.0
+        protected.post("/v1/embed/test-codes/v1", content=b"\x00" * 20, headers={**OCTET, "x-request-id": "no-token-3"})
+    warned = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warned) == 3, warned
+    assert "request no-token-0: POST /v1/embed/test-codes/v1 rejected with 401 unauthorized" in warned[0]
+    # A flood of one rejection does not hide another kind.
+    assert "request big-1: POST /v1/embed/test-codes/v1 rejected with 413 payload_too_large" in warned[1]
+    assert "2 other 401 rejections in the last 61 s went to the DEBUG log" in warned[2]
+    assert TOKEN not in " ".join(record.getMessage() for record in caplog.records)
+
+
 # ---------------------------------------------------------------------------------------------
 # A truncated image sent to cloud-raw.
 

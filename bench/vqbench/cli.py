@@ -464,14 +464,14 @@ def serve(
     max_request_bytes: Annotated[
         int,
         typer.Option("--max-request-bytes",
-                     help="Largest request body accepted, in bytes (at least 1); larger ones get 413. "
+                     help="Largest request body accepted, in bytes (1 to 1 GiB); larger ones get 413. "
                           "Each body is held in memory while it is read."),
     ] = 16 * 1024 * 1024,
     # Equals vqbench.network.service.DEFAULT_BODY_TIMEOUT_S, for the same reason; the same test checks it.
     body_timeout_s: Annotated[
         float,
         typer.Option("--body-timeout-s",
-                     help="Maximum wait for the next part of a request body, in seconds; a body that stalls "
+                     help="Maximum wait for the next part of a request body, in seconds (0.1 to 3600); a body that stalls "
                           "longer gets 408 and its connection is closed."),
     ] = 30.0,
 ) -> None:

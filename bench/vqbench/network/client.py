@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import stat
 import threading
 import time
 import uuid
@@ -42,6 +41,7 @@ import numpy as np
 from vqbench import __version__
 from vqbench.errors import PayloadError, RunError, ScenarioError
 from vqbench.metrics.latency import percentile_ms
+from vqbench.network.token_file import read_token_file
 from vqbench.scenario import url_problem
 
 if TYPE_CHECKING:
@@ -187,28 +187,6 @@ class _CountingBackend(httpcore.SyncBackend):
         options = list(socket_options or []) + [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
         stream = super().connect_tcp(host, port, timeout, local_address, options)
         return _CountingStream(stream)
-
-
-def read_token_file(path: Path) -> str:
-    """Read a bearer token from the first line of ``path``.
-
-    Raises ScenarioError when the file is missing or empty; warns when other users can read it.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-        mode = path.stat().st_mode
-    except FileNotFoundError as error:
-        raise ScenarioError(f"token file not found: {path}; create it with one line holding the token") from error
-    except OSError as error:
-        raise ScenarioError(f"cannot read token file {path}: {error.strerror}; check its permissions") from error
-    except UnicodeDecodeError as error:
-        raise ScenarioError(f"token file {path} is not UTF-8 text; write the token on its first line as plain text") from error
-    token = text.strip().splitlines()[0].strip() if text.strip() else ""
-    if not token:
-        raise ScenarioError(f"token file {path} is empty; write the token on its first line")
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        logger.warning("token file %s can be read by other users; run chmod 600 on it", path)
-    return token
 
 
 def sniff_image_type(payload: bytes) -> str | None:

@@ -46,7 +46,8 @@ import numpy as np
 from vqbench.errors import DataError, RunError, ScenarioError
 from vqbench.io import write_json_atomic
 from vqbench.metrics.latency import percentile_ms
-from vqbench.network.client import HttpCloud, HttpTransportError, TransferStats, read_token_file
+from vqbench.network.client import HttpCloud, HttpTransportError, TransferStats
+from vqbench.network.token_file import read_token_file
 from vqbench.text import plural
 
 if TYPE_CHECKING:

@@ -56,8 +56,10 @@ Match framing (``Content-Type: application/vnd.vqbench.pair``, the payloads' own
 Checks, in order: bearer token (401), pipeline and variant (404), content type (415), body
 size (413, from ``Content-Length`` before the body is read, then while reading it; the limit
 is ``vqbench serve --max-request-bytes``), a body that stalls (408, when no part of it arrives
-for ``vqbench serve --body-timeout-s``), payload validation and decoding (422). A 413 or 408
-closes the connection, since the rest of the body was never read. NOTE: request headers that
+for ``vqbench serve --body-timeout-s``), payload validation and decoding (422). A response
+sent before the body was read to its end (401, 404, 415, 413, 408) closes the connection,
+since the unread rest of the body would be taken for the next request. The 401, 408 and 413
+rejections are logged as warnings, at most one a minute per status like the disconnects below. NOTE: request headers that
 never finish are not timed out: they never reach the app, and uvicorn 0.55 has no limit for
 them (a client that stalled mid-headers kept its connection for 90 s in a test). A ``PayloadError`` or
 ``CorruptImageError`` raised by a pipeline's ``cloud()`` becomes a 422; any other exception
@@ -210,6 +212,9 @@ _MAX_LABEL_CHARS = 128
 #: in ``serve`` up to 1024 x 16 MiB = 16 GiB could be held at once. Lower the limit on a
 #: smaller host that untrusted clients can reach.
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+#: Largest accepted ``--max-request-bytes``: 1 GiB, 64 times the default. A larger limit would
+#: let a few clients exhaust the host's memory with bodies no face image needs.
+MAX_REQUEST_BYTES_LIMIT = 1024 * 1024 * 1024
 
 #: Default longest wait, in seconds, for the next part of a request body
 #: (``vqbench serve --body-timeout-s``). A client that stops sending mid-body would otherwise
@@ -219,6 +224,9 @@ DEFAULT_BODY_TIMEOUT_S = 30.0
 #: Largest accepted ``--body-timeout-s``: one hour, far above any upload of a face, so that a
 #: typo such as 1e300 cannot turn the limit off.
 MAX_BODY_TIMEOUT_S = 3600.0
+#: Smallest accepted ``--body-timeout-s``: 0.1 s. Below it a healthy client one long-distance
+#: round trip away (an estimate: 0.1 to 0.3 s) could get 408 between two TCP segments of one body.
+MIN_BODY_TIMEOUT_S = 0.1
 
 #: Status counted in ``/metrics`` for a request whose client disconnected before its body
 #: arrived. No response is sent; 499 is nginx's code for a request the client closed.
@@ -261,7 +269,8 @@ class _ServiceState:
         self.energy = energy
         self.warm_up_errors = warm_up_errors
         self.metrics = ServiceMetrics()
-        self.disconnect_log = _DisconnectLog()
+        self.disconnect_log = _RateLimitedWarnings("disconnect")
+        self.rejection_logs = {status: _RateLimitedWarnings(f"{status} rejection") for status in _LOGGED_REJECTIONS}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqbench-cloud")
         self.pending = 0
 
@@ -300,8 +309,7 @@ def create_app(
     ``energy`` supplies server-side energy windows (started and stopped with the app's
     lifespan); ``warm_up_errors`` maps ``kind/variant`` to its warm-up error, for ``/health``.
     """
-    if max_request_bytes < 1:
-        raise ScenarioError(f"max_request_bytes must be at least 1, got {max_request_bytes}")
+    _check_max_request_bytes(max_request_bytes)
     _check_body_timeout(body_timeout_s)
     state = _ServiceState(
         pipelines, token, max_request_bytes, body_timeout_s, max_pending_requests,
@@ -331,6 +339,10 @@ def create_app(
 
 def _add_exception_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, problem: ServiceProblem) -> JSONResponse:
+        if problem.status in _LOGGED_REJECTIONS:
+            request.app.state.service.rejection_logs[problem.status].record(
+                f"request {_request_id(request)}: {request.method} {request.url.path} rejected with "
+                f"{problem.status} {problem.error}: {problem.detail}")
         return problem.response()
 
     async def on_validation(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -349,9 +361,14 @@ def _add_exception_handlers(app: FastAPI) -> None:
 
 
 class _RequestContextMiddleware:
-    """Assign the request id, count every response under its route, and log client disconnects."""
+    """Assign the request id, count every response under its route, and log client disconnects.
 
-    def __init__(self, app: Any, metrics: ServiceMetrics, disconnect_log: "_DisconnectLog") -> None:
+    A response that starts before the request's body was read to its end closes the
+    connection: the unread rest of the body would otherwise be parsed as the next request, and
+    uvicorn would hold the connection until its keep-alive timeout.
+    """
+
+    def __init__(self, app: Any, metrics: ServiceMetrics, disconnect_log: "_RateLimitedWarnings") -> None:
         self.app = app
         self.metrics = metrics
         self.disconnect_log = disconnect_log
@@ -366,17 +383,23 @@ class _RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         status = [500]
         received_bytes = [0]
+        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        body_read = [not has_body]
 
         async def send_with_id(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+                response_headers = MutableHeaders(scope=message)
+                response_headers.append(REQUEST_ID_HEADER, request_id)
+                if not body_read[0] and "connection" not in response_headers:
+                    response_headers.append("Connection", "close")
             await send(message)
 
         async def receive_counted() -> dict:
             message = await receive()
             if message["type"] == "http.request":
                 received_bytes[0] += len(message.get("body", b""))
+                body_read[0] = body_read[0] or not message.get("more_body", False)
             return message
 
         try:
@@ -396,15 +419,16 @@ class _RequestContextMiddleware:
             self.metrics.record_request(getattr(route, "path", "unmatched"), status[0])
 
 
-class _DisconnectLog:
-    """Log client disconnects as warnings, at most one per ``interval_s``; the others go to DEBUG.
+class _RateLimitedWarnings:
+    """Log events of one kind as warnings, at most one per ``interval_s``; the others go to DEBUG.
 
-    A link that drops many uploads would otherwise fill the log with one warning each. The
-    first warning after a quiet spell gives the number it left out, and ``/metrics`` counts
-    every one under status 499.
+    A link that drops many uploads, or a client that keeps sending a wrong token, would
+    otherwise fill the log with one warning each. The first warning after a quiet spell gives
+    the number it left out, and ``/metrics`` counts every request under its status.
     """
 
-    def __init__(self, interval_s: float = 60.0, clock_s: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, event: str, interval_s: float = 60.0, clock_s: Callable[[], float] = time.monotonic) -> None:
+        self.event = event
         self.interval_s = interval_s
         self.clock_s = clock_s
         self._last_warning_s: float | None = None
@@ -417,7 +441,7 @@ class _DisconnectLog:
             logger.debug("%s", line)
             return
         left_out = "" if not self._left_out else (
-            f" ({plural(self._left_out, 'other disconnect')} in the last {now_s - self._last_warning_s:.0f} s "
+            f" ({plural(self._left_out, f'other {self.event}')} in the last {now_s - self._last_warning_s:.0f} s "
             "went to the DEBUG log)")
         logger.warning("%s%s", line, left_out)
         self._last_warning_s = now_s
@@ -425,23 +449,31 @@ class _DisconnectLog:
 
 
 
+def _check_max_request_bytes(max_request_bytes: int) -> None:
+    if not 1 <= max_request_bytes <= MAX_REQUEST_BYTES_LIMIT:
+        raise ScenarioError(f"--max-request-bytes must be from 1 to {MAX_REQUEST_BYTES_LIMIT} (1 GiB), got "
+                            f"{max_request_bytes}; give the largest request body to accept, in bytes "
+                            f"(default {DEFAULT_MAX_REQUEST_BYTES})")
+
+
 def _check_body_timeout(body_timeout_s: float) -> None:
-    if not (math.isfinite(body_timeout_s) and 0 < body_timeout_s <= MAX_BODY_TIMEOUT_S):
-        raise ScenarioError(f"--body-timeout-s must be a positive number of seconds up to {MAX_BODY_TIMEOUT_S:g}, got "
-                            f"{body_timeout_s}; give the maximum wait for the next part of a request body "
+    if not (math.isfinite(body_timeout_s) and MIN_BODY_TIMEOUT_S <= body_timeout_s <= MAX_BODY_TIMEOUT_S):
+        raise ScenarioError(f"--body-timeout-s must be from {MIN_BODY_TIMEOUT_S:g} to {MAX_BODY_TIMEOUT_S:g} seconds, "
+                            f"got {body_timeout_s}; give the maximum wait for the next part of a request body "
                             f"(default {DEFAULT_BODY_TIMEOUT_S:g})")
 
 
-#: Sent with a response given before the whole body was read: the connection cannot carry
-#: another request, because the unread rest of the body would be taken for one.
-_CLOSE_CONNECTION = {"Connection": "close"}
+#: Rejections logged as warnings (rate-limited): a wrong token, a body that stalls and a body
+#: over the limit point at a misconfigured client or at abuse. Other rejections are only counted
+#: in ``/metrics``, and a payload that a pipeline rejects is logged at INFO where that happens.
+_LOGGED_REJECTIONS = frozenset({401, 408, 413})
 
 
 def _too_large(size_bytes: int, limit_bytes: int) -> ServiceProblem:
     return ServiceProblem(413, "payload_too_large",
                           f"request body of {size_bytes} bytes exceeds the service's limit of {limit_bytes} bytes",
                           "send one payload per request (a pair for /v1/match), or restart the service with a larger "
-                          f"`vqbench serve --max-request-bytes` (now {limit_bytes})", headers=_CLOSE_CONNECTION)
+                          f"`vqbench serve --max-request-bytes` (now {limit_bytes})")
 
 
 def _token_dependency(state: _ServiceState) -> Callable[[Request], None]:
@@ -687,7 +719,7 @@ async def _read_body(request: Request, limit_bytes: int, timeout_s: float) -> by
                 408, "body_timeout",
                 f"no part of the request body arrived for {timeout_s:g} s ({size_bytes}{expected} bytes received)",
                 "send the whole body without pausing, or restart the service with a larger "
-                f"`vqbench serve --body-timeout-s` (now {timeout_s:g})", headers=_CLOSE_CONNECTION,
+                f"`vqbench serve --body-timeout-s` (now {timeout_s:g})",
             ) from None
         size_bytes += len(chunk)
         if size_bytes > limit_bytes:
@@ -817,12 +849,10 @@ def serve(
     """
     import uvicorn
 
-    from vqbench.network.client import read_token_file
+    from vqbench.network.token_file import read_token_file
     from vqbench.scenario import MetersConfig, load_scenario
 
-    if max_request_bytes < 1:
-        raise ScenarioError(f"--max-request-bytes must be at least 1, got {max_request_bytes}; "
-                            f"give the largest request body to accept, in bytes (default {DEFAULT_MAX_REQUEST_BYTES})")
+    _check_max_request_bytes(max_request_bytes)
     _check_body_timeout(body_timeout_s)
     announce = announce or _log_announcement
     token = read_token_file(token_file) if token_file is not None else None
