@@ -3,6 +3,8 @@ modeled device's energy scales, the transit range and the CO2e of each part."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from types import SimpleNamespace
 
@@ -68,6 +70,21 @@ def test_payload_the_link_cannot_carry_empties_the_row() -> None:
     assert row.total_energy_j_per_inference is None
     assert row.end_to_end_latency_ms_p50 is None
     assert row.edge_energy_j_per_inference == EDGE_J
+    # Nothing was modeled, so no method stands beside the empty figure.
+    assert row.network_energy_method is None
+
+
+def test_unpaired_transfer_times_leave_end_to_end_empty(caplog: pytest.LogCaptureFixture) -> None:
+    # Two modeled transfer times for three timed cloud halves: summing edge and cloud alone
+    # would understate the end-to-end latency without a word.
+    measured = dataclasses.replace(_measurement([230, 230, 230], [10.0, 10.0, 10.0]), sample_payload_bytes=[230, 230])
+    with caplog.at_level(logging.WARNING, logger="vqbench.deployment"):
+        (row,) = build_rows(measured, DeploymentConfig(links=["wifi"]), (300.0, 50.0))
+    assert row.end_to_end_latency_ms_p50 is None
+    assert row.transfer_latency_ms_p50 is not None
+    assert row.edge_latency_ms_p50 == pytest.approx(10.0)
+    assert ["edge-vq-student/test on wifi: 2 transfer times for 3 timed cloud halves cannot be paired, "
+            "so the end-to-end latency is left empty"] == [record.getMessage() for record in caplog.records]
 
 
 def test_co2e_charges_each_part_at_its_grid() -> None:

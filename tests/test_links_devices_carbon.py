@@ -15,6 +15,7 @@ from vqbench.carbon import (
     read_hourly_intensity,
 )
 from vqbench.devices import (
+    MIN_INFERENCES_PER_DAY,
     embodied_co2e_g_per_inference,
     get_device_profile,
     load_device_profiles,
@@ -28,6 +29,7 @@ from vqbench.network.links import (
     load_link_profiles,
     lora_time_on_air_s,
 )
+from vqbench.scenario import DeploymentConfig
 
 # -- links ------------------------------------------------------------------------------------
 
@@ -158,6 +160,20 @@ def test_embodied_share_hand_computed():
     expected_g = 55_000 / (3 * 365.25 * 100)
     assert embodied_co2e_g_per_inference(phone) == pytest.approx(expected_g)
     assert embodied_co2e_g_per_inference(phone, 1000) == pytest.approx(expected_g / 10)
+
+
+@pytest.mark.parametrize("per_day", [0.0, 1e-320, 0.0009])
+def test_embodied_share_needs_a_real_rate(per_day: float):
+    # 1e-320 once gave an infinite share per face (inf in results.csv, null in results.json).
+    with pytest.raises(ScenarioError, match="inferences_per_day must be at least 0.001"):
+        embodied_co2e_g_per_inference(get_device_profile("phone-midrange"), per_day)
+    with pytest.raises(ValueError, match="greater than or equal to 0.001"):
+        DeploymentConfig(transfers_per_day=per_day)
+
+
+def test_scenario_floor_matches_device_floor():
+    assert DeploymentConfig.model_fields["transfers_per_day"].metadata[0].ge == MIN_INFERENCES_PER_DAY
+    assert math.isfinite(embodied_co2e_g_per_inference(get_device_profile("phone-midrange"), MIN_INFERENCES_PER_DAY))
 
 
 # -- carbon -----------------------------------------------------------------------------------

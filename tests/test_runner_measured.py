@@ -319,3 +319,26 @@ def test_transfer_basis_names_its_source():
     assert _transfer_basis("wifi", [3.0]) == "modeled-link"
     assert _transfer_basis(None, [3.0]) == "measured-http"
     assert _transfer_basis(None, []) is None
+
+
+def test_no_energy_phase_when_every_variant_failed_timing(sample_lfw, tmp_path, monkeypatch):
+    from vqbench import runner
+    from vqbench.errors import RunError
+
+    def failing_latencies(pipelines, *_args, **_kwargs):
+        return [RunError(f"{pipeline.kind}/{pipeline.variant} failed its timing") for pipeline in pipelines]
+
+    class RecordingProgress(runner.SilentProgress):
+        def __init__(self) -> None:
+            self.phases: list[str] = []
+
+        def phase(self, description: str, total: int | None) -> None:
+            self.phases.append(description)
+
+    monkeypatch.setattr(runner, "measure_latencies", failing_latencies)
+    progress = RecordingProgress()
+    with pytest.raises(RunError, match="every pipeline variant failed.*failed its timing"):
+        run_scenario(_scenario(sample_lfw, meters={"host": []}), tmp_path / "s.yaml", tmp_path / "out", progress=progress)
+
+    assert any(phase.startswith("Timing") for phase in progress.phases)
+    assert not any(phase.startswith("Metering energy") for phase in progress.phases), progress.phases

@@ -17,6 +17,7 @@ separate column.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ from vqbench.pipelines.base import HalfFootprint, Pipeline
 from vqbench.results import ResultRow
 from vqbench.scenario import DeploymentConfig, EdgeDeviceChoice
 from vqbench.text import plural
+
+logger = logging.getLogger(__name__)
 
 JOULES_PER_KWH = 3.6e6
 HOST = "host"
@@ -210,7 +213,8 @@ def _network(
     if infeasible:
         size, cost = infeasible[-1]
         reason = f"{cost.infeasible_reason} (largest payload {size} B; {plural(len(infeasible), 'payload size')} do not fit)"
-        return _Network([], None, method, False, reason)
+        # No figure is modeled, so no method is named beside the empty network energy.
+        return _Network([], None, None, False, reason)
     latency = [costs[size].transfer_latency_ms for size in sizes_for_latency]
     if not sizes_for_energy:
         return _Network(latency, None, method, True, None)
@@ -243,9 +247,15 @@ def _row(
     cloud_j = getattr(cloud, "energy_j_per_inference", None)
 
     # End to end per timed sample: edge, transfer (when known), cloud. A link that cannot carry
-    # the payload has no transfer time, so it has no end-to-end time either.
-    transfer = network.transfer_ms if len(network.transfer_ms) == len(measured.cloud_ms) else []
-    end_to_end = [] if network.feasible is False else [
+    # the payload has no transfer time, so it has no end-to-end time either. Neither has a row
+    # whose transfer times cannot be paired with its cloud times.
+    transfer = network.transfer_ms
+    paired = not transfer or len(transfer) == len(measured.cloud_ms)
+    if not paired:
+        logger.warning("%s/%s on %s: %d transfer times for %d timed cloud halves cannot be paired, so the "
+                       "end-to-end latency is left empty", measured.pipeline, measured.variant, link or "the test transport",
+                       len(transfer), len(measured.cloud_ms))
+    end_to_end = [] if network.feasible is False or not paired else [
         e + c + (transfer[i] if transfer else 0.0) for i, (e, c) in enumerate(zip(edge.latency_ms, measured.cloud_ms))
     ]
     edge_lat, cloud_lat = latency_summary(edge.latency_ms), latency_summary(measured.cloud_ms)

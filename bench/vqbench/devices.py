@@ -39,6 +39,11 @@ class FigureSource:
     year: int
 
 
+#: Minimum faces a day over which a device's embodied CO2e is spread. Fewer would give each
+#: face a share beyond any real deployment's, and values near 0 an infinite one.
+MIN_INFERENCES_PER_DAY = 0.001
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     """Power, speed and embodied carbon of one device; ``measured`` profiles have no numbers."""
@@ -157,7 +162,8 @@ def embodied_co2e_g_per_inference(
     """Share of the device's embodied CO2e per inference, spread over its lifetime."""
     profile = _modeled(profile)
     per_day = profile.inferences_per_day if inferences_per_day is None else inferences_per_day
-    if per_day <= 0:
-        raise ScenarioError(f"inferences_per_day must be > 0, got {per_day}")
+    if not per_day >= MIN_INFERENCES_PER_DAY:
+        raise ScenarioError(f"inferences_per_day must be at least {MIN_INFERENCES_PER_DAY:g} (one face every "
+                            f"{1 / MIN_INFERENCES_PER_DAY:g} days), got {per_day}")
     lifetime_inferences = profile.lifetime_years * _DAYS_PER_YEAR * per_day
     return profile.embodied_kgco2e * 1000.0 / lifetime_inferences

@@ -402,12 +402,15 @@ def _measure_halves(
     with _phase(progress, f"Timing {count}, interleaved", rounds) as task:
         latencies = measure_latencies(pipelines, sample_images, settings.warmup, context.http, after_round(task))
     timed = [index for index, latency in enumerate(latencies) if isinstance(latency, LatencySamples)]
-    with _phase(progress, f"Metering energy of {plural(len(timed), 'variant')}, interleaved", settings.repeats) as task:
-        energies = measure_energies(
-            [pipelines[index] for index in timed], sample_images, [latencies[index].payloads for index in timed],
-            meter, settings, after_round(task),
-        )
-    metered = dict(zip(timed, energies))
+    metered: dict[int, Any] = {}
+    # With every variant failed there is nothing to meter, and no phase to announce.
+    if timed:
+        with _phase(progress, f"Metering energy of {plural(len(timed), 'variant')}, interleaved", settings.repeats) as task:
+            energies = measure_energies(
+                [pipelines[index] for index in timed], sample_images, [latencies[index].payloads for index in timed],
+                meter, settings, after_round(task),
+            )
+        metered = dict(zip(timed, energies))
     halves = []
     for index, latency in enumerate(latencies):
         energy = metered.get(index)

@@ -253,9 +253,10 @@ class DeploymentConfig(_Strict):
         0, ge=0, description="Bytes the cloud returns per face over a modeled link, such as a match decision; "
         "with transport http the service's own responses are measured in the wire_* columns instead."
     )
+    # The lower bound equals vqbench.devices.MIN_INFERENCES_PER_DAY; a test checks that the two agree.
     transfers_per_day: Optional[float] = Field(
-        None, gt=0, description="Faces sent per day, for duty-cycle limits and for spreading a device's embodied CO2e "
-        "over its lifetime; default: the device profile's figure."
+        None, ge=0.001, description="Faces sent per day, at least 0.001, for duty-cycle limits and for spreading a "
+        "device's embodied CO2e over its lifetime; default: the device profile's figure."
     )
 
     @field_validator("edge_devices")
