@@ -774,9 +774,10 @@ def test_sniff_image_type() -> None:
 
 
 @contextmanager
-def running_server(app) -> Iterator[tuple[str, uvicorn.Server]]:
+def running_server(app, **options: object) -> Iterator[tuple[str, uvicorn.Server]]:
+    """Serve ``app`` on a free loopback port; ``options`` go to ``uvicorn.Config``."""
     sock = listen_socket("127.0.0.1", 0)
-    config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

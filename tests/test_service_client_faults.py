@@ -24,6 +24,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from test_service import TOKEN, CodesPipeline, FakeComponents, raw_exchange, running_server
+from vqbench.network.http_limits import header_timeout_protocol
 from vqbench.network.service import (
     DEFAULT_MAX_REQUEST_BYTES,
     PAIR_CONTENT_TYPE,
@@ -478,3 +479,67 @@ def test_truncated_jpeg_to_cloud_raw_names_payload_fix() -> None:
     assert "cloud-raw payload" in detail
     assert "send a complete image file" in detail
     assert "replace or remove the file" not in detail
+
+
+# ---------------------------------------------------------------------------------------------
+# Request headers that stall (uvicorn's protocol with a header deadline).
+
+
+def _read_until_closed(connection: socket.socket) -> bytes:
+    response = b""
+    while chunk := connection.recv(65536):
+        response += chunk
+    return response
+
+
+def test_stalled_headers_get_408_and_close(caplog: pytest.LogCaptureFixture) -> None:
+    protocol = header_timeout_protocol(0.3)
+    with running_server(create_app([CodesPipeline()], None), http=protocol) as (url, _server):
+        port = int(url.rsplit(":", 1)[1])
+        with caplog.at_level(logging.WARNING, logger="vqbench.network.http_limits"):
+            # The socket timeout of 3 s fails the test if the service keeps waiting for the headers.
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
+                stalled = b"POST /v1/embed/test-codes/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty"
+                connection.sendall(stalled)
+                response = _read_until_closed(connection)
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert b"connection: close" in head.lower()
+        problem = json.loads(body)
+        assert problem["error"] == "header_timeout"
+        assert f"within 0.3 s ({len(stalled)} bytes received)" in problem["detail"]
+        assert any("connection closed with 408" in record.getMessage() for record in caplog.records)
+        # Other clients are served as before.
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert _read_until_closed(connection).startswith(b"HTTP/1.1 200 ")
+
+
+def _read_response(connection: socket.socket) -> bytes:
+    """Read one response with a Content-Length from a kept-alive connection."""
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += connection.recv(65536)
+    head, _, body = response.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")))
+    while len(body) < length:
+        body += connection.recv(65536)
+    return head
+
+
+def test_header_deadline_spares_idle_and_slow_bodies() -> None:
+    # The deadline covers headers only: a kept-alive connection between requests, and a body that
+    # keeps arriving, are left to the keep-alive and body timeouts.
+    protocol = header_timeout_protocol(0.3)
+    with running_server(create_app([CodesPipeline()], None), http=protocol) as (url, _server):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert _read_response(connection).startswith(b"HTTP/1.1 200 ")
+            time.sleep(0.6)
+            connection.sendall(b"POST /v1/embed/test-codes/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                               b"Content-Type: application/octet-stream\r\nContent-Length: 4\r\n\r\nTC")
+            time.sleep(0.6)
+            connection.sendall(b"\x01\x00")
+            # The four bytes reach the app, which rejects them as a payload.
+            assert _read_response(connection).startswith(b"HTTP/1.1 422 ")

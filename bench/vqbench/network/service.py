@@ -59,9 +59,10 @@ is ``vqbench serve --max-request-bytes``), a body that stalls (408, when no part
 for ``vqbench serve --body-timeout-s``), payload validation and decoding (422). A response
 sent before the body was read to its end (401, 404, 415, 413, 408) closes the connection,
 since the unread rest of the body would be taken for the next request. The 401, 408 and 413
-rejections are logged as warnings, at most one a minute per status like the disconnects below. NOTE: request headers that
-never finish are not timed out: they never reach the app, and uvicorn 0.55 has no limit for
-them (a client that stalled mid-headers kept its connection for 90 s in a test). A ``PayloadError`` or
+rejections are logged as warnings, at most one a minute per status like the disconnects below.
+Under ``vqbench serve``, request headers that do not finish within 30 s of their first byte get
+408 ``header_timeout`` from the HTTP protocol (``http_limits``); they never reach the app, so
+``/metrics`` does not count them. A ``PayloadError`` or
 ``CorruptImageError`` raised by a pipeline's ``cloud()`` becomes a 422; any other exception
 becomes a 500 whose traceback is logged with the request id. Every response carries
 ``X-Request-ID``: the client's value when it is 1 to 64 characters of ``[A-Za-z0-9._:-]``,
@@ -96,7 +97,8 @@ Modules beside this one hold the parts that do not depend on the app: ``payload_
 (``PAYLOAD_KINDS``, the image header check, pair framing), ``galleries``, ``service_metrics``
 (request statistics and energy windows), ``served_pipelines`` (the default variants and the
 warm-up) and ``service_errors`` (``ServiceProblem``). This module re-exports their public names.
-``face_detection`` records the detector's result for the responses and is not re-exported.
+Two more are not re-exported: ``face_detection`` records the detector's result for the
+responses, and ``http_limits`` holds the header deadline and the rate-limited warnings.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ from vqbench.data.align import CorruptImageError
 from vqbench.errors import PayloadError, RunError, ScenarioError, VqbenchError
 from vqbench.network.face_detection import aligned_on, run_cloud
 from vqbench.network.galleries import GalleryStore, cosine_similarity
+from vqbench.network.http_limits import RateLimitedWarnings, header_timeout_protocol
 from vqbench.network.payload_kinds import (
     OPAQUE_TYPE,
     PAIR_CONTENT_TYPE,
@@ -269,8 +272,8 @@ class _ServiceState:
         self.energy = energy
         self.warm_up_errors = warm_up_errors
         self.metrics = ServiceMetrics()
-        self.disconnect_log = _RateLimitedWarnings("disconnect")
-        self.rejection_logs = {status: _RateLimitedWarnings(f"{status} rejection") for status in _LOGGED_REJECTIONS}
+        self.disconnect_log = RateLimitedWarnings("disconnect", logger)
+        self.rejection_logs = {status: RateLimitedWarnings(f"{status} rejection", logger) for status in _LOGGED_REJECTIONS}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqbench-cloud")
         self.pending = 0
 
@@ -368,7 +371,7 @@ class _RequestContextMiddleware:
     uvicorn would hold the connection until its keep-alive timeout.
     """
 
-    def __init__(self, app: Any, metrics: ServiceMetrics, disconnect_log: "_RateLimitedWarnings") -> None:
+    def __init__(self, app: Any, metrics: ServiceMetrics, disconnect_log: RateLimitedWarnings) -> None:
         self.app = app
         self.metrics = metrics
         self.disconnect_log = disconnect_log
@@ -417,36 +420,6 @@ class _RequestContextMiddleware:
         finally:
             route = scope.get("route")
             self.metrics.record_request(getattr(route, "path", "unmatched"), status[0])
-
-
-class _RateLimitedWarnings:
-    """Log events of one kind as warnings, at most one per ``interval_s``; the others go to DEBUG.
-
-    A link that drops many uploads, or a client that keeps sending a wrong token, would
-    otherwise fill the log with one warning each. The first warning after a quiet spell gives
-    the number it left out, and ``/metrics`` counts every request under its status.
-    """
-
-    def __init__(self, event: str, interval_s: float = 60.0, clock_s: Callable[[], float] = time.monotonic) -> None:
-        self.event = event
-        self.interval_s = interval_s
-        self.clock_s = clock_s
-        self._last_warning_s: float | None = None
-        self._left_out = 0
-
-    def record(self, line: str) -> None:
-        now_s = self.clock_s()
-        if self._last_warning_s is not None and now_s - self._last_warning_s < self.interval_s:
-            self._left_out += 1
-            logger.debug("%s", line)
-            return
-        left_out = "" if not self._left_out else (
-            f" ({plural(self._left_out, f'other {self.event}')} in the last {now_s - self._last_warning_s:.0f} s "
-            "went to the DEBUG log)")
-        logger.warning("%s%s", line, left_out)
-        self._last_warning_s = now_s
-        self._left_out = 0
-
 
 
 def _check_max_request_bytes(max_request_bytes: int) -> None:
@@ -873,7 +846,7 @@ def serve(
                          body_timeout_s=body_timeout_s)
         config = uvicorn.Config(
             app, log_config=None, access_log=False, timeout_graceful_shutdown=int(math.ceil(graceful_shutdown_s)),
-            timeout_keep_alive=5, limit_concurrency=1024,
+            timeout_keep_alive=5, limit_concurrency=1024, http=header_timeout_protocol(),
         )
         announcing_server(config, app, service_url(host, sock.getsockname()[1]), announce).run(sockets=[sock])
     finally:

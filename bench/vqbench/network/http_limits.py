@@ -1,0 +1,131 @@
+"""Limits on slow or faulty HTTP clients that sit below the app: a deadline for request headers,
+and warnings that stay readable when many clients misbehave at once.
+
+uvicorn 0.55 closes a kept-alive connection that stays idle, but not one whose request headers
+stop arriving: a client that sends a few header bytes and then pauses keeps its connection,
+and one of ``limit_concurrency``'s slots, for as long as it likes. ``header_timeout_protocol``
+returns uvicorn's HTTP/1.1 protocol (h11) with a deadline for the headers of each request,
+counted from their first byte. Past it the client gets 408 ``header_timeout`` and the
+connection is closed. Such requests never reach the app, so ``/metrics`` does not count them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from vqbench.text import plural
+
+logger = logging.getLogger(__name__)
+
+#: Default deadline, in seconds, for a request's line and headers, from their first byte. A
+#: request's headers are a few hundred bytes, so a healthy client sends them in one segment.
+DEFAULT_HEADER_TIMEOUT_S = 30.0
+
+
+class RateLimitedWarnings:
+    """Log events of one kind as warnings, at most one per ``interval_s``; the others go to DEBUG.
+
+    A link that drops many uploads, or a client that keeps sending a wrong token, would
+    otherwise fill the log with one warning each. The first warning after a quiet spell gives
+    the number it left out.
+    """
+
+    def __init__(
+        self,
+        event: str,
+        log: logging.Logger,
+        interval_s: float = 60.0,
+        clock_s: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.event = event
+        self.log = log
+        self.interval_s = interval_s
+        self.clock_s = clock_s
+        self._last_warning_s: float | None = None
+        self._left_out = 0
+
+    def record(self, line: str) -> None:
+        now_s = self.clock_s()
+        if self._last_warning_s is not None and now_s - self._last_warning_s < self.interval_s:
+            self._left_out += 1
+            self.log.debug("%s", line)
+            return
+        left_out = "" if not self._left_out else (
+            f" ({plural(self._left_out, f'other {self.event}')} in the last {now_s - self._last_warning_s:.0f} s "
+            "went to the DEBUG log)")
+        self.log.warning("%s%s", line, left_out)
+        self._last_warning_s = now_s
+        self._left_out = 0
+
+
+_HEADER_TIMEOUT_WARNINGS = RateLimitedWarnings("header timeout", logger)
+
+
+class _HeaderTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol, closing connections whose request headers take too long."""
+
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch_headers()
+
+    def on_response_complete(self) -> None:
+        # A pipelined request may have sent part of its headers while the last one was served.
+        super().on_response_complete()
+        self._watch_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def _watch_headers(self) -> None:
+        """Start the deadline when part of a request's headers is waiting, and stop it otherwise."""
+        partial_headers = self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
+        if not partial_headers:
+            self._stop_header_timer()
+        elif self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        received_bytes = len(self.conn.trailing_data[0])
+        detail = (f"the request line and headers did not arrive within {self.header_timeout_s:g} s "
+                  f"({received_bytes} bytes received)")
+        body = json.dumps({"error": "header_timeout", "detail": detail,
+                           "fix": "send the request line and all headers without pausing"}).encode()
+        # h11 cannot send a response before it has parsed a request, so the bytes are written
+        # directly, and the connection is closed right after them.
+        head = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                b"content-length: %d\r\n\r\n" % len(body))
+        self.transport.write(head + body)
+        self.transport.close()
+        client = "%s:%d" % self.client if self.client else "a client"
+        _HEADER_TIMEOUT_WARNINGS.record(f"{client}: {detail}; connection closed with 408")
+
+
+def header_timeout_protocol(header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> type[H11Protocol]:
+    """Return uvicorn's HTTP/1.1 protocol class with a ``header_timeout_s`` deadline for request headers.
+
+    Pass it to ``uvicorn.Config(http=...)``.
+    """
+    return type("HeaderTimeoutH11Protocol", (_HeaderTimeoutProtocol,), {"header_timeout_s": header_timeout_s})
