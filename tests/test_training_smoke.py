@@ -18,7 +18,7 @@ from vqbench.models.cards import verify_model_dir
 from vqbench.models.teacher_torch import load_torch_teacher
 from vqbench.models.vq_card import allowed_folds, load_vq_card
 from vqbench.training import train_command
-from vqbench.training.config import TrainConfig, load_train_config
+from vqbench.training.config import TrainConfig, load_train_config, portable_settings
 from vqbench.training.data import prepare_training_set, select_training_people, training_image_paths
 from vqbench.training.loop import Trainer, build_models, config_fingerprint
 from vqbench.pipelines.base import Components
@@ -231,6 +231,33 @@ def test_codes_without_reconstruction_leave_decoder_to_stage_identity(tmp_path: 
     assert "recon" in trainer.progress.history[-1]
     decoder = trainer.models.vqvae.decoder.state_dict()
     assert any(not torch.equal(decoder[name], value) for name, value in initial_decoder.items() if value.is_floating_point())
+
+
+@pytest.mark.parametrize("trains_encoder", [False, True], ids=["decoder-only", "with-encoder"])
+def test_identity_stage_trains_encoder_only_when_set(tmp_path: Path, trains_encoder: bool) -> None:
+    torch.set_num_threads(1)
+    raw = tiny_config(tmp_path)
+    raw["stages"]["identity_trains_encoder"] = trains_encoder
+    config = TrainConfig.model_validate(raw)
+    people = select_training_people(SAMPLE_ROOT, [9])
+    data = prepare_training_set(training_image_paths(SAMPLE_ROOT, people.people)[:8], tmp_path / "cache")
+    trainer = _trainer(config, data, tmp_path / "a.pt")
+    trainer._resume()
+    trainer._run_epoch("joint", 0.0)
+    encoder_before = {name: value.clone() for name, value in trainer.models.vqvae.encoder.state_dict().items()}
+    codebook_before = trainer.models.vqvae.quantizer.codebook.clone()
+
+    trainer._enter_stage("identity")
+    trainer._run_epoch("identity", 0.0)
+
+    encoder = trainer.models.vqvae.encoder.state_dict()
+    changed = [name for name, value in encoder_before.items() if value.is_floating_point() and not torch.equal(encoder[name], value)]
+    assert bool(changed) is trains_encoder, changed
+    assert ("commit" in trainer.progress.history[-1]) is trains_encoder
+    # The codebook is frozen in stage identity, so the student's code vectors stay as trained.
+    assert torch.equal(trainer.models.vqvae.quantizer.codebook, codebook_before)
+    settings = portable_settings(config)
+    assert ("identity_trains_encoder" in settings["stages"]) is trains_encoder
 
 
 def test_evaluate_names_missing_model_card(tmp_path: Path) -> None:

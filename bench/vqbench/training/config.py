@@ -127,6 +127,10 @@ class StagesConfig(_Strict):
     batch_size: int = Field(64, strict=True, ge=1)
     learning_rate: float = Field(2e-3, gt=0.0)
     identity_learning_rate: float = Field(3e-4, gt=0.0)
+    identity_trains_encoder: bool = Field(
+        False, description="Also train the edge encoder in stage identity, through the frozen codebook and the "
+        "teacher, so that the codes keep what the teacher needs; the student then reads codes it was not trained on."
+    )
     weight_decay: float = Field(1e-4, ge=0.0)
     max_steps_per_epoch: Optional[int] = Field(None, strict=True, ge=1, description="Cut epochs short (smoke tests).")
     checkpoint_every_steps: int = Field(200, strict=True, ge=1)
@@ -234,14 +238,17 @@ class TrainConfig(_Strict):
 def portable_settings(config: TrainConfig, exclude: set[str] | None = None) -> dict:
     """Return the config as plain data without machine-specific paths (output, data, cache and init_from folders).
 
-    ``loss.encoder_hint`` is left out while it is 0, so that configs written before it existed
-    keep their checkpoint fingerprints and the recipes recorded in their cards.
+    ``loss.encoder_hint`` and ``stages.identity_trains_encoder`` are left out while they are off,
+    so that configs written before they existed keep their checkpoint fingerprints and the
+    recipes recorded in their cards.
     """
     settings = config.model_dump(mode="json", exclude={"output_dir", "init_from", *(exclude or set())})
     settings["data"].pop("root", None)
     settings["data"].pop("cache_dir", None)
     if "loss" in settings and settings["loss"]["encoder_hint"] == 0:
         del settings["loss"]["encoder_hint"]
+    if "stages" in settings and not settings["stages"]["identity_trains_encoder"]:
+        del settings["stages"]["identity_trains_encoder"]
     return settings
 
 

@@ -14,9 +14,11 @@ The reconstruction term covers the first ``reconstruction_fraction`` of the batc
 fraction of 0 it is left out, the decoder rests until stage identity, and the codes carry only
 what the student needs. The student reads the straight-through quantised vectors, so its
 gradient also trains the encoder to keep identity in the codes. Every ``RESTART_EVERY_STEPS`` steps, codes with low EMA
-usage are restarted. Stage ``identity`` freezes encoder and codebook and trains the decoder on
+usage are restarted. Stage ``identity`` freezes the codebook and trains the decoder on
 reconstruction + (1 - cos(teacher(reconstruction), teacher embedding of the original)), with
-the gradient passing through the frozen PyTorch teacher.
+the gradient passing through the frozen PyTorch teacher. The encoder stays frozen too, unless
+``stages.identity_trains_encoder`` is set: then the same gradient reaches it through the
+straight-through quantiser, with the commitment term keeping its outputs near the frozen codes.
 
 A checkpoint (models, optimiser, schedule, stage, epoch, step, RNG state, the running loss sums
 and code counts of the current epoch, and the settings it was trained with) is written every
@@ -222,7 +224,8 @@ class Trainer:
     def _trainable(self, stage: str) -> list[torch.nn.Parameter]:
         decoder = list(self.models.vqvae.decoder.parameters())
         if stage == "identity":
-            return decoder
+            encoder = list(self.models.vqvae.encoder.parameters()) if self.config.stages.identity_trains_encoder else []
+            return decoder + encoder
         params = list(self.models.vqvae.encoder.parameters())
         if self.config.loss.reconstruction_fraction > 0:
             params += decoder
@@ -335,6 +338,8 @@ class Trainer:
         self.models.student.train(stage == "joint")
         self.models.student.tail.train(False)
         vqvae.decoder.train(True)
+        if stage == "identity" and self.config.stages.identity_trains_encoder:
+            vqvae.encoder.train(True)
 
     def _log_epoch(self, stage: str, started: float) -> None:
         steps = max(1, self.totals.steps)
@@ -446,7 +451,9 @@ class Trainer:
     def _identity_losses(self, originals: torch.Tensor, target_embeddings: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         weights = self.config.loss
         vqvae = self.models.vqvae
-        with torch.no_grad():
+        trains_encoder = self.config.stages.identity_trains_encoder
+        # The quantiser is in eval mode in this stage, so the codebook keeps its vectors either way.
+        with torch.set_grad_enabled(trains_encoder):
             quantized = vqvae.quantizer(vqvae.encoder(originals))
         reconstruction = vqvae.decoder(quantized.quantized)
         identity = cosine_loss(self.models.teacher(reconstruction) - self.embedding_mean, target_embeddings - self.embedding_mean)
@@ -454,7 +461,9 @@ class Trainer:
             "recon": weights.reconstruction * reconstruction_loss(reconstruction, originals),
             "identity": weights.identity * identity,
         }
-        return losses, quantized.indices
+        if trains_encoder:
+            losses["commit"] = self.config.vq.commitment_weight * quantized.commitment_loss
+        return losses, quantized.indices.detach()
 
     # ----- checkpoints -------------------------------------------------------------------
 
