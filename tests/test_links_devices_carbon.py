@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from datetime import datetime, timezone
+from importlib import resources
 
 import pytest
+import yaml
 
 from vqbench.carbon import (
     GridIntensity,
@@ -68,6 +70,39 @@ def test_lora_time_on_air_hand_computed():
     # SF7, 235 B: 8 + ceil((1880 - 28 + 44) / 28) x 5 = 348 symbols of 1.024 ms
     sf7 = LoraModulation(spreading_factor=7, bandwidth_hz=125_000)
     assert lora_time_on_air_s(235, sf7) == pytest.approx((12.25 + 348) * 1.024e-3, rel=1e-12)
+
+
+@pytest.mark.parametrize("per_day, fixed_j", [
+    (100, 12.6),                  # 864 s apart: promotion and the whole tail each time
+    (7_000, 12.6),                # 12.3 s apart, still beyond the 11.6 s tail
+    (86_400, 1.06 * 1.0),         # 1 s apart: the tail power until the next transfer, no promotion
+    (86_400 / 5, 1.06 * 5.0),     # 5 s apart
+])
+def test_lte_transfers_within_tail_share_it(per_day: float, fixed_j: float):
+    lte = get_link_profile("lte")
+    cost = link_cost(lte, 200, transfers_per_day=per_day)
+    latency_s = cost.transfer_latency_ms / 1e3
+    expected_j = fixed_j + 1.29 * latency_s + 3.51e-6 * (200 + 45)
+    assert cost.radio_energy_j == pytest.approx(expected_j, rel=1e-12)
+
+
+def test_link_without_tail_figures_pays_fixed_energy_always():
+    nr = get_link_profile("5g")
+    assert nr.tail_s is None
+    often = link_cost(nr, 200, transfers_per_day=86_400).radio_energy_j
+    rarely = link_cost(nr, 200, transfers_per_day=1).radio_energy_j
+    assert often == pytest.approx(rarely, rel=1e-12)
+
+
+def test_tail_figures_checked_when_profiles_load():
+    from vqbench.network.links import _parse_profile
+
+    entry = yaml.safe_load(resources.files("vqbench").joinpath("data_files/links.yaml").read_text())["links"]["lte"]
+    lacking = {key: value for key, value in entry.items() if key != "tail_power_w"}
+    with pytest.raises(ScenarioError, match="lacks a value or source for \\['tail_power_w'\\]"):
+        _parse_profile("lte", lacking)
+    with pytest.raises(ScenarioError, match="exceeds fixed_energy_j 12.6, which includes it"):
+        _parse_profile("lte", {**entry, "tail_s": 20})
 
 
 def test_lorawan_vq_code_fits_one_frame():

@@ -20,10 +20,15 @@ time on air per day than the duty cycle allows at ``transfers_per_day``, or long
 ``max_transfer_latency_s``) is returned with ``feasible=False``, the reason, and NaN figures.
 It is never computed as if it fitted.
 
+The fixed energy is paid in full by transfers further apart than the radio's tail time. A
+profile that gives ``tail_s`` and ``tail_power_w`` (WiFi, LTE) models transfers that come closer,
+spread evenly over the day: the radio then never returns to idle, so a transfer pays no
+promotion and, in place of the whole tail, the tail power until the next transfer.
+
 Not modeled: TCP connection set-up (one more round trip on a new connection), slow start and
 retransmissions, and the LTE promotion delay (its energy is in ``fixed_energy_j``, its time is
-not). The fixed energy assumes transfers further apart than the radio's tail time, so each
-pays the whole tail. On NB-IoT the round trip is charged at the transmit power, an upper
+not). Profiles without tail figures (5G, NB-IoT) charge the whole fixed energy to every
+transfer, however frequent. On NB-IoT the round trip is charged at the transmit power, an upper
 bound for a modem that waits. A LoRa downlink is timed like an uplink frame (explicit
 header, CRC on) and its receive energy is in the fixed energy per uplink frame.
 """
@@ -84,6 +89,9 @@ class LinkProfile:
     transit_year: int
     lora: LoraModulation | None = None
     sources: dict[str, FigureSource] = field(default_factory=dict)
+    #: Time and power of the radio's high-power tail after a transfer; part of ``fixed_energy_j``.
+    tail_s: float | None = None
+    tail_power_w: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ _NUMBER_FIELDS = (
     "frame_overhead_bytes", "duty_cycle", "max_frames_per_transfer", "transit_kwh_per_gb",
     "transit_year",
 )  # fmt: skip
+_TAIL_FIELDS = ("tail_s", "tail_power_w")
 _INT_FIELDS = {
     "max_frame_payload_bytes": int,
     "frame_overhead_bytes": int,
@@ -124,7 +133,24 @@ def _parse_profile(name: str, entry: dict) -> LinkProfile:
     values = {key: _INT_FIELDS.get(key, float)(entry[key]) for key in _NUMBER_FIELDS}
     if values["max_frames_per_transfer"] is not None:
         values["max_frames_per_transfer"] = int(values["max_frames_per_transfer"])
-    return LinkProfile(name, entry.get("description", ""), lora=lora, sources=sources, **values)
+    return LinkProfile(name, entry.get("description", ""), lora=lora, sources=sources, **values, **_tail(name, entry))
+
+
+def _tail(name: str, entry: dict) -> dict[str, float]:
+    """Read the optional tail figures, which come as a pair, each with a source, within the fixed energy."""
+    given = [key for key in _TAIL_FIELDS if key in entry]
+    if not given:
+        return {}
+    lacking = [key for key in _TAIL_FIELDS if key not in entry or key not in entry["sources"]]
+    if lacking:
+        raise ScenarioError(f"link profile {name!r} gives {given} but lacks a value or source for {lacking}; "
+                            "give both tail_s and tail_power_w with their sources, or neither")
+    tail = {key: float(entry[key]) for key in _TAIL_FIELDS}
+    tail_energy_j = tail["tail_s"] * tail["tail_power_w"]
+    if tail_energy_j > float(entry["fixed_energy_j"]):
+        raise ScenarioError(f"link profile {name!r}: its tail ({tail['tail_s']:g} s at {tail['tail_power_w']:g} W, "
+                            f"{tail_energy_j:.3g} J) exceeds fixed_energy_j {entry['fixed_energy_j']}, which includes it")
+    return tail
 
 
 @functools.cache
@@ -178,14 +204,26 @@ class _Timing:
     uplink_airtime_s: float
 
 
-def _ip_timing(profile: LinkProfile, up_wire_bytes: int, down_wire_bytes: int) -> _Timing:
+def fixed_energy_j(profile: LinkProfile, transfers_per_day: float) -> float:
+    """Return the promotion and tail energy that one of ``transfers_per_day`` evenly spread transfers pays."""
+    if profile.tail_s is None or profile.tail_power_w is None:
+        return profile.fixed_energy_j
+    interval_s = _S_PER_DAY / transfers_per_day
+    if interval_s >= profile.tail_s:
+        return profile.fixed_energy_j
+    # The next transfer starts within the tail, so the radio stays in its tail state between
+    # transfers and is never promoted again.
+    return profile.tail_power_w * interval_s
+
+
+def _ip_timing(profile: LinkProfile, up_wire_bytes: int, down_wire_bytes: int, transfers_per_day: float) -> _Timing:
     latency_s = (
         profile.rtt_ms / 1e3
         + 8 * up_wire_bytes / profile.uplink_bit_per_s
         + 8 * down_wire_bytes / profile.downlink_bit_per_s
     )
     energy_j = (
-        profile.fixed_energy_j
+        fixed_energy_j(profile, transfers_per_day)
         + profile.active_power_w * latency_s
         + profile.energy_per_byte_up_j * up_wire_bytes
         + profile.energy_per_byte_down_j * down_wire_bytes
@@ -255,7 +293,7 @@ def link_cost(
     if profile.lora is not None:
         timing = _lora_timing(profile, up_frames, down_frames)
     else:
-        timing = _ip_timing(profile, sum(up_frames), sum(down_frames))
+        timing = _ip_timing(profile, sum(up_frames), sum(down_frames), transfers_per_day)
 
     reason = _infeasible_reason(
         profile, n_frames, timing, transfers_per_day, max_transfer_latency_s
