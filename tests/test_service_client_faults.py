@@ -543,3 +543,38 @@ def test_header_deadline_spares_idle_and_slow_bodies() -> None:
             connection.sendall(b"\x01\x00")
             # The four bytes reach the app, which rejects them as a payload.
             assert _read_response(connection).startswith(b"HTTP/1.1 422 ")
+
+
+def test_silent_connection_closed_at_deadline() -> None:
+    # A connection that sends nothing would otherwise keep a limit_concurrency slot for good.
+    with running_server(create_app([CodesPipeline()], None), http=header_timeout_protocol(0.3)) as (url, _server):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
+            assert _read_until_closed(connection) == b""
+
+
+def test_pipelined_partial_headers_get_408() -> None:
+    # The second request's first bytes arrive with the first request, then its headers stall.
+    # uvicorn's keep-alive timer (set here to 2 s) would otherwise close the connection silently.
+    protocol = header_timeout_protocol(0.3)
+    with running_server(create_app([CodesPipeline()], None), http=protocol, timeout_keep_alive=2) as (url, _server):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /health HTTP/1.1\r\nHo")
+            response = _read_until_closed(connection)
+    assert response.startswith(b"HTTP/1.1 200 ")
+    second = response[response.index(b"HTTP/1.1 408 "):]
+    assert b'"error": "header_timeout"' in second
+
+
+def test_newline_in_path_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    with running_server(create_app([CodesPipeline()], TOKEN)) as (url, _server):
+        port = int(url.rsplit(":", 1)[1])
+        with caplog.at_level(logging.WARNING, logger="vqbench.network.service"):
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
+                connection.sendall(b"POST /v1/embed/test-codes/v1%0AWARNING%20forged HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                   b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                assert _read_until_closed(connection).startswith(b"HTTP/1.1 401 ")
+    (warning,) = [record.getMessage() for record in caplog.records if "rejected with 401" in record.getMessage()]
+    assert "\n" not in warning
+    assert "POST /v1/embed/test-codes/v1\\nWARNING forged rejected with 401" in warning

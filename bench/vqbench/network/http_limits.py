@@ -1,12 +1,16 @@
 """Limits on slow or faulty HTTP clients that sit below the app: a deadline for request headers,
 and warnings that stay readable when many clients misbehave at once.
 
-uvicorn 0.55 closes a kept-alive connection that stays idle, but not one whose request headers
-stop arriving: a client that sends a few header bytes and then pauses keeps its connection,
-and one of ``limit_concurrency``'s slots, for as long as it likes. ``header_timeout_protocol``
-returns uvicorn's HTTP/1.1 protocol (h11) with a deadline for the headers of each request,
-counted from their first byte. Past it the client gets 408 ``header_timeout`` and the
-connection is closed. Such requests never reach the app, so ``/metrics`` does not count them.
+uvicorn 0.55 closes a kept-alive connection that stays idle after a response, but neither a new
+connection that sends nothing nor one whose request headers stop arriving: such a client keeps
+its connection, and one of ``limit_concurrency``'s slots, for as long as it likes.
+``header_timeout_protocol`` returns uvicorn's HTTP/1.1 protocol (h11) with a deadline for
+request headers. It runs from the moment a connection is accepted until its first request's
+headers are complete, and for a later request from its first byte, or from the end of the
+previous response when that request's first bytes came early (pipelining). Past the deadline
+a client that sent part of a request gets 408 ``header_timeout``, and a silent one gets nothing;
+either way the connection is closed. Such requests never reach the app, so ``/metrics`` does
+not count them.
 """
 
 from __future__ import annotations
@@ -68,6 +72,21 @@ class RateLimitedWarnings:
 
 _HEADER_TIMEOUT_WARNINGS = RateLimitedWarnings("header timeout", logger)
 
+#: Longest request path written to the log; paths may be kilobytes long.
+_MAX_LOGGED_PATH_CHARS = 200
+
+
+def loggable_path(path: str) -> str:
+    """Return a request path fit for one log line: control characters escaped, long paths cut.
+
+    uvicorn decodes percent-escapes in the path, so ``%0A`` arrives as a newline that would
+    otherwise start a forged log record.
+    """
+    escaped = "".join(char if char.isprintable() else repr(char)[1:-1] for char in path)
+    if len(escaped) <= _MAX_LOGGED_PATH_CHARS:
+        return escaped
+    return f"{escaped[:_MAX_LOGGED_PATH_CHARS]}... ({len(path)} characters)"
+
 
 class _HeaderTimeoutProtocol(H11Protocol):
     """uvicorn's h11 protocol, closing connections whose request headers take too long."""
@@ -77,24 +96,40 @@ class _HeaderTimeoutProtocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._first_request_started = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._watch_headers()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         self._watch_headers()
 
     def on_response_complete(self) -> None:
-        # A pipelined request may have sent part of its headers while the last one was served.
         super().on_response_complete()
+        if self._partial_headers():
+            # A pipelined request sent part of its headers while the last one was served. Its
+            # deadline replaces the keep-alive timer, which would close the connection without a word.
+            self._unset_keepalive_if_required()
         self._watch_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
         super().connection_lost(exc)
 
+    def _partial_headers(self) -> bool:
+        return self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
+
     def _watch_headers(self) -> None:
-        """Start the deadline when part of a request's headers is waiting, and stop it otherwise."""
-        partial_headers = self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
-        if not partial_headers:
+        """Run the deadline while the connection waits for request headers, and stop it otherwise.
+
+        A kept-alive connection with nothing received is left to uvicorn's keep-alive timer.
+        """
+        if self.conn.their_state is not h11.IDLE:
+            self._first_request_started = True
+        waiting = self._partial_headers() or (not self._first_request_started and self.conn.their_state is h11.IDLE)
+        if not waiting:
             self._stop_header_timer()
         elif self._header_timer is None:
             self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
@@ -109,6 +144,12 @@ class _HeaderTimeoutProtocol(H11Protocol):
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
         received_bytes = len(self.conn.trailing_data[0])
+        client = "%s:%d" % self.client if self.client else "a client"
+        if received_bytes == 0:
+            # A connection that never sent a byte gets no response: there is no request to answer.
+            self.transport.close()
+            _HEADER_TIMEOUT_WARNINGS.record(f"{client}: sent nothing for {self.header_timeout_s:g} s; connection closed")
+            return
         detail = (f"the request line and headers did not arrive within {self.header_timeout_s:g} s "
                   f"({received_bytes} bytes received)")
         body = json.dumps({"error": "header_timeout", "detail": detail,
@@ -119,7 +160,6 @@ class _HeaderTimeoutProtocol(H11Protocol):
                 b"content-length: %d\r\n\r\n" % len(body))
         self.transport.write(head + body)
         self.transport.close()
-        client = "%s:%d" % self.client if self.client else "a client"
         _HEADER_TIMEOUT_WARNINGS.record(f"{client}: {detail}; connection closed with 408")
 
 

@@ -60,9 +60,10 @@ for ``vqbench serve --body-timeout-s``), payload validation and decoding (422). 
 sent before the body was read to its end (401, 404, 415, 413, 408) closes the connection,
 since the unread rest of the body would be taken for the next request. The 401, 408 and 413
 rejections are logged as warnings, at most one a minute per status like the disconnects below.
-Under ``vqbench serve``, request headers that do not finish within 30 s of their first byte get
-408 ``header_timeout`` from the HTTP protocol (``http_limits``); they never reach the app, so
-``/metrics`` does not count them. A ``PayloadError`` or
+Under ``vqbench serve``, request headers that do not finish within 30 s get 408
+``header_timeout`` from the HTTP protocol, and a new connection that sends nothing for 30 s is
+closed (``http_limits`` says from when the 30 s count). Neither reaches the app, so ``/metrics``
+does not count them. A ``PayloadError`` or
 ``CorruptImageError`` raised by a pipeline's ``cloud()`` becomes a 422; any other exception
 becomes a 500 whose traceback is logged with the request id. Every response carries
 ``X-Request-ID``: the client's value when it is 1 to 64 characters of ``[A-Za-z0-9._:-]``,
@@ -133,7 +134,7 @@ from vqbench.data.align import CorruptImageError
 from vqbench.errors import PayloadError, RunError, ScenarioError, VqbenchError
 from vqbench.network.face_detection import aligned_on, run_cloud
 from vqbench.network.galleries import GalleryStore, cosine_similarity
-from vqbench.network.http_limits import RateLimitedWarnings, header_timeout_protocol
+from vqbench.network.http_limits import RateLimitedWarnings, header_timeout_protocol, loggable_path
 from vqbench.network.payload_kinds import (
     OPAQUE_TYPE,
     PAIR_CONTENT_TYPE,
@@ -344,7 +345,7 @@ def _add_exception_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, problem: ServiceProblem) -> JSONResponse:
         if problem.status in _LOGGED_REJECTIONS:
             request.app.state.service.rejection_logs[problem.status].record(
-                f"request {_request_id(request)}: {request.method} {request.url.path} rejected with "
+                f"request {_request_id(request)}: {request.method} {loggable_path(request.scope.get('path', ''))} rejected with "
                 f"{problem.status} {problem.error}: {problem.detail}")
         return problem.response()
 
@@ -416,7 +417,7 @@ class _RequestContextMiddleware:
             self.disconnect_log.record(
                 f"request {request_id}: client disconnected before its body was read ({received_bytes[0]} of "
                 f"{headers.get('content-length', 'an undeclared number of')} bytes read) from {scope.get('method')} "
-                f"{scope.get('path')}; no response sent")
+                f"{loggable_path(scope.get('path', ''))}; no response sent")
         finally:
             route = scope.get("route")
             self.metrics.record_request(getattr(route, "path", "unmatched"), status[0])
