@@ -699,6 +699,29 @@ def test_read_token_file(tmp_path: Path) -> None:
         read_token_file(tmp_path / "binary")
 
 
+@pytest.mark.parametrize("content, shown", [("abc\x00def", "'\\x00' at character 4"), ("caf\u00e9", "'\u00e9' at character 4"),
+                                            ("two words", "' ' at character 4")], ids=["nul", "accent", "space"])
+def test_token_file_rejects_unsendable_characters(tmp_path: Path, content: str, shown: str) -> None:
+    path = tmp_path / "token"
+    path.write_text(content + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    with pytest.raises(ScenarioError, match="printable ASCII") as caught:
+        read_token_file(path)
+    assert shown in str(caught.value)
+
+
+def test_token_file_ignores_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_bytes(b"\xef\xbb\xbfsecret\r\n")
+    path.chmod(0o600)
+    assert read_token_file(path) == "secret"
+
+
+def test_token_file_that_is_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="is a folder; pass the file that contains the token"):
+        read_token_file(tmp_path)
+
+
 def test_token_file_readable_by_others_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "token"
     path.write_text("abc123\n")

@@ -7,6 +7,7 @@ fits both the service and its clients.
 from __future__ import annotations
 
 import logging
+import re
 import stat
 from pathlib import Path
 
@@ -15,16 +16,25 @@ from vqbench.errors import ScenarioError
 logger = logging.getLogger(__name__)
 
 
+#: Characters a token may contain: printable ASCII without spaces, which every HTTP client can
+#: send in an ``Authorization: Bearer`` header unchanged.
+_TOKEN_PATTERN = re.compile(r"^[!-~]+$")
+
+
 def read_token_file(path: Path) -> str:
     """Read a bearer token from the first line of ``path``.
 
-    Raises ScenarioError when the file is missing or empty; warns when other users can read it.
+    A UTF-8 byte order mark, as some editors write, is ignored. Raises ScenarioError when the
+    file is missing, a folder, empty or holds characters other than printable ASCII; warns when
+    other users can read it.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
         mode = path.stat().st_mode
     except FileNotFoundError as error:
         raise ScenarioError(f"token file not found: {path}; create it with one line holding the token") from error
+    except IsADirectoryError as error:
+        raise ScenarioError(f"token file {path} is a folder; pass the file that contains the token") from error
     except OSError as error:
         raise ScenarioError(f"cannot read token file {path}: {error.strerror}; check its permissions") from error
     except UnicodeDecodeError as error:
@@ -32,6 +42,13 @@ def read_token_file(path: Path) -> str:
     token = text.strip().splitlines()[0].strip() if text.strip() else ""
     if not token:
         raise ScenarioError(f"token file {path} is empty; write the token on its first line")
+    if not _TOKEN_PATTERN.match(token):
+        position = next(index for index, char in enumerate(token) if not "!" <= char <= "~")
+        raise ScenarioError(
+            f"the token in {path} contains {token[position]!r} at character {position + 1}, which an HTTP header "
+            "cannot carry unchanged; write a token of printable ASCII characters without spaces, such as the "
+            "output of `openssl rand -hex 32`"
+        )
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         logger.warning("token file %s can be read by other users; run chmod 600 on it", path)
     return token
