@@ -464,3 +464,26 @@ def test_init_from_source_without_training_time(tmp_path: Path) -> None:
 
     assert training["init_from"]["training_time_s"] is None
     assert training["training_time_total_s"] is None
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"kind": "edge-embed"}, "kind 'edge-embed' has no stage identity"),
+    ({"stages": {"identity_epochs": 0.0}}, "stages.identity_epochs is 0"),
+], ids=["edge-embed", "no-identity-epochs"])
+def test_identity_trains_encoder_rejected_without_effect(tmp_path: Path, change: dict, message: str) -> None:
+    raw = tiny_config(tmp_path)
+    raw["stages"]["identity_trains_encoder"] = True
+    for key, value in change.items():
+        if isinstance(value, dict):
+            raw[key].update(value)
+        else:
+            raw[key] = value
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.model_validate(raw)
+
+
+def test_identity_trains_encoder_needs_a_boolean(tmp_path: Path) -> None:
+    raw = tiny_config(tmp_path)
+    raw["stages"]["identity_trains_encoder"] = "yes"
+    with pytest.raises(ValueError, match="identity_trains_encoder"):
+        TrainConfig.model_validate(raw)

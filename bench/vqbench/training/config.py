@@ -128,7 +128,7 @@ class StagesConfig(_Strict):
     learning_rate: float = Field(2e-3, gt=0.0)
     identity_learning_rate: float = Field(3e-4, gt=0.0)
     identity_trains_encoder: bool = Field(
-        False, description="Also train the edge encoder in stage identity, through the frozen codebook and the "
+        False, strict=True, description="Also train the edge encoder in stage identity, through the frozen codebook and the "
         "teacher, so that the codes keep what the teacher needs; the student then reads codes it was not trained on."
     )
     weight_decay: float = Field(1e-4, ge=0.0)
@@ -206,6 +206,12 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _check_loss_weights(self) -> "TrainConfig":
         loss = self.loss
+        if self.stages.identity_trains_encoder and (self.kind != "vq" or self.stages.identity_epochs == 0):
+            where = f"kind {self.kind!r} has no stage identity" if self.kind != "vq" else "stages.identity_epochs is 0"
+            raise ValueError(
+                f"stages.identity_trains_encoder is true, but {where}, so it would change nothing; remove it, "
+                "or train stage identity (kind vq with stages.identity_epochs above 0)"
+            )
         if self.kind != "vq" and loss.encoder_hint > 0:
             raise ValueError(
                 f"loss.encoder_hint is {loss.encoder_hint:g}, but the encoder hint needs the code grid of kind vq, "
