@@ -78,13 +78,26 @@ def test_unpaired_transfer_times_leave_end_to_end_empty(caplog: pytest.LogCaptur
     # Two modeled transfer times for three timed cloud halves: summing edge and cloud alone
     # would understate the end-to-end latency without a word.
     measured = dataclasses.replace(_measurement([230, 230, 230], [10.0, 10.0, 10.0]), sample_payload_bytes=[230, 230])
+    config = DeploymentConfig(links=["wifi", "lte"])
     with caplog.at_level(logging.WARNING, logger="vqbench.deployment"):
-        (row,) = build_rows(measured, DeploymentConfig(links=["wifi"]), (300.0, 50.0))
+        rows = build_rows(measured, config, (300.0, 50.0))
+    assert [row.end_to_end_latency_ms_p50 for row in rows] == [None, None]
+    assert rows[0].transfer_latency_ms_p50 is not None
+    assert rows[0].edge_latency_ms_p50 == pytest.approx(10.0)
+    # One warning for the variant, not one per row.
+    assert [record.getMessage() for record in caplog.records] == [
+        "edge-vq-student/test: the timed samples do not pair up (3 edge times, 3 cloud times, 2 payload sizes for "
+        "the modeled links), so end-to-end latency is left empty"]
+
+
+def test_unpaired_edge_and_cloud_times_leave_end_to_end_empty(caplog: pytest.LogCaptureFixture) -> None:
+    # Three edge times and five cloud times, two of them slow: zip would drop the slow ones.
+    measured = dataclasses.replace(_measurement([230] * 3, [10.0] * 3), cloud_ms=[5.0, 5.0, 5.0, 500.0, 500.0])
+    with caplog.at_level(logging.WARNING, logger="vqbench.deployment"):
+        (row,) = build_rows(measured, DeploymentConfig(), (300.0, 50.0))
     assert row.end_to_end_latency_ms_p50 is None
-    assert row.transfer_latency_ms_p50 is not None
-    assert row.edge_latency_ms_p50 == pytest.approx(10.0)
-    assert ["edge-vq-student/test on wifi: 2 transfer times for 3 timed cloud halves cannot be paired, "
-            "so the end-to-end latency is left empty"] == [record.getMessage() for record in caplog.records]
+    assert row.cloud_latency_ms_p95 is not None and row.cloud_latency_ms_p95 > 400
+    assert "3 edge times, 5 cloud times" in caplog.records[0].getMessage()
 
 
 def test_co2e_charges_each_part_at_its_grid() -> None:

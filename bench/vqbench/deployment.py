@@ -126,13 +126,34 @@ def build_rows(
     measured: VariantMeasurement, config: DeploymentConfig, intensities: tuple[float, float]
 ) -> list[ResultRow]:
     """Return one row per (link, edge device) combination, or one host row without links."""
+    paired = _samples_paired(measured, bool(config.links))
     rows = []
     for device in config.edge_devices:
         edge = _edge_on_device(measured, device, config)
         for link in config.links or [None]:
             network = _network(measured, link, config, device)
-            rows.append(_row(measured, device.name, link, edge, network, intensities))
+            rows.append(_row(measured, device.name, link, edge, network, intensities, paired))
     return rows
+
+
+def _samples_paired(measured: VariantMeasurement, modeled_links: bool) -> bool:
+    """Return whether the timed samples' edge, transfer and cloud figures pair up one to one.
+
+    End-to-end latency adds them sample by sample, so lists of other lengths would drop
+    samples without a word. The runner times all three on the same samples; anything else is
+    logged once for the variant, and its rows leave end-to-end latency empty.
+    """
+    counts = {"edge times": len(measured.edge_ms), "cloud times": len(measured.cloud_ms)}
+    if measured.transfer_ms:
+        counts["measured transfer times"] = len(measured.transfer_ms)
+    if modeled_links:
+        counts["payload sizes for the modeled links"] = len(measured.sample_payload_bytes)
+    if len(set(counts.values())) == 1:
+        return True
+    found = ", ".join(f"{count} {name}" for name, count in counts.items())
+    logger.warning("%s/%s: the timed samples do not pair up (%s), so end-to-end latency is left empty",
+                   measured.pipeline, measured.variant, found)
+    return False
 
 
 def _edge_on_device(measured: VariantMeasurement, device: EdgeDeviceChoice, config: DeploymentConfig) -> _EdgeOnDevice:
@@ -239,6 +260,7 @@ def _row(
     edge: _EdgeOnDevice,
     network: _Network,
     intensities: tuple[float, float],
+    paired: bool = True,
 ) -> ResultRow:
     from vqbench.network.client import measured_transfer_columns
 
@@ -248,13 +270,8 @@ def _row(
 
     # End to end per timed sample: edge, transfer (when known), cloud. A link that cannot carry
     # the payload has no transfer time, so it has no end-to-end time either. Neither has a row
-    # whose transfer times cannot be paired with its cloud times.
+    # whose samples do not pair up (see _samples_paired).
     transfer = network.transfer_ms
-    paired = not transfer or len(transfer) == len(measured.cloud_ms)
-    if not paired:
-        logger.warning("%s/%s on %s: %d transfer times for %d timed cloud halves cannot be paired, so the "
-                       "end-to-end latency is left empty", measured.pipeline, measured.variant, link or "the test transport",
-                       len(transfer), len(measured.cloud_ms))
     end_to_end = [] if network.feasible is False or not paired else [
         e + c + (transfer[i] if transfer else 0.0) for i, (e, c) in enumerate(zip(edge.latency_ms, measured.cloud_ms))
     ]

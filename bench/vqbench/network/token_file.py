@@ -25,7 +25,7 @@ def read_token_file(path: Path) -> str:
     """Read a bearer token from the first line of ``path``.
 
     A UTF-8 byte order mark, as some editors write, is ignored. Raises ScenarioError when the
-    file is missing, a folder, empty or holds characters other than printable ASCII; warns when
+    file is missing, a folder, empty or contains characters other than printable ASCII; warns when
     other users can read it.
     """
     try:
