@@ -62,7 +62,7 @@ since the unread rest of the body would be taken for the next request. The 401, 
 rejections are logged as warnings, at most one a minute per status like the disconnects below.
 Under ``vqbench serve``, request headers that do not finish within 30 s get 408
 ``header_timeout`` from the HTTP protocol, and a new connection that sends nothing for 30 s is
-closed (``http_limits`` says from when the 30 s count). Neither reaches the app, so ``/metrics``
+closed (``http_limits`` says when the 30 s start). Neither reaches the app, so ``/metrics``
 does not count them. A ``PayloadError`` or
 ``CorruptImageError`` raised by a pipeline's ``cloud()`` becomes a 422; any other exception
 becomes a 500 whose traceback is logged with the request id. Every response carries
@@ -344,8 +344,9 @@ def create_app(
 def _add_exception_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, problem: ServiceProblem) -> JSONResponse:
         if problem.status in _LOGGED_REJECTIONS:
+            path = loggable_path(request.scope.get("path", ""))
             request.app.state.service.rejection_logs[problem.status].record(
-                f"request {_request_id(request)}: {request.method} {loggable_path(request.scope.get('path', ''))} rejected with "
+                f"request {_request_id(request)}: {request.method} {path} rejected with "
                 f"{problem.status} {problem.error}: {problem.detail}")
         return problem.response()
 
