@@ -11,7 +11,7 @@ from vqbench.scenario import Scenario, expand_path, load_scenario, write_json_sc
 REPO_DIR = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "lfw-full.yaml"])
+@pytest.mark.parametrize("name", sorted(path.name for path in (REPO_DIR / "scenarios").glob("*.yaml")))
 def test_shipped_scenarios_load(name):
     scenario = load_scenario(REPO_DIR / "scenarios" / name)
     assert scenario.pipelines
