@@ -154,7 +154,12 @@ def test_default_encoder_and_student_fit_mac_budgets(teacher: torch.nn.Module) -
     assert student_macs <= teacher_macs / 10
 
 
-MODEL_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "models").glob("*/train.yaml"))
+REPO_DIR = Path(__file__).resolve().parents[1]
+MODEL_CONFIGS = sorted((REPO_DIR / "models").glob("*/train.yaml"))
+
+#: Committed designs whose edge encoder is over 1/20 of the teacher's MACs. They are measured
+#: experiments, and docs/models.md must say so wherever it lists them as operating points.
+EDGE_OVER_BUDGET = {"vq-g30-k256"}
 
 
 @pytest.mark.parametrize("config_path", MODEL_CONFIGS, ids=[path.parent.name for path in MODEL_CONFIGS])
@@ -168,5 +173,11 @@ def test_committed_configs_fit_mac_budgets(config_path: Path, teacher: torch.nn.
     models = build_models(config, teacher)
     teacher_macs = count_macs(teacher, (1, 3, 150, 150))
     grid = config.vq.grid
-    assert count_macs(EdgeEncoder(models.vqvae).eval(), (1, 3, 150, 150)) <= teacher_macs / 20
+    edge_macs = count_macs(EdgeEncoder(models.vqvae).eval(), (1, 3, 150, 150))
+    if config_path.parent.name in EDGE_OVER_BUDGET:
+        # The list stays true: a design that fits again must leave it.
+        assert edge_macs > teacher_macs / 20
+        assert f"| {config_path.parent.name} (over the edge budget) |" in (REPO_DIR / "docs" / "models.md").read_text()
+    else:
+        assert edge_macs <= teacher_macs / 20
     assert count_macs(models.student.eval(), (1, grid, grid), dtype=torch.long) <= teacher_macs / 10
