@@ -70,11 +70,11 @@ def test_payload_the_link_cannot_carry_empties_the_row() -> None:
     assert row.total_energy_j_per_inference is None
     assert row.end_to_end_latency_ms_p50 is None
     assert row.edge_energy_j_per_inference == EDGE_J
-    # Nothing was modeled, so no method stands beside the empty figure.
+    # Nothing was modeled, so no method is named beside the empty figure.
     assert row.network_energy_method is None
 
 
-def test_unpaired_transfer_times_leave_end_to_end_empty(caplog: pytest.LogCaptureFixture) -> None:
+def test_unpaired_transfer_times_empty_total(caplog: pytest.LogCaptureFixture) -> None:
     # Two modeled transfer times for three timed cloud halves: summing edge and cloud alone
     # would understate the end-to-end latency without a word.
     measured = dataclasses.replace(_measurement([230, 230, 230], [10.0, 10.0, 10.0]), sample_payload_bytes=[230, 230])
@@ -90,7 +90,7 @@ def test_unpaired_transfer_times_leave_end_to_end_empty(caplog: pytest.LogCaptur
         "the modeled links), so end-to-end latency is left empty"]
 
 
-def test_unpaired_edge_and_cloud_times_leave_end_to_end_empty(caplog: pytest.LogCaptureFixture) -> None:
+def test_unpaired_edge_cloud_times_empty_total(caplog: pytest.LogCaptureFixture) -> None:
     # Three edge times and five cloud times, two of them slow: zip would drop the slow ones.
     measured = dataclasses.replace(_measurement([230] * 3, [10.0] * 3), cloud_ms=[5.0, 5.0, 5.0, 500.0, 500.0])
     with caplog.at_level(logging.WARNING, logger="vqbench.deployment"):

@@ -78,7 +78,7 @@ def test_lora_time_on_air_hand_computed():
     (86_400, 1.06 * 1.0),         # 1 s apart: the tail power until the next transfer, no promotion
     (86_400 / 5, 1.06 * 5.0),     # 5 s apart
 ])
-def test_lte_transfers_within_tail_share_it(per_day: float, fixed_j: float):
+def test_lte_tail_shared_when_frequent(per_day: float, fixed_j: float):
     lte = get_link_profile("lte")
     cost = link_cost(lte, 200, transfers_per_day=per_day)
     latency_s = cost.transfer_latency_ms / 1e3
@@ -86,7 +86,7 @@ def test_lte_transfers_within_tail_share_it(per_day: float, fixed_j: float):
     assert cost.radio_energy_j == pytest.approx(expected_j, rel=1e-12)
 
 
-def test_link_without_tail_figures_pays_fixed_energy_always():
+def test_untailed_link_fixed_energy_constant():
     nr = get_link_profile("5g")
     assert nr.tail_s is None
     often = link_cost(nr, 200, transfers_per_day=86_400).radio_energy_j
@@ -94,7 +94,7 @@ def test_link_without_tail_figures_pays_fixed_energy_always():
     assert often == pytest.approx(rarely, rel=1e-12)
 
 
-def test_tail_figures_checked_when_profiles_load():
+def test_tail_figures_validated():
     from vqbench.network.links import _parse_profile
 
     entry = yaml.safe_load(resources.files("vqbench").joinpath("data_files/links.yaml").read_text())["links"]["lte"]
@@ -198,7 +198,7 @@ def test_embodied_share_hand_computed():
 
 
 @pytest.mark.parametrize("per_day", [0.0, 1e-320, 0.0009])
-def test_embodied_share_needs_a_real_rate(per_day: float):
+def test_embodied_share_rate_floor(per_day: float):
     # 1e-320 once gave an infinite share per face (inf in results.csv, null in results.json).
     with pytest.raises(ScenarioError, match="inferences_per_day must be at least 0.001"):
         embodied_co2e_g_per_inference(get_device_profile("phone-midrange"), per_day)

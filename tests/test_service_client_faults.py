@@ -415,7 +415,7 @@ def test_stalled_body_over_socket_is_closed() -> None:
     ("/v1/embed/test-codes/v9", {**OCTET, "authorization": f"Bearer {TOKEN}"}, 404),
     ("/v1/embed/test-codes/v1", {"content-type": "text/plain", "authorization": f"Bearer {TOKEN}"}, 415),
 ], ids=["token", "pipeline", "content-type"])
-def test_rejection_before_body_closes_connection(path: str, headers: dict[str, str], status: int) -> None:
+def test_early_rejection_closes_connection(path: str, headers: dict[str, str], status: int) -> None:
     with TestClient(create_app([CodesPipeline()], TOKEN)) as protected:
         rejected = protected.post(path, content=b"\x00" * 200, headers=headers)
         bodiless = protected.get("/v1/pipelines")
@@ -426,7 +426,7 @@ def test_rejection_before_body_closes_connection(path: str, headers: dict[str, s
     assert "connection" not in bodiless.headers
 
 
-def test_rejection_before_body_over_socket_closes_at_once() -> None:
+def test_early_rejection_closes_socket() -> None:
     with running_server(create_app([CodesPipeline()], TOKEN)) as (url, _server):
         port = int(url.rsplit(":", 1)[1])
         # 2 s is well below uvicorn's 5 s keep-alive timeout, which closed the connection before.
@@ -441,7 +441,7 @@ def test_rejection_before_body_over_socket_closes_at_once() -> None:
     assert b"connection: close" in response.lower()
 
 
-def test_rejections_logged_rate_limited_per_status(caplog: pytest.LogCaptureFixture) -> None:
+def test_rejection_warnings_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     app = create_app([CodesPipeline()], TOKEN, max_request_bytes=1_000)
     now_s = [500.0]
     for log in app.state.service.rejection_logs.values():
@@ -527,7 +527,7 @@ def _read_response(connection: socket.socket) -> bytes:
     return head
 
 
-def test_header_deadline_spares_idle_and_slow_bodies() -> None:
+def test_header_deadline_spares_bodies() -> None:
     # The deadline covers headers only: a kept-alive connection between requests, and a body that
     # keeps arriving, are left to the keep-alive and body timeouts.
     protocol = header_timeout_protocol(0.3)
@@ -567,7 +567,7 @@ def test_pipelined_partial_headers_get_408() -> None:
     assert b'"error": "header_timeout"' in second
 
 
-def test_newline_in_path_cannot_forge_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+def test_logged_path_escapes_newline(caplog: pytest.LogCaptureFixture) -> None:
     with running_server(create_app([CodesPipeline()], TOKEN)) as (url, _server):
         port = int(url.rsplit(":", 1)[1])
         with caplog.at_level(logging.WARNING, logger="vqbench.network.service"):

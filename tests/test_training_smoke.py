@@ -234,7 +234,7 @@ def test_codes_without_reconstruction_leave_decoder_to_stage_identity(tmp_path: 
 
 
 @pytest.mark.parametrize("trains_encoder", [False, True], ids=["decoder-only", "with-encoder"])
-def test_identity_stage_trains_encoder_only_when_set(tmp_path: Path, trains_encoder: bool) -> None:
+def test_identity_stage_encoder_option(tmp_path: Path, trains_encoder: bool) -> None:
     torch.set_num_threads(1)
     raw = tiny_config(tmp_path)
     raw["stages"]["identity_trains_encoder"] = trains_encoder
@@ -470,7 +470,7 @@ def test_init_from_source_without_training_time(tmp_path: Path) -> None:
     ({"kind": "edge-embed"}, "kind 'edge-embed' has no stage identity"),
     ({"stages": {"identity_epochs": 0.0}}, "stages.identity_epochs is 0"),
 ], ids=["edge-embed", "no-identity-epochs"])
-def test_identity_trains_encoder_rejected_without_effect(tmp_path: Path, change: dict, message: str) -> None:
+def test_encoder_option_rejected_without_effect(tmp_path: Path, change: dict, message: str) -> None:
     raw = tiny_config(tmp_path)
     raw["stages"]["identity_trains_encoder"] = True
     for key, value in change.items():
@@ -482,7 +482,7 @@ def test_identity_trains_encoder_rejected_without_effect(tmp_path: Path, change:
         TrainConfig.model_validate(raw)
 
 
-def test_identity_trains_encoder_needs_a_boolean(tmp_path: Path) -> None:
+def test_encoder_option_needs_boolean(tmp_path: Path) -> None:
     raw = tiny_config(tmp_path)
     raw["stages"]["identity_trains_encoder"] = "yes"
     with pytest.raises(ValueError, match="identity_trains_encoder"):

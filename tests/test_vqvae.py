@@ -158,7 +158,7 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = sorted((REPO_DIR / "models").glob("*/train.yaml"))
 
 #: Committed designs whose edge encoder is over 1/20 of the teacher's MACs. They are measured
-#: experiments, and docs/models.md must say so wherever it lists them as operating points.
+#: experiments, and docs/models.md must state so wherever it lists them as operating points.
 EDGE_OVER_BUDGET = {"vq-g30-k256"}
 
 

@@ -1,9 +1,10 @@
 """Limits on slow or faulty HTTP clients that sit below the app: a deadline for request headers,
 and warnings that stay readable when many clients misbehave at once.
 
-uvicorn 0.55 closes a kept-alive connection that stays idle after a response, but neither a new
-connection that sends nothing nor one whose request headers stop arriving: such a client keeps
-its connection, and one of ``limit_concurrency``'s slots, for as long as it likes.
+uvicorn 0.55 closes a kept-alive connection that stays idle after a response. It closes
+neither a new connection that sends nothing nor one whose request headers stop arriving, so
+such a client keeps its connection, and one of ``limit_concurrency``'s slots, for as long as
+it likes.
 ``header_timeout_protocol`` returns uvicorn's HTTP/1.1 protocol (h11) with a deadline for
 request headers. It runs from the moment a connection is accepted until its first request's
 headers are complete, and for a later request from its first byte, or from the end of the
@@ -72,7 +73,7 @@ class RateLimitedWarnings:
 
 _HEADER_TIMEOUT_WARNINGS = RateLimitedWarnings("header timeout", logger)
 
-#: Longest request path written to the log; paths may be kilobytes long.
+#: Maximum length of a request path in the log, in characters; paths may be kilobytes long.
 _MAX_LOGGED_PATH_CHARS = 200
 
 
@@ -146,7 +147,7 @@ class _HeaderTimeoutProtocol(H11Protocol):
         received_bytes = len(self.conn.trailing_data[0])
         client = "%s:%d" % self.client if self.client else "a client"
         if received_bytes == 0:
-            # A connection that never sent a byte gets no response: there is no request to answer.
+            # A connection that never sent a byte gets no response, because there is no request to respond to.
             self.transport.close()
             _HEADER_TIMEOUT_WARNINGS.record(f"{client}: sent nothing for {self.header_timeout_s:g} s; connection closed")
             return

@@ -138,12 +138,12 @@ def _parse_profile(name: str, entry: dict) -> LinkProfile:
 
 def _tail(name: str, entry: dict) -> dict[str, float]:
     """Read the optional tail figures, which come as a pair, each with a source, within the fixed energy."""
-    given = [key for key in _TAIL_FIELDS if key in entry]
-    if not given:
+    present = [key for key in _TAIL_FIELDS if key in entry]
+    if not present:
         return {}
     lacking = [key for key in _TAIL_FIELDS if key not in entry or key not in entry["sources"]]
     if lacking:
-        raise ScenarioError(f"link profile {name!r} gives {given} but lacks a value or source for {lacking}; "
+        raise ScenarioError(f"link profile {name!r} gives {present} but lacks a value or source for {lacking}; "
                             "give both tail_s and tail_power_w with their sources, or neither")
     tail = {key: float(entry[key]) for key in _TAIL_FIELDS}
     tail_energy_j = tail["tail_s"] * tail["tail_power_w"]

@@ -99,7 +99,7 @@ Modules beside this one hold the parts that do not depend on the app: ``payload_
 (request statistics and energy windows), ``served_pipelines`` (the default variants and the
 warm-up) and ``service_errors`` (``ServiceProblem``). This module re-exports their public names.
 Two more are not re-exported: ``face_detection`` records the detector's result for the
-responses, and ``http_limits`` holds the header deadline and the rate-limited warnings.
+responses, and ``http_limits`` contains the header deadline and the rate-limited warnings.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ _MAX_LABEL_CHARS = 128
 #: in ``serve`` up to 1024 x 16 MiB = 16 GiB could be held at once. Lower the limit on a
 #: smaller host that untrusted clients can reach.
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
-#: Largest accepted ``--max-request-bytes``: 1 GiB, 64 times the default. A larger limit would
+#: Maximum accepted ``--max-request-bytes``: 1 GiB, 64 times the default. A larger limit would
 #: let a few clients exhaust the host's memory with bodies no face image needs.
 MAX_REQUEST_BYTES_LIMIT = 1024 * 1024 * 1024
 
@@ -228,7 +228,7 @@ DEFAULT_BODY_TIMEOUT_S = 30.0
 #: Largest accepted ``--body-timeout-s``: one hour, far above any upload of a face, so that a
 #: typo such as 1e300 cannot turn the limit off.
 MAX_BODY_TIMEOUT_S = 3600.0
-#: Smallest accepted ``--body-timeout-s``: 0.1 s. Below it a healthy client one long-distance
+#: Minimum accepted ``--body-timeout-s``: 0.1 s. Below it a healthy client one long-distance
 #: round trip away (an estimate: 0.1 to 0.3 s) could get 408 between two TCP segments of one body.
 MIN_BODY_TIMEOUT_S = 0.1
 
