@@ -493,8 +493,10 @@ def _read_until_closed(connection: socket.socket) -> bytes:
 
 
 def test_stalled_headers_get_408_and_close(caplog: pytest.LogCaptureFixture) -> None:
-    protocol = header_timeout_protocol(0.3)
-    with running_server(create_app([CodesPipeline()], None), http=protocol) as (url, _server):
+    app = create_app([CodesPipeline()], None)
+    metrics = app.state.service.metrics
+    protocol = header_timeout_protocol(0.3, on_timeout=metrics.record_connection_timeout)
+    with running_server(app, http=protocol) as (url, _server):
         port = int(url.rsplit(":", 1)[1])
         with caplog.at_level(logging.WARNING, logger="vqbench.network.http_limits"):
             # The socket timeout of 3 s fails the test if the service keeps waiting for the headers.
@@ -509,6 +511,7 @@ def test_stalled_headers_get_408_and_close(caplog: pytest.LogCaptureFixture) -> 
         assert problem["error"] == "header_timeout"
         assert f"within 0.3 s ({len(stalled)} bytes received)" in problem["detail"]
         assert any("connection closed with 408" in record.getMessage() for record in caplog.records)
+        assert metrics.snapshot()["connections_timed_out"] == {"partial_headers": 1, "silent": 0}
         # Other clients are served as before.
         with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
             connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
@@ -547,10 +550,17 @@ def test_header_deadline_spares_bodies() -> None:
 
 def test_silent_connection_closed_at_deadline() -> None:
     # A connection that sends nothing would otherwise keep a limit_concurrency slot for good.
-    with running_server(create_app([CodesPipeline()], None), http=header_timeout_protocol(0.3)) as (url, _server):
+    kinds: list[str] = []
+    with running_server(create_app([CodesPipeline()], None), http=header_timeout_protocol(0.3, on_timeout=kinds.append)) as (url, _server):
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
             assert _read_until_closed(connection) == b""
+    assert kinds == ["silent"]
+
+
+def test_metrics_start_with_no_timed_out_connections() -> None:
+    with TestClient(create_app([CodesPipeline()], None)) as client:
+        assert client.get("/metrics").json()["connections_timed_out"] == {"partial_headers": 0, "silent": 0}
 
 
 def test_pipelined_partial_headers_get_408() -> None:

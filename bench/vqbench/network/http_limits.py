@@ -10,8 +10,9 @@ request headers. It runs from the moment a connection is accepted until its firs
 headers are complete, and for a later request from its first byte, or from the end of the
 previous response when that request's first bytes came early (pipelining). Past the deadline
 a client that sent part of a request gets 408 ``header_timeout``, and a silent one gets nothing;
-either way the connection is closed. Such requests never reach the app, so ``/metrics`` does
-not count them.
+either way the connection is closed. Such requests never reach the app; the protocol reports
+each closed connection to an ``on_timeout`` callback instead, which ``vqbench serve`` points at
+the counters that ``/metrics`` shows.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class _HeaderTimeoutProtocol(H11Protocol):
     """uvicorn's h11 protocol, closing connections whose request headers take too long."""
 
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    #: Called with ``"partial_headers"`` or ``"silent"`` each time the deadline closes a connection.
+    on_timeout: Callable[[str], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -150,6 +153,7 @@ class _HeaderTimeoutProtocol(H11Protocol):
             # A connection that never sent a byte gets no response, because there is no request to respond to.
             self.transport.close()
             _HEADER_TIMEOUT_WARNINGS.record(f"{client}: sent nothing for {self.header_timeout_s:g} s; connection closed")
+            self._report("silent")
             return
         detail = (f"the request line and headers did not arrive within {self.header_timeout_s:g} s "
                   f"({received_bytes} bytes received)")
@@ -162,11 +166,23 @@ class _HeaderTimeoutProtocol(H11Protocol):
         self.transport.write(head + body)
         self.transport.close()
         _HEADER_TIMEOUT_WARNINGS.record(f"{client}: {detail}; connection closed with 408")
+        self._report("partial_headers")
+
+    def _report(self, kind: str) -> None:
+        # Read through the class, because a plain function read through self would be bound as a method.
+        on_timeout = type(self).on_timeout
+        if on_timeout is not None:
+            on_timeout(kind)
 
 
-def header_timeout_protocol(header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> type[H11Protocol]:
+def header_timeout_protocol(
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S, on_timeout: Callable[[str], None] | None = None
+) -> type[H11Protocol]:
     """Return uvicorn's HTTP/1.1 protocol class with a ``header_timeout_s`` deadline for request headers.
 
-    Pass it to ``uvicorn.Config(http=...)``.
+    Pass it to ``uvicorn.Config(http=...)``. ``on_timeout``, if given, is called on the event
+    loop with ``"partial_headers"`` (answered with 408) or ``"silent"`` (closed without a
+    response) for every connection the deadline closes.
     """
-    return type("HeaderTimeoutH11Protocol", (_HeaderTimeoutProtocol,), {"header_timeout_s": header_timeout_s})
+    attributes = {"header_timeout_s": header_timeout_s, "on_timeout": on_timeout}
+    return type("HeaderTimeoutH11Protocol", (_HeaderTimeoutProtocol,), attributes)

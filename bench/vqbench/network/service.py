@@ -62,9 +62,9 @@ since the unread rest of the body would be taken for the next request. The 401, 
 rejections are logged as warnings, at most one a minute per status like the disconnects below.
 Under ``vqbench serve``, request headers that do not finish within 30 s get 408
 ``header_timeout`` from the HTTP protocol, and a new connection that sends nothing for 30 s is
-closed (``http_limits`` says when the 30 s start). Neither reaches the app, so ``/metrics``
-does not count them. A ``PayloadError`` or
-``CorruptImageError`` raised by a pipeline's ``cloud()`` becomes a 422; any other exception
+closed (``http_limits`` says when the 30 s start). Neither reaches the app, so neither has
+an endpoint or a status in ``/metrics``; ``connections_timed_out`` counts them there as
+``partial_headers`` and ``silent``. A ``PayloadError`` or ``CorruptImageError`` raised by a pipeline's ``cloud()`` becomes a 422; any other exception
 becomes a 500 whose traceback is logged with the request id. Every response carries
 ``X-Request-ID``: the client's value when it is 1 to 64 characters of ``[A-Za-z0-9._:-]``,
 otherwise one the service generates. A client that closes the connection before its whole
@@ -848,7 +848,8 @@ def serve(
                          body_timeout_s=body_timeout_s)
         config = uvicorn.Config(
             app, log_config=None, access_log=False, timeout_graceful_shutdown=int(math.ceil(graceful_shutdown_s)),
-            timeout_keep_alive=5, limit_concurrency=1024, http=header_timeout_protocol(),
+            timeout_keep_alive=5, limit_concurrency=1024,
+            http=header_timeout_protocol(on_timeout=app.state.service.metrics.record_connection_timeout),
         )
         announcing_server(config, app, service_url(host, sock.getsockname()[1]), announce).run(sockets=[sock])
     finally:

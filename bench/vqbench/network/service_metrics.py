@@ -27,6 +27,8 @@ class ServiceMetrics:
     of the process. Compute times keep the last ``max_samples`` per variant, so the
     percentiles describe recent requests. ``faces_not_detected`` counts, per variant, the
     payloads in which the service's own detector found no face (always 0 where the edge aligns).
+    ``connections_timed_out`` counts the connections that the header deadline closed before a
+    request reached the app: ``partial_headers`` (answered with 408) and ``silent`` (no byte sent).
     """
 
     def __init__(self, max_samples: int = 10_000) -> None:
@@ -39,11 +41,17 @@ class ServiceMetrics:
         self._queue_ms: dict[str, deque[float]] = {}
         self._faces_not_detected: Counter[str] = Counter()
         self._computations = 0
+        self._connections_timed_out: Counter[str] = Counter({"partial_headers": 0, "silent": 0})
 
     def record_request(self, endpoint: str, status: int) -> None:
         with self._lock:
             self._requests[endpoint] += 1
             self._statuses[endpoint][status] += 1
+
+    def record_connection_timeout(self, kind: str) -> None:
+        """Count a connection closed by the header deadline; ``kind`` is ``partial_headers`` or ``silent``."""
+        with self._lock:
+            self._connections_timed_out[kind] += 1
 
     def record_compute(
         self, label: str, compute_ms: float, queue_ms: float, n_payloads: int, faces_not_detected: int = 0
@@ -72,6 +80,7 @@ class ServiceMetrics:
                     for endpoint, counts in self._statuses.items()
                     if any(status >= 400 for status in counts)
                 },
+                "connections_timed_out": dict(self._connections_timed_out),
                 "payloads_computed": self._computations,
                 "compute": {
                     label: {**_timing_summary(values, self._queue_ms[label]),
