@@ -57,6 +57,17 @@ def test_http_run_models_the_link_on_payload_bytes() -> None:
     assert row.wire_bytes_up_mean == 401
 
 
+def test_rows_pay_setup_round_trips() -> None:
+    measured = _measurement([221, 221], [10.0, 10.0])
+    config = DeploymentConfig(links=["wifi"], setup_round_trips=2)
+    (row,) = build_rows(measured, config, (300.0, 50.0))
+    expected = link_cost(get_link_profile("wifi"), 221, 0, setup_round_trips=2)
+    kept_alive = link_cost(get_link_profile("wifi"), 221, 0)
+    assert expected.transfer_latency_ms > kept_alive.transfer_latency_ms
+    assert row.transfer_latency_ms_p50 == pytest.approx(expected.transfer_latency_ms)
+    assert row.network_energy_j_per_inference == pytest.approx(expected.radio_energy_j + expected.transit_energy_j)
+
+
 def test_payload_the_link_cannot_carry_empties_the_row() -> None:
     # 221 B over SF12 needs 8 frames; at 1,000 transfers a day the duty cycle forbids it.
     measured = _measurement([221, 300, 221], [10.0, 10.0, 10.0])

@@ -105,6 +105,33 @@ def test_tail_figures_validated():
         _parse_profile("lte", {**entry, "tail_s": 20})
 
 
+@pytest.mark.parametrize("round_trips", [1, 2])
+def test_setup_round_trips_add_rtt(round_trips: int):
+    lte = get_link_profile("lte")
+    kept_alive = link_cost(lte, 3000, 100)
+    opened = link_cost(lte, 3000, 100, setup_round_trips=round_trips)
+    extra_s = round_trips * 0.070
+    assert opened.transfer_latency_ms == pytest.approx(kept_alive.transfer_latency_ms + extra_s * 1e3, rel=1e-12)
+    # The radio stays active for the extra round trips; the bytes on the wire do not change.
+    assert opened.radio_energy_j == pytest.approx(kept_alive.radio_energy_j + 1.29 * extra_s, rel=1e-12)
+    assert opened.wire_bytes == kept_alive.wire_bytes
+
+
+def test_setup_round_trips_skip_lora():
+    sf7 = get_link_profile("lorawan-sf7")
+    assert link_cost(sf7, 221, setup_round_trips=2) == link_cost(sf7, 221)
+
+
+def test_setup_round_trips_in_scenario():
+    assert DeploymentConfig(links=["lte"]).setup_round_trips == 0
+    with pytest.raises(ValueError, match="setup_round_trips"):
+        DeploymentConfig(links=["lte"], setup_round_trips=4)
+    with pytest.raises(ValueError, match="setup_round_trips"):
+        DeploymentConfig(links=["lte"], setup_round_trips=True)
+    with pytest.raises(ScenarioError, match="setup_round_trips=-1"):
+        link_cost(get_link_profile("wifi"), 10, setup_round_trips=-1)
+
+
 def test_lorawan_vq_code_fits_one_frame():
     cost = link_cost(get_link_profile("lorawan-sf7"), 221)
     assert cost.feasible

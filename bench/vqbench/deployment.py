@@ -226,7 +226,7 @@ def _network(
     # Energy over every evaluated payload; latency over the timed samples.
     sizes_for_energy = [int(size) for size in measured.payload_bytes]
     sizes_for_latency = [int(size) for size in measured.sample_payload_bytes]
-    costs = {size: link_cost(profile, size, down, transfers_per_day=per_day)
+    costs = {size: link_cost(profile, size, down, transfers_per_day=per_day, setup_round_trips=config.setup_round_trips)
              for size in sorted(set(sizes_for_energy) | set(sizes_for_latency))}
     method = next(iter(costs.values())).method if costs else "modeled-link"
     # The largest payload the link cannot carry names the reason, since it is the furthest from fitting.

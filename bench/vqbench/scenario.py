@@ -253,6 +253,11 @@ class DeploymentConfig(_Strict):
         0, ge=0, description="Bytes the cloud returns per face over a modeled link, such as a match decision; "
         "with transport http the service's own responses are measured in the wire_* columns instead."
     )
+    setup_round_trips: int = Field(
+        0, strict=True, ge=0, le=3, description="Round trips spent opening a connection before each transfer's data on "
+        "an IP link: 0 on a kept-alive connection, 1 for a new TCP connection, 2 for TCP and TLS 1.3. They add to the "
+        "modeled latency and to the radio's active time; LoRa links open no connection, so it does not apply to them."
+    )
     # The lower bound equals vqbench.devices.MIN_INFERENCES_PER_DAY; a test checks that the two agree.
     transfers_per_day: Optional[float] = Field(
         None, ge=0.001, description="Faces sent per day, at least 0.001, for duty-cycle limits and for spreading a "

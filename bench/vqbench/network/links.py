@@ -6,7 +6,9 @@ Profiles live in ``data_files/links.yaml``, each number with its source. For one
 - frames: each direction is cut into frames of at most ``max_frame_payload_bytes``, and each
   frame adds ``frame_overhead_bytes`` on the wire;
 - IP links (WiFi, LTE, 5G, NB-IoT, Ethernet):
-  latency = RTT + wire bits up / uplink rate + wire bits down / downlink rate, and
+  latency = (1 + set-up round trips) x RTT + wire bits up / uplink rate + wire bits down /
+  downlink rate, where the set-up round trips are those of opening a connection before the
+  data (0 on a kept-alive one, 1 for TCP, 2 for TCP and TLS 1.3), and
   radio energy = fixed (promotion + tail) + active power x latency + per-byte energy x wire
   bytes (a power model of the form used by Huang et al., MobiSys 2012);
 - LoRa links: each frame's time on air follows the Semtech SX127x formula (explicit header,
@@ -25,8 +27,7 @@ profile that gives ``tail_s`` and ``tail_power_w`` (WiFi, LTE) models transfers 
 spread evenly over the day: the radio then never returns to idle, so a transfer pays no
 promotion and, in place of the whole tail, the tail power until the next transfer.
 
-Not modeled: TCP connection set-up (one more round trip on a new connection), slow start and
-retransmissions, and the LTE promotion delay (its energy is in ``fixed_energy_j``, its time is
+Not modeled: TCP slow start and retransmissions, and the LTE promotion delay (its energy is in ``fixed_energy_j``, its time is
 not). Profiles without tail figures (5G, NB-IoT) charge the whole fixed energy to every
 transfer, however frequent. On NB-IoT the round trip is charged at the transmit power, an upper
 bound for a modem that waits. A LoRa downlink is timed like an uplink frame (explicit
@@ -216,9 +217,11 @@ def fixed_energy_j(profile: LinkProfile, transfers_per_day: float) -> float:
     return profile.tail_power_w * interval_s
 
 
-def _ip_timing(profile: LinkProfile, up_wire_bytes: int, down_wire_bytes: int, transfers_per_day: float) -> _Timing:
+def _ip_timing(
+    profile: LinkProfile, up_wire_bytes: int, down_wire_bytes: int, transfers_per_day: float, setup_round_trips: int
+) -> _Timing:
     latency_s = (
-        profile.rtt_ms / 1e3
+        (1 + setup_round_trips) * profile.rtt_ms / 1e3
         + 8 * up_wire_bytes / profile.uplink_bit_per_s
         + 8 * down_wire_bytes / profile.downlink_bit_per_s
     )
@@ -278,12 +281,16 @@ def link_cost(
     *,
     transfers_per_day: float = 1.0,
     max_transfer_latency_s: float | None = None,
+    setup_round_trips: int = 0,
 ) -> LinkCost:
-    """Model one transfer over ``profile`` (see the module docstring for the formulas)."""
-    if payload_up_bytes < 0 or payload_down_bytes < 0 or transfers_per_day <= 0:
+    """Model one transfer over ``profile`` (see the module docstring for the formulas).
+
+    ``setup_round_trips`` applies to IP links only: a LoRa link opens no connection.
+    """
+    if payload_up_bytes < 0 or payload_down_bytes < 0 or transfers_per_day <= 0 or setup_round_trips < 0:
         raise ScenarioError(
-            f"payload sizes must be >= 0 and transfers_per_day > 0, got up={payload_up_bytes}, "
-            f"down={payload_down_bytes}, transfers_per_day={transfers_per_day}"
+            f"payload sizes and setup_round_trips must be >= 0 and transfers_per_day > 0, got up={payload_up_bytes}, "
+            f"down={payload_down_bytes}, transfers_per_day={transfers_per_day}, setup_round_trips={setup_round_trips}"
         )
     up_frames = _frame_sizes(payload_up_bytes, profile)
     down_frames = _frame_sizes(payload_down_bytes, profile)
@@ -293,7 +300,7 @@ def link_cost(
     if profile.lora is not None:
         timing = _lora_timing(profile, up_frames, down_frames)
     else:
-        timing = _ip_timing(profile, sum(up_frames), sum(down_frames), transfers_per_day)
+        timing = _ip_timing(profile, sum(up_frames), sum(down_frames), transfers_per_day, setup_round_trips)
 
     reason = _infeasible_reason(
         profile, n_frames, timing, transfers_per_day, max_transfer_latency_s
