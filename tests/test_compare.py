@@ -14,6 +14,7 @@ from vqbench.cli import app
 from vqbench.compare import (
     compare_runs,
     comparison_notes,
+    deployment_note,
     evaluation_set_note,
     render_comparison_markdown,
     render_comparison_table,
@@ -82,6 +83,24 @@ def test_note_names_differing_alignment(tmp_path):
     assert "alignment: face_choice 'center' vs 'score'" in note
     assert "dataset:" not in note
     assert "upsample" not in note
+
+
+def test_note_names_differing_round_trips(tmp_path):
+    def record(round_trips):
+        def edit(content):
+            content["assumptions"]["deployment"] = {"downlink_bytes": 0, "transfers_per_day": None,
+                                                    "setup_round_trips": round_trips}
+        return edit
+
+    run_a = _edit_results(_write_run(tmp_path, "a"), record(0))
+    run_b = _edit_results(_write_run(tmp_path, "b"), record(2))
+    note = deployment_note(run_a, run_b)
+    assert note is not None
+    assert "setup_round_trips 0 vs 2" in note
+    assert "downlink_bytes" not in note
+    assert deployment_note(run_a, run_a) is None
+    # A run made before the settings were recorded is not compared.
+    assert deployment_note(run_a, _write_run(tmp_path, "old")) is None
 
 
 def test_same_run_has_no_note(tmp_path):

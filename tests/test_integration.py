@@ -104,6 +104,7 @@ def test_results_record_the_evaluation_set_without_paths(tiny_runs):
     assert assumptions["dataset"]["max_pairs"] == 24
     assert "root" not in assumptions["dataset"]
     assert assumptions["alignment"]["face_choice"] == "center"
+    assert assumptions["deployment"] == {"downlink_bytes": 0, "transfers_per_day": None, "setup_round_trips": 0}
 
 
 def test_scores_and_latency_tables(tiny_runs):

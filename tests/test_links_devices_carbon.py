@@ -132,6 +132,19 @@ def test_setup_round_trips_in_scenario():
         link_cost(get_link_profile("wifi"), 10, setup_round_trips=-1)
 
 
+@pytest.mark.parametrize("value", [True, 1.5, "1", None])
+def test_link_cost_rejects_fractional_round_trips(value):
+    with pytest.raises(ScenarioError, match="whole number of round trips"):
+        link_cost(get_link_profile("lte"), 200, 10, setup_round_trips=value)
+
+
+@pytest.mark.parametrize("links", [[], ["lorawan-sf7"]], ids=["no-link", "lora-only"])
+def test_round_trips_need_ip_link(links):
+    with pytest.raises(ValueError, match="no listed link opens a connection"):
+        DeploymentConfig(links=links, setup_round_trips=1)
+    assert DeploymentConfig(links=[*links, "nbiot"], setup_round_trips=1).setup_round_trips == 1
+
+
 def test_lorawan_vq_code_fits_one_frame():
     cost = link_cost(get_link_profile("lorawan-sf7"), 221)
     assert cost.feasible

@@ -509,7 +509,7 @@ def test_stalled_headers_get_408_and_close(caplog: pytest.LogCaptureFixture) -> 
         assert b"connection: close" in head.lower()
         problem = json.loads(body)
         assert problem["error"] == "header_timeout"
-        assert f"within 0.3 s ({len(stalled)} bytes received)" in problem["detail"]
+        assert f"within 0.3 s of the connection's opening ({len(stalled)} bytes received)" in problem["detail"]
         assert any("connection closed with 408" in record.getMessage() for record in caplog.records)
         assert metrics.snapshot()["connections_timed_out"] == {"partial_headers": 1, "silent": 0}
         # Other clients are served as before.
@@ -575,6 +575,20 @@ def test_pipelined_partial_headers_get_408() -> None:
     assert response.startswith(b"HTTP/1.1 200 ")
     second = response[response.index(b"HTTP/1.1 408 "):]
     assert b'"error": "header_timeout"' in second
+    assert b"within 0.3 s of the previous response" in second
+
+
+def test_later_request_deadline_from_first_byte() -> None:
+    protocol = header_timeout_protocol(0.3)
+    with running_server(create_app([CodesPipeline()], None), http=protocol) as (url, _server):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert _read_response(connection).startswith(b"HTTP/1.1 200 ")
+            connection.sendall(b"GET /health HTTP/1.1\r\nHo")
+            response = _read_until_closed(connection)
+    assert response.startswith(b"HTTP/1.1 408 ")
+    assert b"within 0.3 s of its first byte" in response
 
 
 def test_logged_path_escapes_newline(caplog: pytest.LogCaptureFixture) -> None:

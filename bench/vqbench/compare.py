@@ -280,9 +280,21 @@ def evaluation_set_note(run_a: Path, run_b: Path) -> str | None:
     return None
 
 
+def deployment_note(run_a: Path, run_b: Path) -> str | None:
+    """Return a note when both runs record their deployment settings and those differ, else None."""
+    results_a, results_b = load_results(Path(run_a)), load_results(Path(run_b))
+    settings_a, settings_b = results_a.assumptions.get("deployment"), results_b.assumptions.get("deployment")
+    if settings_a is None or settings_b is None or settings_a == settings_b:
+        return None
+    return (f"{Path(run_a).name} and {Path(run_b).name} model their links with different deployment settings "
+            f"({_settings_difference(settings_a, settings_b)}), so their network and end-to-end figures differ "
+            "for that reason too.")
+
+
 def comparison_notes(run_a: Path, run_b: Path, comparison: pd.DataFrame) -> list[str]:
-    """Collect the notes that head a comparison: evaluation sets, incomplete runs, changed energy methods."""
-    notes = [evaluation_set_note(run_a, run_b), *incomplete_run_notes(run_a, run_b), method_change_note(comparison)]
+    """Collect the notes that head a comparison: evaluation sets, deployment settings, incomplete runs, changed energy methods."""
+    notes = [evaluation_set_note(run_a, run_b), deployment_note(run_a, run_b), *incomplete_run_notes(run_a, run_b),
+             method_change_note(comparison)]
     return [note for note in notes if note is not None]
 
 

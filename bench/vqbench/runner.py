@@ -639,7 +639,8 @@ def _deployment_assumptions(scenario: Scenario) -> dict[str, Any]:
         for device in deployment.edge_devices
         if device.name != "host"
     }
-    return {"links": links, "devices": devices}
+    settings = deployment.model_dump(include={"downlink_bytes", "transfers_per_day", "setup_round_trips"})
+    return {"links": links, "devices": devices, "deployment": settings}
 
 
 def _run_variant(

@@ -255,14 +255,29 @@ class DeploymentConfig(_Strict):
     )
     setup_round_trips: int = Field(
         0, strict=True, ge=0, le=3, description="Round trips spent opening a connection before each transfer's data on "
-        "an IP link: 0 on a kept-alive connection, 1 for a new TCP connection, 2 for TCP and TLS 1.3. They add to the "
-        "modeled latency and to the radio's active time; LoRa links open no connection, so it does not apply to them."
+        "an IP link: 0 on a kept-alive connection, 1 for a new TCP connection, 2 for TCP and TLS 1.3. Each adds the "
+        "link's RTT to the modeled latency and to the radio's active time (the handshake's own bytes are not modeled). "
+        "LoRa links open no connection, so it needs at least one IP link."
     )
     # The lower bound equals vqbench.devices.MIN_INFERENCES_PER_DAY; a test checks that the two agree.
     transfers_per_day: Optional[float] = Field(
         None, ge=0.001, description="Faces sent per day, at least 0.001, for duty-cycle limits and for spreading a "
         "device's embodied CO2e over its lifetime; default: the device profile's figure."
     )
+
+    @model_validator(mode="after")
+    def _round_trips_need_ip_link(self) -> "DeploymentConfig":
+        if self.setup_round_trips == 0:
+            return self
+        from vqbench.network.links import load_link_profiles
+
+        profiles = load_link_profiles()
+        if not any(link in profiles and profiles[link].lora is None for link in self.links):
+            raise ValueError(
+                f"setup_round_trips is {self.setup_round_trips}, but no listed link opens a connection (links: {self.links}), "
+                "so it would change nothing; list an IP link such as wifi or lte, or remove setup_round_trips"
+            )
+        return self
 
     @field_validator("edge_devices")
     @classmethod

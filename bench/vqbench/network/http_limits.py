@@ -31,8 +31,9 @@ from vqbench.text import plural
 
 logger = logging.getLogger(__name__)
 
-#: Default deadline, in seconds, for a request's line and headers, from their first byte. A
-#: request's headers are a few hundred bytes, so a healthy client sends them in one segment.
+#: Default deadline, in seconds, for a request's line and headers (the module docstring gives
+#: when it starts). A request's headers are a few hundred bytes, so a healthy client sends
+#: them in one segment.
 DEFAULT_HEADER_TIMEOUT_S = 30.0
 
 
@@ -101,14 +102,15 @@ class _HeaderTimeoutProtocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._first_request_started = False
+        self._deadline_since = "the connection's opening"
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._watch_headers()
+        self._watch_headers(since="the connection's opening")
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        self._watch_headers()
+        self._watch_headers(since="its first byte")
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -116,7 +118,7 @@ class _HeaderTimeoutProtocol(H11Protocol):
             # A pipelined request sent part of its headers while the last one was served. Its
             # deadline replaces the keep-alive timer, which would close the connection without a word.
             self._unset_keepalive_if_required()
-        self._watch_headers()
+        self._watch_headers(since="the previous response")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
@@ -125,10 +127,11 @@ class _HeaderTimeoutProtocol(H11Protocol):
     def _partial_headers(self) -> bool:
         return self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
 
-    def _watch_headers(self) -> None:
+    def _watch_headers(self, since: str) -> None:
         """Run the deadline while the connection waits for request headers, and stop it otherwise.
 
-        A kept-alive connection with nothing received is left to uvicorn's keep-alive timer.
+        ``since`` names the event that starts a new deadline, for the 408's detail. A kept-alive
+        connection with nothing received is left to uvicorn's keep-alive timer.
         """
         if self.conn.their_state is not h11.IDLE:
             self._first_request_started = True
@@ -136,6 +139,7 @@ class _HeaderTimeoutProtocol(H11Protocol):
         if not waiting:
             self._stop_header_timer()
         elif self._header_timer is None:
+            self._deadline_since = since
             self._header_timer = self.loop.call_later(self.header_timeout_s, self._on_header_timeout)
 
     def _stop_header_timer(self) -> None:
@@ -155,7 +159,7 @@ class _HeaderTimeoutProtocol(H11Protocol):
             _HEADER_TIMEOUT_WARNINGS.record(f"{client}: sent nothing for {self.header_timeout_s:g} s; connection closed")
             self._report("silent")
             return
-        detail = (f"the request line and headers did not arrive within {self.header_timeout_s:g} s "
+        detail = (f"the request line and headers did not arrive within {self.header_timeout_s:g} s of {self._deadline_since} "
                   f"({received_bytes} bytes received)")
         body = json.dumps({"error": "header_timeout", "detail": detail,
                            "fix": "send the request line and all headers without pausing"}).encode()

@@ -27,7 +27,8 @@ profile that gives ``tail_s`` and ``tail_power_w`` (WiFi, LTE) models transfers 
 spread evenly over the day: the radio then never returns to idle, so a transfer pays no
 promotion and, in place of the whole tail, the tail power until the next transfer.
 
-Not modeled: TCP slow start and retransmissions, and the LTE promotion delay (its energy is in ``fixed_energy_j``, its time is
+Not modeled: the bytes of a connection's set-up (TCP's SYN and ACK, a TLS certificate of a few
+kB down), TCP slow start and retransmissions, and the LTE promotion delay (its energy is in ``fixed_energy_j``, its time is
 not). Profiles without tail figures (5G, NB-IoT) charge the whole fixed energy to every
 transfer, however frequent. On NB-IoT the round trip is charged at the transmit power, an upper
 bound for a modem that waits. A LoRa downlink is timed like an uplink frame (explicit
@@ -285,8 +286,15 @@ def link_cost(
 ) -> LinkCost:
     """Model one transfer over ``profile`` (see the module docstring for the formulas).
 
-    ``setup_round_trips`` applies to IP links only: a LoRa link opens no connection.
+    ``setup_round_trips`` applies to IP links only: a LoRa link opens no connection. The
+    ``nbiot`` profile frames UDP datagrams, so there the round trips stand for a handshake above
+    UDP, such as DTLS.
     """
+    if isinstance(setup_round_trips, bool) or not isinstance(setup_round_trips, int):
+        raise ScenarioError(
+            f"setup_round_trips must be a whole number of round trips, got {setup_round_trips!r}; "
+            "pass 0 for a kept-alive connection, 1 for TCP, 2 for TCP and TLS 1.3"
+        )
     if payload_up_bytes < 0 or payload_down_bytes < 0 or transfers_per_day <= 0 or setup_round_trips < 0:
         raise ScenarioError(
             f"payload sizes and setup_round_trips must be >= 0 and transfers_per_day > 0, got up={payload_up_bytes}, "
