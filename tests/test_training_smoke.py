@@ -233,11 +233,16 @@ def test_codes_without_reconstruction_leave_decoder_to_stage_identity(tmp_path: 
     assert any(not torch.equal(decoder[name], value) for name, value in initial_decoder.items() if value.is_floating_point())
 
 
-@pytest.mark.parametrize("trains_encoder", [False, True], ids=["decoder-only", "with-encoder"])
-def test_identity_stage_encoder_option(tmp_path: Path, trains_encoder: bool) -> None:
+@pytest.mark.parametrize(
+    "trains_encoder, updates_codebook",
+    [(False, False), (True, False), (True, True)],
+    ids=["decoder-only", "with-encoder", "with-encoder-and-codebook"],
+)
+def test_identity_stage_encoder_option(tmp_path: Path, trains_encoder: bool, updates_codebook: bool) -> None:
     torch.set_num_threads(1)
     raw = tiny_config(tmp_path)
     raw["stages"]["identity_trains_encoder"] = trains_encoder
+    raw["stages"]["identity_updates_codebook"] = updates_codebook
     config = TrainConfig.model_validate(raw)
     people = select_training_people(SAMPLE_ROOT, [9])
     data = prepare_training_set(training_image_paths(SAMPLE_ROOT, people.people)[:8], tmp_path / "cache")
@@ -254,10 +259,12 @@ def test_identity_stage_encoder_option(tmp_path: Path, trains_encoder: bool) -> 
     changed = [name for name, value in encoder_before.items() if value.is_floating_point() and not torch.equal(encoder[name], value)]
     assert bool(changed) is trains_encoder, changed
     assert ("commit" in trainer.progress.history[-1]) is trains_encoder
-    # The codebook is frozen in stage identity, so the student's code vectors stay as trained.
-    assert torch.equal(trainer.models.vqvae.quantizer.codebook, codebook_before)
+    # The codebook stays frozen in stage identity unless it is told to follow the encoder.
+    codebook = trainer.models.vqvae.quantizer.codebook
+    assert torch.equal(codebook, codebook_before) is not updates_codebook
     settings = portable_settings(config)
     assert ("identity_trains_encoder" in settings["stages"]) is trains_encoder
+    assert ("identity_updates_codebook" in settings["stages"]) is updates_codebook
 
 
 def test_evaluate_names_missing_model_card(tmp_path: Path) -> None:
@@ -479,6 +486,13 @@ def test_encoder_option_rejected_without_effect(tmp_path: Path, change: dict, me
         else:
             raw[key] = value
     with pytest.raises(ValueError, match=message):
+        TrainConfig.model_validate(raw)
+
+
+def test_codebook_option_needs_encoder_option(tmp_path: Path) -> None:
+    raw = tiny_config(tmp_path)
+    raw["stages"]["identity_updates_codebook"] = True
+    with pytest.raises(ValueError, match="stages.identity_trains_encoder is not"):
         TrainConfig.model_validate(raw)
 
 

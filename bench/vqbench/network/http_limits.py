@@ -31,7 +31,7 @@ from vqbench.text import plural
 
 logger = logging.getLogger(__name__)
 
-#: Default deadline, in seconds, for a request's line and headers (the module docstring gives
+#: Default deadline, in seconds, for a request's line and headers (the module docstring explains
 #: when it starts). A request's headers are a few hundred bytes, so a healthy client sends
 #: them in one segment.
 DEFAULT_HEADER_TIMEOUT_S = 30.0

@@ -131,6 +131,10 @@ class StagesConfig(_Strict):
         False, strict=True, description="Also train the edge encoder in stage identity, through the frozen codebook and the "
         "teacher, so that the codes keep what the teacher needs; the student then reads codes it was not trained on."
     )
+    identity_updates_codebook: bool = Field(
+        False, strict=True, description="With identity_trains_encoder, let the codebook follow the encoder's outputs in stage identity "
+        "(EMA updates and restarts of dead codes, as in stage joint) instead of keeping it frozen."
+    )
     weight_decay: float = Field(1e-4, ge=0.0)
     max_steps_per_epoch: Optional[int] = Field(None, strict=True, ge=1, description="Cut epochs short (smoke tests).")
     checkpoint_every_steps: int = Field(200, strict=True, ge=1)
@@ -212,6 +216,11 @@ class TrainConfig(_Strict):
                 f"stages.identity_trains_encoder is true, but {where}, so it would change nothing; remove it, "
                 "or train stage identity (kind vq with stages.identity_epochs above 0)"
             )
+        if self.stages.identity_updates_codebook and not self.stages.identity_trains_encoder:
+            raise ValueError(
+                "stages.identity_updates_codebook is true, but stages.identity_trains_encoder is not, so the encoder's "
+                "outputs would not move and the codebook would follow nothing new; set both, or remove identity_updates_codebook"
+            )
         if self.kind != "vq" and loss.encoder_hint > 0:
             raise ValueError(
                 f"loss.encoder_hint is {loss.encoder_hint:g}, but the encoder hint needs the code grid of kind vq, "
@@ -244,17 +253,18 @@ class TrainConfig(_Strict):
 def portable_settings(config: TrainConfig, exclude: set[str] | None = None) -> dict:
     """Return the config as plain data without machine-specific paths (output, data, cache and init_from folders).
 
-    ``loss.encoder_hint`` and ``stages.identity_trains_encoder`` are left out while they are off,
-    so that configs written before they existed keep their checkpoint fingerprints and the
-    recipes recorded in their cards.
+    ``loss.encoder_hint``, ``stages.identity_trains_encoder`` and ``stages.identity_updates_codebook``
+    are left out while they are off, so that configs written before they existed keep their
+    checkpoint fingerprints and the recipes recorded in their cards.
     """
     settings = config.model_dump(mode="json", exclude={"output_dir", "init_from", *(exclude or set())})
     settings["data"].pop("root", None)
     settings["data"].pop("cache_dir", None)
     if "loss" in settings and settings["loss"]["encoder_hint"] == 0:
         del settings["loss"]["encoder_hint"]
-    if "stages" in settings and not settings["stages"]["identity_trains_encoder"]:
-        del settings["stages"]["identity_trains_encoder"]
+    for switch in ("identity_trains_encoder", "identity_updates_codebook"):
+        if "stages" in settings and not settings["stages"][switch]:
+            del settings["stages"][switch]
     return settings
 
 

@@ -19,6 +19,8 @@ reconstruction + (1 - cos(teacher(reconstruction), teacher embedding of the orig
 the gradient passing through the frozen PyTorch teacher. The encoder stays frozen too, unless
 ``stages.identity_trains_encoder`` is set: then the same gradient reaches it through the
 straight-through quantiser, with the commitment term keeping its outputs near the frozen codes.
+With ``stages.identity_updates_codebook`` as well, the codebook is not frozen: it follows the
+encoder's moving outputs by EMA, and dead codes are restarted, as in stage joint.
 
 A checkpoint (models, optimiser, schedule, stage, epoch, step, RNG state, the running loss sums
 and code counts of the current epoch, and the settings it was trained with) is written every
@@ -340,6 +342,7 @@ class Trainer:
         vqvae.decoder.train(True)
         if stage == "identity" and self.config.stages.identity_trains_encoder:
             vqvae.encoder.train(True)
+            vqvae.quantizer.train(self.config.stages.identity_updates_codebook)
 
     def _log_epoch(self, stage: str, started: float) -> None:
         steps = max(1, self.totals.steps)
@@ -442,19 +445,25 @@ class Trainer:
             losses = {"recon": weights.reconstruction * reconstruction_loss(reconstruction, inputs[:decoded]), **losses}
         if self.models.hint_head is not None and target_hints is not None:
             losses["hint"] = weights.encoder_hint * hint_loss(self.models.hint_head(z), target_hints)
+        self._restart_dead_codes(z)
+        return losses, quantized.indices.detach()
+
+    def _restart_dead_codes(self, z: torch.Tensor) -> None:
+        """Every ``RESTART_EVERY_STEPS`` steps of the stage, move rarely used codes onto encoder outputs."""
         if (self.scheduler.last_epoch + 1) % RESTART_EVERY_STEPS == 0:
-            restarted = vqvae.quantizer.restart_dead_codes(z, self.config.vq.dead_code_threshold, self.generator)
+            restarted = self.models.vqvae.quantizer.restart_dead_codes(z, self.config.vq.dead_code_threshold, self.generator)
             if restarted:
                 logger.debug("restarted %d dead codes", restarted)
-        return losses, quantized.indices.detach()
 
     def _identity_losses(self, originals: torch.Tensor, target_embeddings: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         weights = self.config.loss
         vqvae = self.models.vqvae
         trains_encoder = self.config.stages.identity_trains_encoder
-        # The quantiser is in eval mode in this stage, so the codebook keeps its vectors either way.
+        # The quantiser is in eval mode in this stage, so the codebook keeps its vectors, unless
+        # stages.identity_updates_codebook put it in train mode (EMA updates).
         with torch.set_grad_enabled(trains_encoder):
-            quantized = vqvae.quantizer(vqvae.encoder(originals))
+            z = vqvae.encoder(originals)
+            quantized = vqvae.quantizer(z)
         reconstruction = vqvae.decoder(quantized.quantized)
         identity = cosine_loss(self.models.teacher(reconstruction) - self.embedding_mean, target_embeddings - self.embedding_mean)
         losses = {
@@ -463,6 +472,8 @@ class Trainer:
         }
         if trains_encoder:
             losses["commit"] = self.config.vq.commitment_weight * quantized.commitment_loss
+        if self.config.stages.identity_updates_codebook:
+            self._restart_dead_codes(z)
         return losses, quantized.indices.detach()
 
     # ----- checkpoints -------------------------------------------------------------------
