@@ -35,6 +35,16 @@ def test_bad_quality_is_named(tmp_path):
         load_scenario(path)
 
 
+@pytest.mark.parametrize("value", ['"1"', "1.5", "true"])
+def test_type_error_names_fix(tmp_path, value):
+    path = _write(tmp_path, f"name: x\npipelines: [{{kind: cloud-raw}}]\ndeployment: {{links: [lte], setup_round_trips: {value}}}\n")
+    with pytest.raises(ScenarioError) as raised:
+        load_scenario(path)
+    message = str(raised.value)
+    assert "'deployment.setup_round_trips'" in message
+    assert "write a whole number without quotes, such as 2" in message
+
+
 def test_unknown_pipeline_kind(tmp_path):
     path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-magic}]\n")
     with pytest.raises(ScenarioError, match="pipelines.0"):

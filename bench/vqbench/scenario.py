@@ -512,8 +512,21 @@ def describe_yaml_error(error: yaml.YAMLError) -> str:
 MAX_REPORTED_PROBLEMS = 5
 
 
+#: The fix appended to pydantic's type errors, which name the expected type but not how to write it in YAML.
+_TYPE_FIXES = {
+    "int_type": "write a whole number without quotes, such as 2",
+    "int_from_float": "write a whole number without quotes, such as 2",
+    "int_parsing": "write a whole number without quotes, such as 2",
+    "float_type": "write a number without quotes, such as 0.5",
+    "float_parsing": "write a number without quotes, such as 0.5",
+    "bool_type": "write true or false without quotes",
+    "bool_parsing": "write true or false without quotes",
+    "string_type": "write text, in quotes if YAML would read it as a number or a boolean",
+}
+
+
 def _describe_problem(problem: dict) -> str:
-    """Render one pydantic problem as "'key.path': message (got value)".
+    """Render one pydantic problem as "'key.path': message (got value)", with the fix for a type error.
 
     The value is left out when a validator of this module already put it in the message.
     """
@@ -525,6 +538,9 @@ def _describe_problem(problem: dict) -> str:
         in_message = problem["type"] == "value_error" and (repr(value) in message or str(value) in message)
         if not in_message:
             text += f" (got {value!r})"
+    fix = _TYPE_FIXES.get(problem["type"])
+    if fix is not None:
+        text += f"; {fix}"
     return text
 
 
