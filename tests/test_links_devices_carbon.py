@@ -112,7 +112,7 @@ def test_setup_round_trips_add_rtt(round_trips: int):
     opened = link_cost(lte, 3000, 100, setup_round_trips=round_trips)
     extra_s = round_trips * 0.070
     assert opened.transfer_latency_ms == pytest.approx(kept_alive.transfer_latency_ms + extra_s * 1e3, rel=1e-12)
-    # The radio stays active for the extra round trips; the bytes on the wire do not change.
+    # The radio stays active for the extra round trips, but the bytes on the wire do not change.
     assert opened.radio_energy_j == pytest.approx(kept_alive.radio_energy_j + 1.29 * extra_s, rel=1e-12)
     assert opened.wire_bytes == kept_alive.wire_bytes
 

@@ -259,7 +259,7 @@ def test_identity_stage_encoder_option(tmp_path: Path, trains_encoder: bool, upd
     changed = [name for name, value in encoder_before.items() if value.is_floating_point() and not torch.equal(encoder[name], value)]
     assert bool(changed) is trains_encoder, changed
     assert ("commit" in trainer.progress.history[-1]) is trains_encoder
-    # The codebook stays frozen in stage identity unless it is told to follow the encoder.
+    # The codebook stays frozen in stage identity unless stages.identity_updates_codebook is set.
     codebook = trainer.models.vqvae.quantizer.codebook
     assert torch.equal(codebook, codebook_before) is not updates_codebook
     settings = portable_settings(config)

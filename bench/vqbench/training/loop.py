@@ -449,7 +449,7 @@ class Trainer:
         return losses, quantized.indices.detach()
 
     def _restart_dead_codes(self, z: torch.Tensor) -> None:
-        """Every ``RESTART_EVERY_STEPS`` steps of the stage, move rarely used codes onto encoder outputs."""
+        """Restart rarely used codes on encoder outputs, once every ``RESTART_EVERY_STEPS`` steps of the stage."""
         if (self.scheduler.last_epoch + 1) % RESTART_EVERY_STEPS == 0:
             restarted = self.models.vqvae.quantizer.restart_dead_codes(z, self.config.vq.dead_code_threshold, self.generator)
             if restarted:
