@@ -13,6 +13,7 @@ import socket
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -530,22 +531,29 @@ def _read_response(connection: socket.socket) -> bytes:
     return head
 
 
-def test_header_deadline_spares_bodies() -> None:
-    # The deadline covers headers only: a kept-alive connection between requests, and a body that
-    # keeps arriving, are left to the keep-alive and body timeouts.
-    protocol = header_timeout_protocol(0.3)
+@contextmanager
+def _kept_alive_connection(header_timeout_s: float) -> Iterator[socket.socket]:
+    """Yield a connection to a service with a header deadline, after one complete request and response on it."""
+    protocol = header_timeout_protocol(header_timeout_s)
     with running_server(create_app([CodesPipeline()], None), http=protocol) as (url, _server):
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
             connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert _read_response(connection).startswith(b"HTTP/1.1 200 ")
-            time.sleep(0.6)
-            connection.sendall(b"POST /v1/embed/test-codes/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                               b"Content-Type: application/octet-stream\r\nContent-Length: 4\r\n\r\nTC")
-            time.sleep(0.6)
-            connection.sendall(b"\x01\x00")
-            # The four bytes reach the app, which rejects them as a payload.
-            assert _read_response(connection).startswith(b"HTTP/1.1 422 ")
+            yield connection
+
+
+def test_header_deadline_spares_bodies() -> None:
+    # The deadline covers headers only: a kept-alive connection between requests, and a body that
+    # keeps arriving, are left to the keep-alive and body timeouts.
+    with _kept_alive_connection(0.3) as connection:
+        time.sleep(0.6)
+        connection.sendall(b"POST /v1/embed/test-codes/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: application/octet-stream\r\nContent-Length: 4\r\n\r\nTC")
+        time.sleep(0.6)
+        connection.sendall(b"\x01\x00")
+        # The four bytes reach the app, which rejects them as a payload.
+        assert _read_response(connection).startswith(b"HTTP/1.1 422 ")
 
 
 def test_silent_connection_closed_at_deadline() -> None:
@@ -579,14 +587,9 @@ def test_pipelined_partial_headers_get_408() -> None:
 
 
 def test_later_request_deadline_from_first_byte() -> None:
-    protocol = header_timeout_protocol(0.3)
-    with running_server(create_app([CodesPipeline()], None), http=protocol) as (url, _server):
-        port = int(url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=3) as connection:
-            connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            assert _read_response(connection).startswith(b"HTTP/1.1 200 ")
-            connection.sendall(b"GET /health HTTP/1.1\r\nHo")
-            response = _read_until_closed(connection)
+    with _kept_alive_connection(0.3) as connection:
+        connection.sendall(b"GET /health HTTP/1.1\r\nHo")
+        response = _read_until_closed(connection)
     assert response.startswith(b"HTTP/1.1 408 ")
     assert b"within 0.3 s of its first byte" in response
 

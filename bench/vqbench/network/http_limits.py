@@ -10,7 +10,7 @@ request headers. It runs from the moment a connection is accepted until its firs
 headers are complete, and for a later request from its first byte, or from the end of the
 previous response when that request's first bytes came early (pipelining). Past the deadline
 a client that sent part of a request gets 408 ``header_timeout``, and a silent one gets nothing;
-either way the connection is closed. Such requests never reach the app; the protocol reports
+either way the connection is closed. Such requests never reach the app, so the protocol reports
 each closed connection to an ``on_timeout`` callback instead, which ``vqbench serve`` points at
 the counters that ``/metrics`` shows.
 """

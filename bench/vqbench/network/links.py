@@ -287,8 +287,8 @@ def link_cost(
     """Model one transfer over ``profile`` (see the module docstring for the formulas).
 
     ``setup_round_trips`` applies to IP links only: a LoRa link opens no connection. The
-    ``nbiot`` profile frames UDP datagrams, so there the round trips stand for a handshake above
-    UDP, such as DTLS.
+    ``nbiot`` profile frames UDP datagrams, so there the round trips model a handshake above UDP,
+    such as DTLS.
     """
     if isinstance(setup_round_trips, bool) or not isinstance(setup_round_trips, int):
         raise ScenarioError(

@@ -63,7 +63,7 @@ rejections are logged as warnings, at most one a minute per status like the disc
 Under ``vqbench serve``, request headers that do not finish within 30 s get 408
 ``header_timeout`` from the HTTP protocol, and a new connection that sends nothing for 30 s is
 closed (``http_limits`` says when the 30 s start). Neither reaches the app, so neither has
-an endpoint or a status in ``/metrics``; ``connections_timed_out`` counts them there as
+an endpoint or a status in ``/metrics``. ``connections_timed_out`` counts them there as
 ``partial_headers`` and ``silent``. A ``PayloadError`` or ``CorruptImageError`` raised by a pipeline's ``cloud()`` becomes a 422; any other exception
 becomes a 500 whose traceback is logged with the request id. Every response carries
 ``X-Request-ID``: the client's value when it is 1 to 64 characters of ``[A-Za-z0-9._:-]``,

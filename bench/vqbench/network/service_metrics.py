@@ -49,7 +49,7 @@ class ServiceMetrics:
             self._statuses[endpoint][status] += 1
 
     def record_connection_timeout(self, kind: str) -> None:
-        """Count a connection closed by the header deadline; ``kind`` is ``partial_headers`` or ``silent``."""
+        """Count a connection closed by the header deadline, of ``kind`` ``partial_headers`` or ``silent``."""
         with self._lock:
             self._connections_timed_out[kind] += 1
 
