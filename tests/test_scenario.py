@@ -45,6 +45,16 @@ def test_type_error_names_fix(tmp_path, value):
     assert "write a whole number without quotes, such as 2" in message
 
 
+def test_whole_float_reads_as_integer(tmp_path):
+    path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-codec, qualities: [30.0, 75]}]\n"
+                  "measurement: {repeats: 2.0}\nalignment: {upsample: 0.0}\ndataset: {max_pairs: 20.0}\n")
+    scenario = load_scenario(path)
+    assert scenario.measurement.repeats == 2 and type(scenario.measurement.repeats) is int
+    assert scenario.alignment.upsample == 0 and type(scenario.alignment.upsample) is int
+    assert scenario.dataset.max_pairs == 20 and type(scenario.dataset.max_pairs) is int
+    assert scenario.pipelines[0].qualities == [30, 75] and type(scenario.pipelines[0].qualities[0]) is int
+
+
 def test_unknown_pipeline_kind(tmp_path):
     path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-magic}]\n")
     with pytest.raises(ScenarioError, match="pipelines.0"):
@@ -176,7 +186,11 @@ def test_builtin_check_still_shows_value(tmp_path):
         ("deployment: {edge_devices: [{name: host, speed_ratio: 4.0}]}\n", "the host is the measured machine"),
         ("deployment: {edge_devices: []}\n", "no edge device is listed"),
         ("alignment: {upsample: true}\n", "'alignment.upsample': Input should be a valid integer"),
-        ("alignment: {upsample: 1.0}\n", "'alignment.upsample': Input should be a valid integer"),
+        ("alignment: {upsample: 1.5}\n", "'alignment.upsample': Input should be a valid integer"),
+        ("measurement: {repeats: true}\n", "'measurement.repeats': Input should be a valid integer"),
+        ("dataset: {max_pairs: '20'}\n", "'dataset.max_pairs': Input should be a valid integer"),
+        ("transport: {timeout_s: '5'}\n", "'transport.timeout_s': Input should be a valid number"),
+        ("outputs: {pdf: 0}\n", "'outputs.pdf': Input should be a valid boolean"),
         ("meters: {host: [rapl], options: {wattmeter: {x: 1}}}\n", "options for 'wattmeter', which meters.host does not list"),
         ("meters: {host: [rapl], options: {codecarbon: {measure_power_secs: 2}}}\n", "options for 'codecarbon'"),
     ],

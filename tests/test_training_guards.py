@@ -91,7 +91,11 @@ def test_config_rejects_non_finite_value(tmp_path: Path, section: str, key: str,
         ("threads", True, "'threads': Input should be a valid integer (got True)"),
         ("stages.batch_size", True, "'stages.batch_size': Input should be a valid integer (got True)"),
         ("stages.joint_epochs", True, "'stages.joint_epochs': Input should be a valid integer (got True)"),
-        ("stages.checkpoint_every_steps", 2.0, "'stages.checkpoint_every_steps': Input should be a valid integer (got 2.0)"),
+        ("stages.checkpoint_every_steps", 2.5, "'stages.checkpoint_every_steps': Input should be a valid integer (got 2.5)"),
+        ("student.blocks", "3", "'student.blocks': Input should be a valid integer (got '3')"),
+        ("loss.identity", True, "'loss.identity': Input should be a valid number (got True)"),
+        ("loss.identity", "0.5", "'loss.identity': Input should be a valid number (got '0.5')"),
+        ("stages.identity_trains_encoder", 1, "'stages.identity_trains_encoder': Input should be a valid boolean (got 1)"),
         ("data.max_images", True, "'data.max_images': Input should be a valid integer (got True)"),
         ("data.train_folds", [True], "'data.train_folds.0': Input should be a valid integer (got True)"),
     ],
@@ -114,6 +118,16 @@ def test_train_zero_width_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "'vq.widths.0': Input should be greater than or equal to 1 (got 0)" in " ".join(result.output.split())
     assert not (tmp_path / "cache" / "training").exists()
+
+
+def test_config_reads_whole_float_as_integer(tmp_path: Path) -> None:
+    raw = tiny_config(tmp_path)
+    raw["stages"]["checkpoint_every_steps"] = 2.0
+    raw["vq"]["widths"] = [8.0, 16]
+    config = load_train_config(write_config(tmp_path, raw))
+    assert config.stages.checkpoint_every_steps == 2
+    assert type(config.stages.checkpoint_every_steps) is int
+    assert config.vq.widths[0] == 8 and type(config.vq.widths[0]) is int
 
 
 def test_config_accepts_largest_seed_and_threads(tmp_path: Path) -> None:

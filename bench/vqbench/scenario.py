@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vqbench.errors import ScenarioError
 
@@ -26,9 +26,23 @@ DEFAULT_DATA_DIR = Path("~/.cache/vqbench/data")
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+def _whole_float_to_int(value: object) -> object:
+    """Read a float without a fractional part, such as YAML's `2.0`, as the integer it is."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer field of a YAML schema. Validation is strict, so YAML's `true` and the quoted "2"
+#: are errors rather than 1 and 2, but `2.0` is read as 2, as JSON Schema counts it an integer.
+WholeNumber = Annotated[int, BeforeValidator(_whole_float_to_int)]
+
+
 class _Strict(BaseModel):
-    # Infinity and NaN pass `gt`/`ge` bounds but would stall or break a run (an endless window).
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # Strict types: in lax mode pydantic reads `true` as 1, "0.5" as 0.5 and 1 as true, so a
+    # typo would pass as a value. Infinity and NaN pass `gt`/`ge` bounds but would stall or
+    # break a run (an endless window).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class DatasetConfig(_Strict):
@@ -41,17 +55,18 @@ class DatasetConfig(_Strict):
         "pairs.txt. Default: ${VQBENCH_DATA_DIR}/lfw, else ~/.cache/vqbench/data/lfw.",
     )
     pairs_file: Optional[str] = Field(None, description="Pairs protocol file; default ROOT/pairs.txt.")
-    folds: Optional[list[int]] = Field(None, description="1-based folds to evaluate; default all.")
-    max_pairs: Optional[int] = Field(
-        None, ge=2,
+    folds: Optional[list[WholeNumber]] = Field(None, description="1-based folds to evaluate; default all.")
+    # Bound before the validator, so that the JSON schema writes it as "minimum" inside Optional.
+    max_pairs: Optional[Annotated[int, Field(ge=2), BeforeValidator(_whole_float_to_int)]] = Field(
+        None,
         description="Keep at most this many pairs per run, split evenly over folds and over matched and "
         "mismatched pairs. Each fold keeps at least one pair of each kind, so a value below twice the "
         "number of folds keeps two pairs per fold.",
     )
     download: bool = Field(False, description="Download LFW on first use when it is missing.")
-    folders_pairs_per_fold: int = Field(100, ge=2, description="For kind=folders: pairs per fold.")
-    folders_n_folds: int = Field(10, ge=2, description="For kind=folders: number of folds.")
-    seed: int = 0
+    folders_pairs_per_fold: WholeNumber = Field(100, ge=2, description="For kind=folders: pairs per fold.")
+    folders_n_folds: WholeNumber = Field(10, ge=2, description="For kind=folders: number of folds.")
+    seed: WholeNumber = 0
 
     @field_validator("folds")
     @classmethod
@@ -69,16 +84,15 @@ class DatasetConfig(_Strict):
 class AlignmentConfig(_Strict):
     """dlib detection and 5-point alignment to the teacher's 150x150 chip."""
 
-    # Strict, so that YAML's `true` is not taken as 1 step.
-    upsample: int = Field(
-        1, ge=0, le=2, strict=True, description="dlib detector upsampling steps; 1 finds faces down to about 40 px."
+    upsample: WholeNumber = Field(
+        1, ge=0, le=2, description="dlib detector upsampling steps; 1 finds faces down to about 40 px."
     )
     face_choice: Literal["center", "score"] = Field(
         "center",
         description="Face to align when several are found: the one nearest the image centre (images "
         "framed on their subject, as in LFW) or the detector's most confident one.",
     )
-    chip_size_px: int = Field(150, ge=32, le=512)
+    chip_size_px: WholeNumber = Field(150, ge=32, le=512)
     padding: float = Field(0.25, ge=0.0, le=1.0, description="dlib get_face_chip padding.")
 
 
@@ -90,7 +104,7 @@ class TeacherConfig(_Strict):
         description="dlib runs the reference; torch and onnxruntime run its port, which matches dlib "
         "to a cosine of 1 - 1e-12 on 500 LFW chips (`vqbench models verify`).",
     )
-    batch_size: int = Field(32, ge=1)
+    batch_size: WholeNumber = Field(32, ge=1)
 
 
 class CloudRawPipeline(_Strict):
@@ -104,8 +118,8 @@ class CloudCodecPipeline(_Strict):
 
     kind: Literal["cloud-codec"] = "cloud-codec"
     codec: Literal["jpeg", "webp", "png"] = "jpeg"
-    qualities: list[int] = Field(default_factory=lambda: [75])
-    sizes_px: list[int] = Field(
+    qualities: list[WholeNumber] = Field(default_factory=lambda: [75])
+    sizes_px: list[WholeNumber] = Field(
         default_factory=lambda: [150],
         description="Side of the square chip sent, in pixels; the cloud upscales it back to 150.",
     )
@@ -136,7 +150,7 @@ class _TrainedModelPipeline(_Strict):
         "relative to the scenario file.",
     )
     int8: bool = Field(False, description="Run the int8-quantised edge model instead of the fp32 one.")
-    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per half.")
+    threads: WholeNumber = Field(1, ge=1, description="onnxruntime intra-op threads per half.")
 
 
 class EdgeVQReconPipeline(_TrainedModelPipeline):
@@ -202,12 +216,12 @@ def url_problem(url: str) -> str:
 class MeasurementConfig(_Strict):
     """Latency samples and energy windows (see vqbench.meters.protocol)."""
 
-    latency_samples: int = Field(
+    latency_samples: WholeNumber = Field(
         40, ge=5, description="Images whose edge and cloud stages are timed one by one, uncached, in rounds that take "
         "turns with the other variants."
     )
-    warmup: int = Field(3, ge=0, description="Inferences run before any window.")
-    repeats: int = Field(3, ge=1, description="Measured energy windows per stage.")
+    warmup: WholeNumber = Field(3, ge=0, description="Inferences run before any window.")
+    repeats: WholeNumber = Field(3, ge=1, description="Measured energy windows per stage.")
     min_window_s: float = Field(1.0, gt=0, description="Shortest energy window, in seconds.")
     idle_s: float = Field(1.0, ge=0, description="Idle window before measuring, in seconds.")
     memory: bool = Field(True, description="Measure each half's peak RSS in a child process.")
@@ -249,12 +263,12 @@ class DeploymentConfig(_Strict):
         if repeated:
             raise ValueError(f"links {repeated} are listed more than once; each link gives its own results rows, so list it once")
         return links
-    downlink_bytes: int = Field(
+    downlink_bytes: WholeNumber = Field(
         0, ge=0, description="Bytes the cloud returns per face over a modeled link, such as a match decision; "
         "with transport http the service's own responses are measured in the wire_* columns instead."
     )
-    setup_round_trips: int = Field(
-        0, strict=True, ge=0, le=3, description="Round trips spent opening a connection before each transfer's data on "
+    setup_round_trips: WholeNumber = Field(
+        0, ge=0, le=3, description="Round trips spent opening a connection before each transfer's data on "
         "an IP link: 0 on a kept-alive connection, 1 for a new TCP connection, 2 for TCP and TLS 1.3. Each adds the "
         "link's RTT to the modeled latency and to the radio's active time (the handshake's own bytes are not modeled). "
         "LoRa links open no connection, so it needs at least one IP link."

@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vqbench.errors import ScenarioError
+from vqbench.scenario import WholeNumber
 
 
 TRAIN_CONFIG_VERSION = 1
@@ -23,15 +24,15 @@ MAX_SEED = 2**32 - 1
 #: Largest torch thread count a config may request (see ``TrainConfig.threads``).
 MAX_THREADS = 256
 
-# Integer fields are strict, because pydantic would otherwise read a YAML `true` as 1 and `2.0` as 2.
 #: Channels of one encoder or decoder stage, capped at 1024 like the student width.
-ChannelCount = Annotated[int, Field(strict=True, ge=1, le=1024)]
+ChannelCount = Annotated[WholeNumber, Field(ge=1, le=1024)]
 
 
 class _Strict(BaseModel):
-    # A bound such as gt=0 lets `.inf` through, and an infinite learning rate or loss weight turns
-    # every weight into NaN, so allow_inf_nan is off.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # Strict types, so that a YAML `true` is not read as 1 block or "3" as a shift of 3 pixels
+    # (`2.0` is still 2: see WholeNumber). A bound such as gt=0 lets `.inf` through, and an
+    # infinite learning rate or loss weight turns every weight into NaN, so allow_inf_nan is off.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class TrainDataConfig(_Strict):
@@ -40,9 +41,9 @@ class TrainDataConfig(_Strict):
     root: Optional[str] = Field(
         None, description="Folder holding lfw-deepfunneled/ and pairs.txt; default ${VQBENCH_DATA_DIR}/lfw."
     )
-    train_folds: list[Annotated[int, Field(strict=True)]] = Field(default_factory=lambda: [1, 2, 3, 4, 5], description="View 2 folds whose people are trained on.")
+    train_folds: list[WholeNumber] = Field(default_factory=lambda: [1, 2, 3, 4, 5], description="View 2 folds whose people are trained on.")
     include_unpaired_people: bool = Field(True, description="Also train on people who appear in no View 2 pair.")
-    max_images: Optional[int] = Field(None, strict=True, ge=1, description="Keep only the first N training images (smoke tests).")
+    max_images: Optional[WholeNumber] = Field(None, ge=1, description="Keep only the first N training images (smoke tests).")
     cache_dir: Optional[str] = Field(None, description="Where prepared chips and teacher targets go; default the vqbench cache.")
 
     @field_validator("train_folds")
@@ -56,14 +57,14 @@ class TrainDataConfig(_Strict):
 class VQConfig(_Strict):
     """Edge encoder, codebook and decoder."""
 
-    input_size_px: int = Field(112, strict=True, ge=32, le=150, description="Side the 150x150 chip is resized to before encoding.")
+    input_size_px: WholeNumber = Field(112, ge=32, le=150, description="Side the 150x150 chip is resized to before encoding.")
     widths: list[ChannelCount] = Field(
         default_factory=lambda: [24, 48, 96], min_length=1, description="Channels after each stride-2 stage, 1 to 1024 each."
     )
-    extra_blocks: int = Field(2, strict=True, ge=0, le=8, description="Stride-1 depthwise-separable blocks at the grid resolution.")
-    grid: int = Field(14, strict=True, ge=2, le=64, description="Side of the code grid H' = W'.")
-    codebook_size: int = Field(256, strict=True, ge=2, le=65536, description="K, the number of code vectors.")
-    code_dim: int = Field(32, strict=True, ge=2, le=512, description="Dimension of each code vector.")
+    extra_blocks: WholeNumber = Field(2, ge=0, le=8, description="Stride-1 depthwise-separable blocks at the grid resolution.")
+    grid: WholeNumber = Field(14, ge=2, le=64, description="Side of the code grid H' = W'.")
+    codebook_size: WholeNumber = Field(256, ge=2, le=65536, description="K, the number of code vectors.")
+    code_dim: WholeNumber = Field(32, ge=2, le=512, description="Dimension of each code vector.")
     ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
     commitment_weight: float = Field(0.25, ge=0.0)
     dead_code_threshold: float = Field(0.5, ge=0.0, description="EMA usage below which a code is restarted.")
@@ -77,13 +78,10 @@ class VQConfig(_Strict):
 class StudentConfig(_Strict):
     """Student: code vectors -> small network -> the teacher's last blocks and fc."""
 
-    # Strict types: a YAML `true` is not a block count.
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-    width: int = Field(128, ge=8, le=1024)
-    blocks: int = Field(4, ge=1, le=16, description="Depthwise-separable blocks before the teacher's tail.")
+    width: WholeNumber = Field(128, ge=8, le=1024)
+    blocks: WholeNumber = Field(4, ge=1, le=16, description="Depthwise-separable blocks before the teacher's tail.")
     tune_tail: bool = Field(False, description="Fine-tune the reused teacher blocks and fc instead of freezing them.")
-    tail_blocks: int = Field(
+    tail_blocks: WholeNumber = Field(
         1, ge=1, le=3,
         description="The teacher's last residual blocks the student reuses: 1 costs 1.2 M MACs, 2 cost 20.1 M, 3 cost 38.9 M.",
     )
@@ -122,31 +120,28 @@ class LossConfig(_Strict):
 class StagesConfig(_Strict):
     """Epochs per stage and the optimiser."""
 
-    joint_epochs: int = Field(10, strict=True, ge=0)
+    joint_epochs: WholeNumber = Field(10, ge=0)
     identity_epochs: float = Field(1.0, ge=0.0, description="Epochs (fractions allowed) of identity fine-tuning.")
-    batch_size: int = Field(64, strict=True, ge=1)
+    batch_size: WholeNumber = Field(64, ge=1)
     learning_rate: float = Field(2e-3, gt=0.0)
     identity_learning_rate: float = Field(3e-4, gt=0.0)
     identity_trains_encoder: bool = Field(
-        False, strict=True, description="Also train the edge encoder in stage identity, through the frozen codebook and the "
+        False, description="Also train the edge encoder in stage identity, through the frozen codebook and the "
         "teacher, so that the codes keep what the teacher needs; the student then reads codes it was not trained on."
     )
     identity_updates_codebook: bool = Field(
-        False, strict=True, description="With identity_trains_encoder, let the codebook follow the encoder's outputs in stage identity "
+        False, description="With identity_trains_encoder, let the codebook follow the encoder's outputs in stage identity "
         "(EMA updates and restarts of dead codes, as in stage joint) instead of keeping it frozen."
     )
     weight_decay: float = Field(1e-4, ge=0.0)
-    max_steps_per_epoch: Optional[int] = Field(None, strict=True, ge=1, description="Cut epochs short (smoke tests).")
-    checkpoint_every_steps: int = Field(200, strict=True, ge=1)
+    max_steps_per_epoch: Optional[WholeNumber] = Field(None, ge=1, description="Cut epochs short (smoke tests).")
+    checkpoint_every_steps: WholeNumber = Field(200, ge=1)
 
 
 class AugmentConfig(_Strict):
     """Random views drawn once per image and labelled by the teacher before training."""
 
-    # Strict types: a YAML `true` is not a view count, and a quoted "3" is not a shift.
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-    extra_views: int = Field(
+    extra_views: WholeNumber = Field(
         0, ge=0, le=32, description="Views per image beyond the chip and its flip; each one costs a teacher pass once, before training."
     )
     max_shift_px: float = Field(6.0, ge=0.0, le=30.0, description="Largest shift along x and y, in pixels of the 150x150 chip.")
@@ -164,12 +159,11 @@ class TrainConfig(_Strict):
     kind: Literal["vq", "edge-embed"] = Field(
         "vq", description="vq: VQ-VAE + student; edge-embed: the encoder without quantiser + student head, on the edge."
     )
-    seed: int = Field(
-        0, strict=True, ge=0, le=MAX_SEED, description=f"Seed of torch and numpy, 0 to {MAX_SEED} (the range numpy accepts)."
+    seed: WholeNumber = Field(
+        0, ge=0, le=MAX_SEED, description=f"Seed of torch and numpy, 0 to {MAX_SEED} (the range numpy accepts)."
     )
-    threads: int = Field(
+    threads: WholeNumber = Field(
         2,
-        strict=True,
         ge=1,
         le=MAX_THREADS,
         description=f"torch.set_num_threads during training, 1 to {MAX_THREADS}. The cap is there because 100000 threads "
