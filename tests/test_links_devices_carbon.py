@@ -170,6 +170,37 @@ def test_lorawan_multi_frame_waits_for_duty_cycle():
     assert cost.transfer_latency_ms == pytest.approx((2 + 99) * airtime_s * 1e3, rel=1e-12)
 
 
+def test_lorawan_class_a_downlink_needs_an_uplink_per_frame():
+    sf12 = get_link_profile("lorawan-sf12")
+
+    def on_air_s(phy_bytes):
+        return lora_time_on_air_s(phy_bytes, sf12.lora)
+
+    # 40 B up (one 53-byte frame), 60 B down (frames of 64 and 22 bytes). The first downlink
+    # frame rides in the window 1 s after the data frame; the second waits for the duty cycle's
+    # off-time after that frame, then for an empty 13-byte uplink and its window.
+    cost = link_cost(sf12, 40, 60)
+    first_window_s = 1.0 + on_air_s(64)
+    expected_s = (on_air_s(53) + first_window_s + (99 * on_air_s(53) - first_window_s)
+                  + on_air_s(13) + 1.0 + on_air_s(22))
+    assert cost.transfer_latency_ms == pytest.approx(expected_s * 1e3, rel=1e-12)
+    assert cost.radio_energy_j == pytest.approx(0.15 * (on_air_s(53) + on_air_s(13)) + 2 * 0.05, rel=1e-12)
+    assert cost.n_frames == 4
+    assert cost.wire_bytes == 53 + 13 + 64 + 22
+    # One downlink frame needs no extra uplink.
+    single = link_cost(sf12, 40, 30)
+    assert single.n_frames == 2
+    assert single.transfer_latency_ms == pytest.approx((on_air_s(53) + 1.0 + on_air_s(43)) * 1e3, rel=1e-12)
+
+
+def test_lorawan_downlink_alone_opens_its_window_with_an_uplink():
+    sf7 = get_link_profile("lorawan-sf7")
+    cost = link_cost(sf7, 0, 10)
+    assert cost.n_frames == 2
+    expected_s = lora_time_on_air_s(13, sf7.lora) + 1.0 + lora_time_on_air_s(23, sf7.lora)
+    assert cost.transfer_latency_ms == pytest.approx(expected_s * 1e3, rel=1e-12)
+
+
 def test_link_latency_limit_and_frame_limit():
     sf12 = get_link_profile("lorawan-sf12")
     cost = link_cost(sf12, 102, max_transfer_latency_s=60)

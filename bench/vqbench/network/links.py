@@ -13,8 +13,10 @@ Profiles live in ``data_files/links.yaml``, each number with its source. For one
   bytes (a power model of the form used by Huang et al., MobiSys 2012);
 - LoRa links: each frame's time on air follows the Semtech SX127x formula (explicit header,
   CRC on), and after each uplink frame the radio stays silent for time on air x
-  (1 / duty cycle - 1) before the next. Energy is transmit power x time on air plus the fixed
-  receive-window energy per frame;
+  (1 / duty cycle - 1) before the next. Downlinks follow class A: one frame in the receive
+  window ``rtt_ms`` after an uplink, the first after the last data frame and each further one
+  after an empty uplink of its own. Energy is transmit power x time on air plus the fixed
+  receive-window energy per uplink frame;
 - transit energy = wire bytes / 1e9 x ``transit_kwh_per_gb`` x 3.6e6 J/kWh.
 
 A transfer that breaks the link's rules (more frames than ``max_frames_per_transfer``, more
@@ -31,8 +33,9 @@ Not modeled: the bytes of a connection's set-up (TCP's SYN and ACK, a TLS certif
 kB down), TCP slow start and retransmissions, and the LTE promotion delay (its energy is in ``fixed_energy_j``, its time is
 not). Profiles without tail figures (5G, NB-IoT) charge the whole fixed energy to every
 transfer, however frequent. On NB-IoT the round trip is charged at the transmit power, an upper
-bound for a modem that waits. A LoRa downlink is timed like an uplink frame (explicit
-header, CRC on) and its receive energy is in the fixed energy per uplink frame.
+bound for a modem that waits. A LoRa downlink frame is timed like an uplink frame (explicit
+header, CRC on) and its receive energy is in the fixed energy per uplink frame; the gateway's
+own duty cycle is not modeled.
 """
 
 from __future__ import annotations
@@ -235,16 +238,33 @@ def _ip_timing(
     return _Timing(latency_s, energy_j, 8 * up_wire_bytes / profile.uplink_bit_per_s)
 
 
-def _lora_timing(profile: LinkProfile, up_frames: list[int], down_frames: list[int]) -> _Timing:
-    up_airtimes_s = [lora_time_on_air_s(size, profile.lora) for size in up_frames]
-    down_airtimes_s = [lora_time_on_air_s(size, profile.lora) for size in down_frames]
+def _lora_timing(profile: LinkProfile, up_frames: list[int], down_frames: list[int]) -> tuple[_Timing, list[int]]:
+    """Time a class A transfer; return its timing and the empty uplink frames it had to add.
+
+    A class A device hears the network only in the receive window that opens ``rtt_ms`` after
+    each of its uplinks, one downlink frame per window. The reply exists once the last uplink
+    frame has arrived, so it can ride in that frame's window; each further downlink frame needs
+    an empty uplink (the frame overhead alone) to open a window, sent once the duty cycle
+    allows.
+    """
+    rx_delay_s = profile.rtt_ms / 1e3
+    off_factor = 1 / profile.duty_cycle - 1
+    uplinks_s = [lora_time_on_air_s(size, profile.lora) for size in up_frames]
     # Between uplink frames the duty cycle imposes an off-time; none is needed after the last.
-    off_time_s = sum(up_airtimes_s[:-1]) * (1 / profile.duty_cycle - 1)
-    latency_s = sum(up_airtimes_s) + off_time_s + sum(down_airtimes_s)
-    if down_frames:
-        latency_s += profile.rtt_ms / 1e3
-    energy_j = profile.active_power_w * sum(up_airtimes_s) + profile.fixed_energy_j * len(up_frames)
-    return _Timing(latency_s, energy_j, sum(up_airtimes_s))
+    latency_s = sum(uplinks_s) + sum(uplinks_s[:-1]) * off_factor
+    empty_uplinks: list[int] = []
+    since_uplink_s = 0.0
+    for index, size in enumerate(down_frames):
+        if index > 0 or not uplinks_s:
+            if uplinks_s:
+                latency_s += max(0.0, uplinks_s[-1] * off_factor - since_uplink_s)
+            empty_uplinks.append(profile.frame_overhead_bytes)
+            uplinks_s.append(lora_time_on_air_s(profile.frame_overhead_bytes, profile.lora))
+            latency_s += uplinks_s[-1]
+        since_uplink_s = rx_delay_s + lora_time_on_air_s(size, profile.lora)
+        latency_s += since_uplink_s
+    energy_j = profile.active_power_w * sum(uplinks_s) + profile.fixed_energy_j * len(uplinks_s)
+    return _Timing(latency_s, energy_j, sum(uplinks_s)), empty_uplinks
 
 
 def _infeasible_reason(
@@ -302,13 +322,13 @@ def link_cost(
         )
     up_frames = _frame_sizes(payload_up_bytes, profile)
     down_frames = _frame_sizes(payload_down_bytes, profile)
-    wire_bytes = sum(up_frames) + sum(down_frames)
-    n_frames = len(up_frames) + len(down_frames)
-
     if profile.lora is not None:
-        timing = _lora_timing(profile, up_frames, down_frames)
+        timing, empty_uplinks = _lora_timing(profile, up_frames, down_frames)
+        up_frames += empty_uplinks
     else:
         timing = _ip_timing(profile, sum(up_frames), sum(down_frames), transfers_per_day, setup_round_trips)
+    wire_bytes = sum(up_frames) + sum(down_frames)
+    n_frames = len(up_frames) + len(down_frames)
 
     reason = _infeasible_reason(
         profile, n_frames, timing, transfers_per_day, max_transfer_latency_s
