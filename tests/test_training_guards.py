@@ -270,7 +270,32 @@ def test_interrupt_during_data_preparation(tmp_path: Path, monkeypatch: pytest.M
     assert "interrupted: data preparation stopped" in result.output
 
 
+def test_second_run_of_a_model_id_is_refused(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    lock = FileLock(tmp_path / "cache" / "checkpoints" / "guard" / "train.lock")
+    (tmp_path / "cache" / "checkpoints" / "guard").mkdir(parents=True)
+    with lock.acquire(timeout=0):
+        result = CliRunner().invoke(app, ["train", str(write_config(tmp_path, tiny_config(tmp_path)))])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "another `vqbench train` of model 'guard' is running" in message
+    assert "give this config another model_id" in message
+    assert not (tmp_path / "cache" / "training").exists()
+    assert not (tmp_path / "model").exists()
+
+
 # ----- training and export ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_training_releases_its_lock(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    train_command(write_config(tmp_path, tiny_config(tmp_path)))
+    assert (tmp_path / "model" / "card.json").is_file()
+    with FileLock(tmp_path / "cache" / "checkpoints" / "guard" / "train.lock").acquire(timeout=0):
+        pass
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vqbench.errors import VqbenchError
+
 if TYPE_CHECKING:
     from vqbench.training.config import TrainConfig
     from vqbench.training.data import PreparedSet
@@ -37,6 +39,7 @@ def train_command(config_path: Path, overwrite: bool = False) -> Path:
     ``init_from`` model are checked before the data preparation, which takes minutes on a first
     run. Checkpoints go to ``<cache>/checkpoints/<model_id>/last.pt``, and running the command
     again with the same settings resumes from there (and only re-exports when training had finished).
+    A second run of the same model id, with the same cache, is refused while the first one runs.
 
     Ctrl-C raises KeyboardInterrupt, which ``vqbench train`` turns into exit status 130. SIGTERM
     prints the same message about the kept checkpoint and then raises ``SystemExit(143)``, so a
@@ -112,27 +115,51 @@ def _train(config_path: Path, overwrite: bool) -> Path:
     else:
         models = build_models(config, load_torch_teacher())
         initial = load_initial_weights(models, source, config) if source else None
-    data = _prepare_data(config, paths, cache_dir / "training")
-
     checkpoint = cache_dir / "checkpoints" / config.model_id / "last.pt"
-    calibration = data.chips[np.random.default_rng(config.seed).permutation(len(data))[:CALIBRATION_CHIPS]]
-    try:
-        if config.kind == "edge-embed":
-            progress = EmbedTrainer(config, data, embed_models, checkpoint).run()  # type: ignore[arg-type]
-            export_embed_model(config, embed_models, output_dir, progress, people, len(data), calibration)
-        else:
-            progress = Trainer(config, data, models, checkpoint, initial).run()
-            export_model(config, models, output_dir, progress, people, len(data), calibration, initial)
-    except KeyboardInterrupt:
-        console.print(
-            f"[yellow]interrupted:[/] the last checkpoint ({checkpoint}, written every "
-            f"{config.stages.checkpoint_every_steps} steps and after every epoch) is kept and {output_dir} is "
-            "unchanged; run the same command again to resume",
-            highlight=False,
-        )
-        raise
+    with _exclusive_training(config.model_id, checkpoint.parent):
+        data = _prepare_data(config, paths, cache_dir / "training")
+        calibration = data.chips[np.random.default_rng(config.seed).permutation(len(data))[:CALIBRATION_CHIPS]]
+        try:
+            if config.kind == "edge-embed":
+                progress = EmbedTrainer(config, data, embed_models, checkpoint).run()  # type: ignore[arg-type]
+                export_embed_model(config, embed_models, output_dir, progress, people, len(data), calibration)
+            else:
+                progress = Trainer(config, data, models, checkpoint, initial).run()
+                export_model(config, models, output_dir, progress, people, len(data), calibration, initial)
+        except KeyboardInterrupt:
+            console.print(
+                f"[yellow]interrupted:[/] the last checkpoint ({checkpoint}, written every "
+                f"{config.stages.checkpoint_every_steps} steps and after every epoch) is kept and {output_dir} is "
+                "unchanged; run the same command again to resume",
+                highlight=False,
+            )
+            raise
     logger.info("trained %s in %.0f s and wrote %s", config.model_id, progress.elapsed_s, output_dir)
     return output_dir
+
+
+@contextmanager
+def _exclusive_training(model_id: str, checkpoint_dir: Path) -> Iterator[None]:
+    """Hold the lock of ``model_id``'s checkpoint folder, so that a second run of it fails at once.
+
+    Two runs of one model id would overwrite each other's checkpoints and model folder. The
+    operating system releases the lock when the process ends, even when it is killed.
+    """
+    from filelock import FileLock, Timeout
+
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(checkpoint_dir / "train.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise VqbenchError(
+            f"another `vqbench train` of model {model_id!r} is running (it holds {lock.lock_file}); wait for it to "
+            "finish, or give this config another model_id"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _output_dir(config: "TrainConfig", base: Path) -> Path:

@@ -529,8 +529,7 @@ class Trainer:
 
     def _remove_stale_temporaries(self) -> None:
         """Delete the temporary files that a checkpoint write killed midway (SIGKILL, a crash) left behind."""
-        # NOTE: a second run of the same model_id writing checkpoints at this moment would lose
-        # its temporary file and fail. Two such runs also overwrite each other's last.pt anyway.
+        # No other run writes here meanwhile: train_command holds the model id's lock.
         folder = self.checkpoint_path.parent
         if not folder.is_dir():
             return
