@@ -149,6 +149,12 @@ class AugmentConfig(_Strict):
     max_rotation_deg: float = Field(8.0, ge=0.0, le=45.0, description="Largest rotation about the chip centre.")
     max_brightness: float = Field(0.1, ge=0.0, le=0.5, description="Largest relative change of brightness.")
     max_contrast: float = Field(0.1, ge=0.0, le=0.5, description="Largest relative change of contrast.")
+    mixup_fraction: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Share of each stage-joint batch replaced by mixes of two of its views, pixel by pixel with a "
+        "uniform random weight, each labelled by the teacher during training (one teacher pass per mix). A mix "
+        "is a face no training image shows, so the student learns the teacher's function beyond the training people.",
+    )
 
 
 class TrainConfig(_Strict):
@@ -215,6 +221,11 @@ class TrainConfig(_Strict):
                 "stages.identity_updates_codebook is true, but stages.identity_trains_encoder is not, so the encoder's "
                 "outputs would not move and the codebook would follow nothing new; set both, or remove identity_updates_codebook"
             )
+        if self.augment.mixup_fraction > 0 and loss.encoder_hint > 0:
+            raise ValueError(
+                f"augment.mixup_fraction is {self.augment.mixup_fraction:g} and loss.encoder_hint "
+                f"{loss.encoder_hint:g}, but mixed views have no hint maps; set one of them to 0"
+            )
         if self.kind != "vq" and loss.encoder_hint > 0:
             raise ValueError(
                 f"loss.encoder_hint is {loss.encoder_hint:g}, but the encoder hint needs the code grid of kind vq, "
@@ -247,15 +258,17 @@ class TrainConfig(_Strict):
 def portable_settings(config: TrainConfig, exclude: set[str] | None = None) -> dict:
     """Return the config as plain data without machine-specific paths (output, data, cache and init_from folders).
 
-    ``loss.encoder_hint``, ``stages.identity_trains_encoder`` and ``stages.identity_updates_codebook``
-    are left out while they are off, so that configs written before they existed keep their
-    checkpoint fingerprints and the recipes recorded in their cards.
+    ``loss.encoder_hint``, ``augment.mixup_fraction``, ``stages.identity_trains_encoder`` and
+    ``stages.identity_updates_codebook`` are left out while they are off, so that configs written
+    before they existed keep their checkpoint fingerprints and the recipes recorded in their cards.
     """
     settings = config.model_dump(mode="json", exclude={"output_dir", "init_from", *(exclude or set())})
     settings["data"].pop("root", None)
     settings["data"].pop("cache_dir", None)
     if "loss" in settings and settings["loss"]["encoder_hint"] == 0:
         del settings["loss"]["encoder_hint"]
+    if "augment" in settings and settings["augment"]["mixup_fraction"] == 0:
+        del settings["augment"]["mixup_fraction"]
     for switch in ("identity_trains_encoder", "identity_updates_codebook"):
         if "stages" in settings and not settings["stages"][switch]:
             del settings["stages"][switch]

@@ -55,7 +55,7 @@ import torch
 
 from vqbench.errors import ModelError, VqbenchError
 from vqbench.models.edge_embed import EdgeEmbedder
-from vqbench.models.student import Student
+from vqbench.models.student import Student, TeacherTail, teacher_trunk
 from vqbench.models.teacher_torch import DlibResNet
 from vqbench.models.vqvae import VQVAE, VQVAEShape, codebook_usage
 from vqbench.training.augment import chip_and_flip_params, render_views
@@ -181,6 +181,10 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.embedding_mean, self.feature_mean = self._target_means()
         self.hint_mean, self.hint_std = self._hint_statistics()
+        # The teacher's own tail labels mixed views; the student's copy of it may be fine-tuned.
+        self.label_tail = None
+        if config.augment.mixup_fraction > 0:
+            self.label_tail = TeacherTail(models.teacher, config.student.tail_blocks).eval().requires_grad_(False)
         self.optimizer = self._make_optimizer("joint")
         self.scheduler = self._make_scheduler("joint")
 
@@ -406,6 +410,8 @@ class Trainer:
 
     def _train_step(self, stage: str, rows: np.ndarray) -> tuple[dict[str, float], torch.Tensor]:
         inputs, originals, target_embeddings, target_features, target_hints = self._batch_tensors(rows)
+        if stage == "joint" and self.label_tail is not None:
+            inputs, target_embeddings, target_features = self._mix_views(inputs, target_embeddings, target_features)
         if stage == "joint":
             losses, indices = self._joint_losses(inputs, target_embeddings, target_features, target_hints)
         else:
@@ -425,6 +431,25 @@ class Trainer:
         if bad is not None:
             raise self._diverged(stage, f"this step's update made {bad} NaN or infinite")
         return {name: float(value.detach()) for name, value in losses.items()}, indices
+
+    def _mix_views(
+        self, inputs: torch.Tensor, target_embeddings: torch.Tensor, target_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Replace the first ``augment.mixup_fraction`` of the batch with mixes of two of its views, labelled now."""
+        n_mixed = round(len(inputs) * self.config.augment.mixup_fraction)
+        if n_mixed == 0:
+            return inputs, target_embeddings, target_features
+        partners = torch.randint(0, len(inputs), (n_mixed,), generator=self.generator)
+        weights = torch.rand(n_mixed, 1, 1, 1, generator=self.generator)
+        mixed = weights * inputs[:n_mixed] + (1 - weights) * inputs[partners]
+        with torch.no_grad():
+            trunk = teacher_trunk(self.models.teacher, mixed, self.config.student.tail_blocks)
+            embeddings = self.label_tail(trunk)
+        return (
+            torch.cat([mixed, inputs[n_mixed:]]),
+            torch.cat([embeddings, target_embeddings[n_mixed:]]),
+            torch.cat([trunk, target_features[n_mixed:]]),
+        )
 
     def _joint_losses(
         self, inputs: torch.Tensor, target_embeddings: torch.Tensor, target_features: torch.Tensor, target_hints: torch.Tensor | None = None
