@@ -279,7 +279,7 @@ def test_second_run_of_a_model_id_is_refused(tmp_path: Path) -> None:
         result = CliRunner().invoke(app, ["train", str(write_config(tmp_path, tiny_config(tmp_path)))])
     assert result.exit_code == 2, result.output
     message = " ".join(result.output.split())
-    assert "another `vqbench train` of model 'guard' is running" in message
+    assert "another `vqbench train` of model 'guard' is already running" in message
     assert "give this config another model_id" in message
     assert not (tmp_path / "cache" / "training").exists()
     assert not (tmp_path / "model").exists()

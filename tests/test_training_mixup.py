@@ -55,14 +55,14 @@ def test_mixed_views_carry_the_teachers_labels(tmp_path: Path, prepared: Prepare
     torch.set_num_threads(1)
     config = TrainConfig.model_validate(tiny_config(tmp_path))
     trainer = _trainer(config, prepared, tmp_path / "last.pt")
-    # The student's copy of the teacher's tail drifts in training; the labels must not follow it.
+    # The student's copy of the teacher's tail drifts in training. The labels must not follow it.
     with torch.no_grad():
         for parameter in trainer.models.student.tail.parameters():
             parameter.add_(1.0)
     inputs, _, embeddings, features, _ = trainer._batch_tensors(torch.arange(4).numpy())
     mixed, mixed_embeddings, mixed_features = trainer._mix_views(inputs, embeddings, features)
 
-    # Half the batch is mixed; the other half keeps its views and their stored labels.
+    # Half the batch is mixed. The other half keeps its views and their stored labels.
     assert torch.equal(mixed[2:], inputs[2:])
     assert torch.equal(mixed_embeddings[2:], embeddings[2:])
     assert torch.equal(mixed_features[2:], features[2:])

@@ -243,9 +243,9 @@ def _lora_timing(profile: LinkProfile, up_frames: list[int], down_frames: list[i
 
     A class A device hears the network only in the receive window that opens ``rtt_ms`` after
     each of its uplinks, one downlink frame per window. The reply exists once the last uplink
-    frame has arrived, so it can ride in that frame's window; each further downlink frame needs
-    an empty uplink (the frame overhead alone) to open a window, sent once the duty cycle
-    allows.
+    frame has arrived, so its first frame rides in that frame's window. Each further downlink
+    frame needs an empty uplink (the frame overhead alone) to open a window, sent once the duty
+    cycle allows.
     """
     rx_delay_s = profile.rtt_ms / 1e3
     off_factor = 1 / profile.duty_cycle - 1

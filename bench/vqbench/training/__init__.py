@@ -39,7 +39,7 @@ def train_command(config_path: Path, overwrite: bool = False) -> Path:
     ``init_from`` model are checked before the data preparation, which takes minutes on a first
     run. Checkpoints go to ``<cache>/checkpoints/<model_id>/last.pt``, and running the command
     again with the same settings resumes from there (and only re-exports when training had finished).
-    A second run of the same model id, with the same cache, is refused while the first one runs.
+    A second run of the same model id with the same cache fails at once while the first one runs.
 
     Ctrl-C raises KeyboardInterrupt, which ``vqbench train`` turns into exit status 130. SIGTERM
     prints the same message about the kept checkpoint and then raises ``SystemExit(143)``, so a
@@ -140,7 +140,7 @@ def _train(config_path: Path, overwrite: bool) -> Path:
 
 @contextmanager
 def _exclusive_training(model_id: str, checkpoint_dir: Path) -> Iterator[None]:
-    """Hold the lock of ``model_id``'s checkpoint folder, so that a second run of it fails at once.
+    """Lock ``model_id``'s checkpoint folder for the block, so that a second run of it fails at once.
 
     Two runs of one model id would overwrite each other's checkpoints and model folder. The
     operating system releases the lock when the process ends, even when it is killed.
@@ -153,8 +153,8 @@ def _exclusive_training(model_id: str, checkpoint_dir: Path) -> Iterator[None]:
         lock.acquire(timeout=0)
     except Timeout:
         raise VqbenchError(
-            f"another `vqbench train` of model {model_id!r} is running (it holds {lock.lock_file}); wait for it to "
-            "finish, or give this config another model_id"
+            f"another `vqbench train` of model {model_id!r} is already running (lock file {lock.lock_file}); wait "
+            "for it to finish, or give this config another model_id"
         ) from None
     try:
         yield

@@ -181,7 +181,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.embedding_mean, self.feature_mean = self._target_means()
         self.hint_mean, self.hint_std = self._hint_statistics()
-        # The teacher's own tail labels mixed views; the student's copy of it may be fine-tuned.
+        # The teacher's own tail labels mixed views, because the student's copy of it may be fine-tuned.
         self.label_tail = None
         if config.augment.mixup_fraction > 0:
             self.label_tail = TeacherTail(models.teacher, config.student.tail_blocks).eval().requires_grad_(False)
