@@ -1,12 +1,15 @@
 """Scenario schema: valid files load, mistakes name the key, paths expand."""
 
+import json
 import re
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
 from vqbench.errors import ScenarioError
-from vqbench.scenario import Scenario, expand_path, load_scenario, write_json_schema
+from vqbench.scenario import Scenario, UniqueKeyLoader, expand_path, load_scenario, write_json_schema
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 
@@ -53,6 +56,57 @@ def test_whole_float_reads_as_integer(tmp_path):
     assert scenario.alignment.upsample == 0 and type(scenario.alignment.upsample) is int
     assert scenario.dataset.max_pairs == 20 and type(scenario.dataset.max_pairs) is int
     assert scenario.pipelines[0].qualities == [30, 75] and type(scenario.pipelines[0].qualities[0]) is int
+
+
+@pytest.mark.parametrize("path", sorted(REPO_DIR.glob("scenarios/*.yaml")), ids=lambda path: path.name)
+def test_committed_scenario_fits_json_schema(path):
+    schema = json.loads((REPO_DIR / "scenarios" / "scenario.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(yaml.load(path.read_text(), Loader=UniqueKeyLoader))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("010", 10), ("0o17", 15), ("0x10", 16), ("1e3", 1000.0), ("1.5e-3", 0.0015), ("-.inf", float("-inf")),
+     ("12:30", "12:30"), ("yes", "yes"), ("off", "off"), ("True", True), ("2026-12-05", "2026-12-05"), ("~", None)],
+)
+def test_plain_scalars_read_as_yaml_1_2(text, value):
+    assert yaml.load(f"key: {text}", Loader=UniqueKeyLoader) == {"key": value}
+
+
+def test_yaml_1_1_forms_rejected_or_read_as_yaml_1_2(tmp_path):
+    path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-raw}]\nmeasurement: {repeats: 1e1, warmup: 010}\n")
+    scenario = load_scenario(path)
+    assert scenario.measurement.repeats == 10
+    assert scenario.measurement.warmup == 10
+    path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-raw}]\noutputs: {pdf: no}\n")
+    with pytest.raises(ScenarioError, match=re.escape("'outputs.pdf': Input should be a valid boolean (got 'no'); write true or false")):
+        load_scenario(path)
+
+
+def test_schema_version_rejects_boolean(tmp_path):
+    path = _write(tmp_path, "schema_version: true\nname: x\npipelines: [{kind: cloud-raw}]\n")
+    with pytest.raises(ScenarioError, match="'schema_version': Input should be a format version number, not true or false"):
+        load_scenario(path)
+
+
+def test_training_config_version_rejects_boolean(tmp_path):
+    from vqbench.training.config import load_train_config
+
+    path = tmp_path / "train.yaml"
+    path.write_text("version: true\nmodel_id: x\n")
+    with pytest.raises(ScenarioError, match="'version': Input should be a format version number, not true or false"):
+        load_train_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "fix"),
+    [("dataset: {folds: 9}\n", "write a list, such as [1, 2]"),
+     ("dataset: 5\n", "write a mapping of keys to values, such as {key: value}")],
+)
+def test_container_type_error_names_fix(tmp_path, text, fix):
+    path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-raw}]\n" + text)
+    with pytest.raises(ScenarioError, match=re.escape(fix)):
+        load_scenario(path)
 
 
 def test_unknown_pipeline_kind(tmp_path):

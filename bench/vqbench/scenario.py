@@ -8,6 +8,7 @@ the scenario file. ``scenarios/scenario.schema.json`` is generated from these mo
 from __future__ import annotations
 
 import collections.abc
+import math
 import os
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from vqbench.errors import ScenarioError
 
@@ -36,6 +38,17 @@ def _whole_float_to_int(value: object) -> object:
 #: An integer field of a YAML schema. Validation is strict, so YAML's `true` and the quoted "2"
 #: are errors rather than 1 and 2, but `2.0` is read as 2, as JSON Schema counts it an integer.
 WholeNumber = Annotated[int, BeforeValidator(_whole_float_to_int)]
+
+
+def _reject_bool(value: object) -> object:
+    """Reject true and false, which a Literal[1] would take as 1 because Python counts True as 1."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("version_type", "Input should be a format version number, not true or false")
+    return value
+
+
+#: The format version field of a YAML file.
+FormatVersion = Annotated[Literal[1], BeforeValidator(_reject_bool)]
 
 
 class _Strict(BaseModel):
@@ -248,11 +261,22 @@ class EdgeDeviceChoice(_Strict):
         return self
 
 
+def _device_name_to_choice(entry: object) -> object:
+    """Read a bare device name, such as `host`, as `{name: host}`."""
+    return {"name": entry} if isinstance(entry, str) else entry
+
+
+#: An edge_devices entry: a device name, or a mapping with the name and its settings.
+DeviceEntry = Annotated[
+    EdgeDeviceChoice, BeforeValidator(_device_name_to_choice, json_schema_input_type=Union[str, EdgeDeviceChoice])
+]
+
+
 class DeploymentConfig(_Strict):
     """Links and edge devices to model; each (variant, link, device) combination is a results row."""
 
     links: list[str] = Field(default_factory=list, description="Link profiles, e.g. wifi, lte, lorawan-sf7.")
-    edge_devices: list[EdgeDeviceChoice] = Field(
+    edge_devices: list[DeviceEntry] = Field(
         default_factory=lambda: [EdgeDeviceChoice(name="host")], json_schema_extra={"minItems": 1}
     )
 
@@ -307,13 +331,6 @@ class DeploymentConfig(_Strict):
             raise ValueError(f"edge devices {repeated} are listed more than once; results rows are named by device, so list each once")
         return devices
 
-    @field_validator("edge_devices", mode="before")
-    @classmethod
-    def _accept_names(cls, devices: object) -> object:
-        if isinstance(devices, list):
-            return [{"name": device} if isinstance(device, str) else device for device in devices]
-        return devices
-
 
 class MetersConfig(_Strict):
     """Energy meters, tried in order; the first available one measures the host."""
@@ -364,7 +381,7 @@ class OutputsConfig(_Strict):
 class Scenario(_Strict):
     """A complete scenario file."""
 
-    schema_version: Literal[1] = SCENARIO_SCHEMA_VERSION
+    schema_version: FormatVersion = SCENARIO_SCHEMA_VERSION
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
@@ -449,7 +466,12 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that rejects a mapping key given twice (plain YAML keeps the last silently)."""
+    """A safe YAML loader that reads plain scalars as YAML 1.2 does and rejects a mapping key given twice.
+
+    PyYAML follows YAML 1.1, which reads `010` as 8, `12:30` as 750, `yes` and `off` as booleans
+    and `1e3` as text, where YAML 1.2 (and so an editor checking the JSON schema) reads 10, text,
+    text and 1000. Plain YAML also keeps the last of two equal keys silently.
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set[object] = set()
@@ -463,6 +485,39 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    return int(text, 0) if text.startswith(("0o", "0x")) else int(text, 10)
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    text = loader.construct_scalar(node).lower()
+    if text.endswith(".inf"):
+        return -math.inf if text.startswith("-") else math.inf
+    return math.nan if text == ".nan" else float(text)
+
+
+# The YAML 1.2 core schema's plain scalars. Dates and `=` stay text, as in YAML 1.2.
+_YAML_1_1_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float", "timestamp", "value")}
+UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in _YAML_1_1_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
 def load_yaml_model(
@@ -536,6 +591,9 @@ _TYPE_FIXES = {
     "bool_type": "write true or false without quotes",
     "bool_parsing": "write true or false without quotes",
     "string_type": "write text, in quotes if YAML would read it as a number or a boolean",
+    "list_type": "write a list, such as [1, 2], or one '- item' line per entry",
+    "dict_type": "write a mapping of keys to values, such as {key: value}, or one indented 'key: value' line per entry",
+    "model_type": "write a mapping of keys to values, such as {key: value}, or one indented 'key: value' line per entry",
 }
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vqbench.errors import ScenarioError
-from vqbench.scenario import WholeNumber
+from vqbench.scenario import FormatVersion, WholeNumber
 
 
 TRAIN_CONFIG_VERSION = 1
@@ -160,7 +160,7 @@ class AugmentConfig(_Strict):
 class TrainConfig(_Strict):
     """A complete training config."""
 
-    version: Literal[1] = TRAIN_CONFIG_VERSION
+    version: FormatVersion = TRAIN_CONFIG_VERSION
     model_id: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     kind: Literal["vq", "edge-embed"] = Field(
         "vq", description="vq: VQ-VAE + student; edge-embed: the encoder without quantiser + student head, on the edge."
