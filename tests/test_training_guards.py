@@ -285,6 +285,23 @@ def test_second_run_of_a_model_id_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "model").exists()
 
 
+def test_second_run_into_an_output_folder_is_refused(tmp_path: Path) -> None:
+    import hashlib
+
+    from filelock import FileLock
+
+    output_key = hashlib.sha256(str((tmp_path / "model").resolve()).encode()).hexdigest()[:16]
+    (tmp_path / "cache" / "locks").mkdir(parents=True)
+    with FileLock(tmp_path / "cache" / "locks" / f"output-{output_key}.lock").acquire(timeout=0):
+        raw = tiny_config(tmp_path, model_id="other-id")
+        result = CliRunner().invoke(app, ["train", str(write_config(tmp_path, raw))])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert f"another `vqbench train` is already writing {tmp_path / 'model'}" in message
+    assert "set output_dir to another folder" in message
+    assert not (tmp_path / "cache" / "training").exists()
+
+
 # ----- training and export ------------------------------------------------------------------
 
 

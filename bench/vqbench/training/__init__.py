@@ -6,6 +6,7 @@ targets), ``losses``, ``loop`` (the two stages, checkpoints) and ``export`` (ONN
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import threading
@@ -39,7 +40,8 @@ def train_command(config_path: Path, overwrite: bool = False) -> Path:
     ``init_from`` model are checked before the data preparation, which takes minutes on a first
     run. Checkpoints go to ``<cache>/checkpoints/<model_id>/last.pt``, and running the command
     again with the same settings resumes from there (and only re-exports when training had finished).
-    A second run of the same model id with the same cache fails at once while the first one runs.
+    While a run trains, a second run with the same cache fails at once when it has the same
+    model id or the same output folder.
 
     Ctrl-C raises KeyboardInterrupt, which ``vqbench train`` turns into exit status 130. SIGTERM
     prints the same message about the kept checkpoint and then raises ``SystemExit(143)``, so a
@@ -116,7 +118,13 @@ def _train(config_path: Path, overwrite: bool) -> Path:
         models = build_models(config, load_torch_teacher())
         initial = load_initial_weights(models, source, config) if source else None
     checkpoint = cache_dir / "checkpoints" / config.model_id / "last.pt"
-    with _exclusive_training(config.model_id, checkpoint.parent):
+    output_key = hashlib.sha256(str(output_dir.resolve()).encode()).hexdigest()[:16]
+    with (
+        _exclusive(checkpoint.parent / "train.lock", f"another `vqbench train` of model {config.model_id!r} is already "
+                   "running", "give this config another model_id"),
+        _exclusive(cache_dir / "locks" / f"output-{output_key}.lock", f"another `vqbench train` is already writing "
+                   f"{output_dir}", "set output_dir to another folder"),
+    ):
         data = _prepare_data(config, paths, cache_dir / "training")
         calibration = data.chips[np.random.default_rng(config.seed).permutation(len(data))[:CALIBRATION_CHIPS]]
         try:
@@ -139,23 +147,21 @@ def _train(config_path: Path, overwrite: bool) -> Path:
 
 
 @contextmanager
-def _exclusive_training(model_id: str, checkpoint_dir: Path) -> Iterator[None]:
-    """Lock ``model_id``'s checkpoint folder for the block, so that a second run of it fails at once.
+def _exclusive(lock_path: Path, busy: str, alternative: str) -> Iterator[None]:
+    """Hold the file lock ``lock_path`` for the block; raise VqbenchError at once when another process holds it.
 
-    Two runs of one model id would overwrite each other's checkpoints and model folder. The
-    operating system releases the lock when the process ends, even when it is killed.
+    Two runs of one model id would overwrite each other's checkpoints, and two runs with one
+    output folder each other's model. The operating system releases a lock when its process
+    ends, even when it is killed.
     """
     from filelock import FileLock, Timeout
 
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(checkpoint_dir / "train.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise VqbenchError(
-            f"another `vqbench train` of model {model_id!r} is already running (lock file {lock.lock_file}); wait "
-            "for it to finish, or give this config another model_id"
-        ) from None
+        raise VqbenchError(f"{busy} (lock file {lock_path}); wait for it to finish, or {alternative}") from None
     try:
         yield
     finally:
