@@ -68,6 +68,24 @@ def test_rows_pay_setup_round_trips() -> None:
     assert row.network_energy_j_per_inference == pytest.approx(expected.radio_energy_j + expected.transit_energy_j)
 
 
+@pytest.mark.parametrize(("cloud_ms", "beyond_wait_ms"), [(5.0, 0.0), (1500.0, 500.0)])
+def test_lora_reply_wait_hides_cloud_time(cloud_ms: float, beyond_wait_ms: float) -> None:
+    # The cloud half runs during the 1 s before the class A receive window, so only its time
+    # beyond that wait adds to the end-to-end latency.
+    measured = dataclasses.replace(_measurement([40, 40], [10.0, 10.0]), cloud_ms=[cloud_ms, cloud_ms])
+    (row,) = build_rows(measured, DeploymentConfig(links=["lorawan-sf7"], downlink_bytes=8), (300.0, 50.0))
+    expected = link_cost(get_link_profile("lorawan-sf7"), 40, 8)
+    assert expected.reply_wait_ms == 1000.0
+    assert row.end_to_end_latency_ms_p50 == pytest.approx(10.0 + expected.transfer_latency_ms + beyond_wait_ms)
+
+
+def test_lora_without_reply_adds_cloud_time() -> None:
+    (row,) = build_rows(_measurement([40, 40], [10.0, 10.0]), DeploymentConfig(links=["lorawan-sf7"]), (300.0, 50.0))
+    expected = link_cost(get_link_profile("lorawan-sf7"), 40, 0)
+    assert expected.reply_wait_ms == 0.0
+    assert row.end_to_end_latency_ms_p50 == pytest.approx(10.0 + expected.transfer_latency_ms + 5.0)
+
+
 def test_payload_the_link_cannot_carry_empties_the_row() -> None:
     # 221 B over SF12 needs 8 frames; at 1,000 transfers a day the duty cycle forbids it.
     measured = _measurement([221, 300, 221], [10.0, 10.0, 10.0])

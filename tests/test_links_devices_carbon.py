@@ -130,6 +130,8 @@ def test_setup_round_trips_in_scenario():
         DeploymentConfig(links=["lte"], setup_round_trips=True)
     with pytest.raises(ScenarioError, match="setup_round_trips=-1"):
         link_cost(get_link_profile("wifi"), 10, setup_round_trips=-1)
+    with pytest.raises(ScenarioError, match="transfers_per_day=nan"):
+        link_cost(get_link_profile("lorawan-sf7"), 10, transfers_per_day=math.nan)
 
 
 @pytest.mark.parametrize("value", [True, 1.5, "1", None])
@@ -173,31 +175,34 @@ def test_lorawan_multi_frame_waits_for_duty_cycle():
 def test_lorawan_class_a_downlink_needs_an_uplink_per_frame():
     sf12 = get_link_profile("lorawan-sf12")
 
-    def on_air_s(phy_bytes):
-        return lora_time_on_air_s(phy_bytes, sf12.lora)
+    def on_air_s(phy_bytes, payload_crc=True):
+        return lora_time_on_air_s(phy_bytes, sf12.lora, payload_crc)
 
-    # 40 B up (one 53-byte frame), 60 B down (frames of 64 and 22 bytes). The first downlink
-    # frame rides in the window 1 s after the data frame; the second waits for the duty cycle's
-    # off-time after that frame, then for an empty 13-byte uplink and its window.
+    # 40 B up (one 53-byte frame), 60 B down (frames of 64 and 22 bytes, without payload CRC).
+    # The first downlink frame rides in the window 1 s after the data frame. The second waits
+    # for the duty cycle's off-time after that frame, then for an empty 12-byte uplink (no
+    # FPort) and its window.
     cost = link_cost(sf12, 40, 60)
-    first_window_s = 1.0 + on_air_s(64)
+    first_window_s = 1.0 + on_air_s(64, payload_crc=False)
     expected_s = (on_air_s(53) + first_window_s + (99 * on_air_s(53) - first_window_s)
-                  + on_air_s(13) + 1.0 + on_air_s(22))
+                  + on_air_s(12) + 1.0 + on_air_s(22, payload_crc=False))
     assert cost.transfer_latency_ms == pytest.approx(expected_s * 1e3, rel=1e-12)
-    assert cost.radio_energy_j == pytest.approx(0.15 * (on_air_s(53) + on_air_s(13)) + 2 * 0.05, rel=1e-12)
+    assert cost.radio_energy_j == pytest.approx(0.15 * (on_air_s(53) + on_air_s(12)) + 2 * 0.05, rel=1e-12)
     assert cost.n_frames == 4
-    assert cost.wire_bytes == 53 + 13 + 64 + 22
+    assert cost.wire_bytes == 53 + 12 + 64 + 22
+    assert cost.reply_wait_ms == 1000.0
     # One downlink frame needs no extra uplink.
     single = link_cost(sf12, 40, 30)
     assert single.n_frames == 2
-    assert single.transfer_latency_ms == pytest.approx((on_air_s(53) + 1.0 + on_air_s(43)) * 1e3, rel=1e-12)
+    expected_single_s = on_air_s(53) + 1.0 + on_air_s(43, payload_crc=False)
+    assert single.transfer_latency_ms == pytest.approx(expected_single_s * 1e3, rel=1e-12)
 
 
 def test_lorawan_downlink_alone_opens_its_window_with_an_uplink():
     sf7 = get_link_profile("lorawan-sf7")
     cost = link_cost(sf7, 0, 10)
     assert cost.n_frames == 2
-    expected_s = lora_time_on_air_s(13, sf7.lora) + 1.0 + lora_time_on_air_s(23, sf7.lora)
+    expected_s = lora_time_on_air_s(12, sf7.lora) + 1.0 + lora_time_on_air_s(23, sf7.lora, payload_crc=False)
     assert cost.transfer_latency_ms == pytest.approx(expected_s * 1e3, rel=1e-12)
 
 
@@ -380,6 +385,13 @@ def test_per_byte_energy_matches_huang_power_model(link, field, mw_per_mbps):
     # 1e6 bit/s, so x * 1e-9 J per bit and x * 8e-9 J per byte. A per-bit slip is 8x off.
     assert getattr(get_link_profile(link), field) == pytest.approx(mw_per_mbps * 8e-9, rel=0.01)
     assert str(mw_per_mbps) in get_link_profile(link).sources[field].source
+
+
+def test_lora_downlink_without_crc_is_shorter():
+    # Without the 16-bit payload CRC, SF7's 4/5 coding needs one 5-symbol block less for 10 bytes.
+    modulation = LoraModulation(spreading_factor=7, bandwidth_hz=125_000)
+    saved_s = lora_time_on_air_s(10, modulation) - lora_time_on_air_s(10, modulation, payload_crc=False)
+    assert saved_s == pytest.approx(5 * 1.024e-3, rel=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -89,6 +89,9 @@ class _Network:
     # the lowest and highest published factor.
     transit_j: float | None = None
     transit_range_j: tuple[float, float] | None = None
+    # Per timed sample, the part of transfer_ms spent waiting for a receive window, during
+    # which the cloud half runs (LoRaWAN class A with a reply); empty when there is none.
+    reply_wait_ms: list[float] = field(default_factory=list)
 
 
 def check_deployment(config: DeploymentConfig, pipelines: Sequence[Pipeline] = ()) -> None:
@@ -237,13 +240,14 @@ def _network(
         # No figure is modeled, so no method is named beside the empty network energy.
         return _Network([], None, None, False, reason)
     latency = [costs[size].transfer_latency_ms for size in sizes_for_latency]
+    wait = [costs[size].reply_wait_ms for size in sizes_for_latency]
     if not sizes_for_energy:
-        return _Network(latency, None, method, True, None)
+        return _Network(latency, None, method, True, None, reply_wait_ms=wait)
     energy_j = float(np.mean([costs[size].radio_energy_j + costs[size].transit_energy_j for size in sizes_for_energy]))
     transit_j = float(np.mean([costs[size].transit_energy_j for size in sizes_for_energy]))
     by_factor = [transit_energy_sensitivity_j(costs[size].wire_bytes) for size in sizes_for_energy]
     means = [float(np.mean([factors[name] for factors in by_factor])) for name in by_factor[0]]
-    return _Network(latency, energy_j, method, True, None, transit_j, (min(means), max(means)))
+    return _Network(latency, energy_j, method, True, None, transit_j, (min(means), max(means)), wait)
 
 
 def _transfer_basis(link: str | None, transfer_ms: list[float]) -> str | None:
@@ -268,12 +272,17 @@ def _row(
     cloud = measured.cloud_energy.energy
     cloud_j = getattr(cloud, "energy_j_per_inference", None)
 
-    # End to end per timed sample: edge, transfer (when known), cloud. A link that cannot carry
-    # the payload has no transfer time, so it has no end-to-end time either. Neither has a row
-    # whose samples do not pair up (see _samples_paired).
+    # End to end per timed sample: edge, transfer (when known), cloud. The cloud half runs while
+    # the device waits for its receive window, so only its time beyond that wait adds. A link
+    # that cannot carry the payload has no transfer time, so it has no end-to-end time either.
+    # Neither has a row whose samples do not pair up (see _samples_paired).
+    # NOTE: a LoRaWAN reply ready after its window opened would wait for the second window or
+    # the next uplink; only the cloud time beyond the first window's delay is added.
     transfer = network.transfer_ms
+    wait = network.reply_wait_ms or [0.0] * len(transfer)
     end_to_end = [] if network.feasible is False or not paired else [
-        e + c + (transfer[i] if transfer else 0.0) for i, (e, c) in enumerate(zip(edge.latency_ms, measured.cloud_ms))
+        e + (transfer[i] + max(0.0, c - wait[i]) if transfer else c)
+        for i, (e, c) in enumerate(zip(edge.latency_ms, measured.cloud_ms))
     ]
     edge_lat, cloud_lat = latency_summary(edge.latency_ms), latency_summary(measured.cloud_ms)
     transfer_lat, total_lat = latency_summary(transfer), latency_summary(end_to_end)

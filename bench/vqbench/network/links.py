@@ -12,8 +12,8 @@ Profiles live in ``data_files/links.yaml``, each number with its source. For one
   radio energy = fixed (promotion + tail) + active power x latency + per-byte energy x wire
   bytes (a power model of the form used by Huang et al., MobiSys 2012);
 - LoRa links: each frame's time on air follows the Semtech SX127x formula (explicit header,
-  CRC on), and after each uplink frame the radio stays silent for time on air x
-  (1 / duty cycle - 1) before the next. Downlinks follow class A: one frame in the receive
+  payload CRC on uplinks only), and after each uplink frame the radio stays silent for time on
+  air x (1 / duty cycle - 1) before the next. Downlinks follow class A: one frame in the receive
   window ``rtt_ms`` after an uplink, the first after the last data frame and each further one
   after an empty uplink of its own. Energy is transmit power x time on air plus the fixed
   receive-window energy per uplink frame;
@@ -33,9 +33,8 @@ Not modeled: the bytes of a connection's set-up (TCP's SYN and ACK, a TLS certif
 kB down), TCP slow start and retransmissions, and the LTE promotion delay (its energy is in ``fixed_energy_j``, its time is
 not). Profiles without tail figures (5G, NB-IoT) charge the whole fixed energy to every
 transfer, however frequent. On NB-IoT the round trip is charged at the transmit power, an upper
-bound for a modem that waits. A LoRa downlink frame is timed like an uplink frame (explicit
-header, CRC on) and its receive energy is in the fixed energy per uplink frame; the gateway's
-own duty cycle is not modeled.
+bound for a modem that waits. A LoRa downlink frame's receive energy is in the fixed energy
+per uplink frame, and the gateway's own duty cycle is not modeled.
 """
 
 from __future__ import annotations
@@ -50,6 +49,8 @@ import yaml
 from vqbench.errors import ScenarioError
 
 METHOD = "modeled-link"
+#: The FPort byte that ``frame_overhead_bytes`` counts for LoRaWAN and an empty frame leaves out.
+_LORAWAN_FPORT_BYTES = 1
 _J_PER_KWH = 3.6e6
 _BYTES_PER_GB = 1e9
 _S_PER_DAY = 86_400.0
@@ -111,6 +112,9 @@ class LinkCost:
     n_frames: int
     wire_bytes: int = 0
     method: str = METHOD
+    #: Part of ``transfer_latency_ms`` spent waiting for a receive window that opens a fixed
+    #: delay after the last uplink (LoRaWAN class A with a reply). The cloud half runs meanwhile.
+    reply_wait_ms: float = 0.0
 
 
 _NUMBER_FIELDS = (
@@ -179,13 +183,16 @@ def frame_count(payload_bytes: int, max_frame_payload_bytes: int) -> int:
     return math.ceil(payload_bytes / max_frame_payload_bytes)
 
 
-def lora_time_on_air_s(phy_payload_bytes: int, modulation: LoraModulation) -> float:
-    """Return one LoRa frame's time on air (explicit header, CRC on, Semtech SX127x formula)."""
+def lora_time_on_air_s(phy_payload_bytes: int, modulation: LoraModulation, payload_crc: bool = True) -> float:
+    """Return one LoRa frame's time on air (explicit header, Semtech SX127x formula).
+
+    LoRaWAN uplinks carry a payload CRC and downlinks do not (``payload_crc=False``).
+    """
     sf = modulation.spreading_factor
     symbol_s = 2**sf / modulation.bandwidth_hz
     # Low data rate optimisation is mandatory when a symbol lasts longer than 16 ms.
     low_data_rate = 1 if symbol_s > 0.016 else 0
-    numerator = 8 * phy_payload_bytes - 4 * sf + 28 + 16
+    numerator = 8 * phy_payload_bytes - 4 * sf + 28 + (16 if payload_crc else 0)
     payload_symbols = 8 + max(
         math.ceil(numerator / (4 * (sf - 2 * low_data_rate))) * modulation.coding_rate_denominator,
         0,
@@ -244,11 +251,13 @@ def _lora_timing(profile: LinkProfile, up_frames: list[int], down_frames: list[i
     A class A device hears the network only in the receive window that opens ``rtt_ms`` after
     each of its uplinks, one downlink frame per window. The reply exists once the last uplink
     frame has arrived, so its first frame rides in that frame's window. Each further downlink
-    frame needs an empty uplink (the frame overhead alone) to open a window, sent once the duty
+    frame needs an empty uplink (the frame header and MIC alone) to open a window, sent once the duty
     cycle allows.
     """
     rx_delay_s = profile.rtt_ms / 1e3
     off_factor = 1 / profile.duty_cycle - 1
+    # A frame without payload has no FPort byte (LoRaWAN 1.0.3, section 4.3.2).
+    empty_uplink_bytes = profile.frame_overhead_bytes - _LORAWAN_FPORT_BYTES
     uplinks_s = [lora_time_on_air_s(size, profile.lora) for size in up_frames]
     # Between uplink frames the duty cycle imposes an off-time; none is needed after the last.
     latency_s = sum(uplinks_s) + sum(uplinks_s[:-1]) * off_factor
@@ -258,10 +267,10 @@ def _lora_timing(profile: LinkProfile, up_frames: list[int], down_frames: list[i
         if index > 0 or not uplinks_s:
             if uplinks_s:
                 latency_s += max(0.0, uplinks_s[-1] * off_factor - since_uplink_s)
-            empty_uplinks.append(profile.frame_overhead_bytes)
-            uplinks_s.append(lora_time_on_air_s(profile.frame_overhead_bytes, profile.lora))
+            empty_uplinks.append(empty_uplink_bytes)
+            uplinks_s.append(lora_time_on_air_s(empty_uplink_bytes, profile.lora))
             latency_s += uplinks_s[-1]
-        since_uplink_s = rx_delay_s + lora_time_on_air_s(size, profile.lora)
+        since_uplink_s = rx_delay_s + lora_time_on_air_s(size, profile.lora, payload_crc=False)
         latency_s += since_uplink_s
     energy_j = profile.active_power_w * sum(uplinks_s) + profile.fixed_energy_j * len(uplinks_s)
     return _Timing(latency_s, energy_j, sum(uplinks_s)), empty_uplinks
@@ -283,8 +292,8 @@ def _infeasible_reason(
     if profile.duty_cycle < 1 and timing.uplink_airtime_s * transfers_per_day > airtime_budget_s:
         return (
             f"{transfers_per_day:g} transfers a day need "
-            f"{timing.uplink_airtime_s * transfers_per_day:.0f} s of uplink time on air, over the "
-            f"{airtime_budget_s:.0f} s a day that the {profile.duty_cycle:.0%} duty cycle of "
+            f"{timing.uplink_airtime_s * transfers_per_day:.1f} s of uplink time on air, over the "
+            f"{airtime_budget_s:.1f} s a day that the {profile.duty_cycle:.0%} duty cycle of "
             f"link {profile.name!r} allows"
         )
     if max_transfer_latency_s is not None and timing.latency_s > max_transfer_latency_s:
@@ -315,7 +324,7 @@ def link_cost(
             f"setup_round_trips must be a whole number of round trips, got {setup_round_trips!r}; "
             "pass 0 for a kept-alive connection, 1 for TCP, 2 for TCP and TLS 1.3"
         )
-    if payload_up_bytes < 0 or payload_down_bytes < 0 or transfers_per_day <= 0 or setup_round_trips < 0:
+    if payload_up_bytes < 0 or payload_down_bytes < 0 or not transfers_per_day > 0 or setup_round_trips < 0:
         raise ScenarioError(
             f"payload sizes and setup_round_trips must be >= 0 and transfers_per_day > 0, got up={payload_up_bytes}, "
             f"down={payload_down_bytes}, transfers_per_day={transfers_per_day}, setup_round_trips={setup_round_trips}"
@@ -345,6 +354,7 @@ def link_cost(
         infeasible_reason=None,
         n_frames=n_frames,
         wire_bytes=wire_bytes,
+        reply_wait_ms=profile.rtt_ms if profile.lora is not None and down_frames else 0.0,
     )
 
 
