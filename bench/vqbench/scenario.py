@@ -68,7 +68,9 @@ class DatasetConfig(_Strict):
         "pairs.txt. Default: ${VQBENCH_DATA_DIR}/lfw, else ~/.cache/vqbench/data/lfw.",
     )
     pairs_file: Optional[str] = Field(None, description="Pairs protocol file; default ROOT/pairs.txt.")
-    folds: Optional[list[WholeNumber]] = Field(None, description="1-based folds to evaluate; default all.")
+    folds: Optional[Annotated[list[WholeNumber], Field(json_schema_extra={"minItems": 2, "uniqueItems": True})]] = Field(
+        None, description="1-based folds to evaluate; default all."
+    )
     # Bound before the validator, so that the JSON schema writes it as "minimum" inside Optional.
     max_pairs: Optional[Annotated[int, Field(ge=2), BeforeValidator(_whole_float_to_int)]] = Field(
         None,
@@ -131,10 +133,16 @@ class CloudCodecPipeline(_Strict):
 
     kind: Literal["cloud-codec"] = "cloud-codec"
     codec: Literal["jpeg", "webp", "png"] = "jpeg"
-    qualities: list[WholeNumber] = Field(default_factory=lambda: [75])
+    # The validators below check these bounds with their own messages; json_schema_extra shows
+    # them to editors that check the JSON schema.
+    qualities: list[WholeNumber] = Field(
+        default_factory=lambda: [75],
+        json_schema_extra={"minItems": 1, "items": {"type": "integer", "minimum": 1, "maximum": 100}},
+    )
     sizes_px: list[WholeNumber] = Field(
         default_factory=lambda: [150],
         description="Side of the square chip sent, in pixels; the cloud upscales it back to 150.",
+        json_schema_extra={"minItems": 1, "items": {"type": "integer", "minimum": 16, "maximum": 150}},
     )
 
     @field_validator("qualities")
@@ -275,7 +283,9 @@ DeviceEntry = Annotated[
 class DeploymentConfig(_Strict):
     """Links and edge devices to model; each (variant, link, device) combination is a results row."""
 
-    links: list[str] = Field(default_factory=list, description="Link profiles, e.g. wifi, lte, lorawan-sf7.")
+    links: list[str] = Field(
+        default_factory=list, description="Link profiles, e.g. wifi, lte, lorawan-sf7.", json_schema_extra={"uniqueItems": True}
+    )
     edge_devices: list[DeviceEntry] = Field(
         default_factory=lambda: [EdgeDeviceChoice(name="host")], json_schema_extra={"minItems": 1}
     )
