@@ -172,7 +172,7 @@ def test_lorawan_multi_frame_waits_for_duty_cycle():
     assert cost.transfer_latency_ms == pytest.approx((2 + 99) * airtime_s * 1e3, rel=1e-12)
 
 
-def test_lorawan_class_a_downlink_needs_an_uplink_per_frame():
+def test_lorawan_downlink_frames_need_uplinks():
     sf12 = get_link_profile("lorawan-sf12")
 
     def on_air_s(phy_bytes, payload_crc=True):
@@ -198,7 +198,7 @@ def test_lorawan_class_a_downlink_needs_an_uplink_per_frame():
     assert single.transfer_latency_ms == pytest.approx(expected_single_s * 1e3, rel=1e-12)
 
 
-def test_lorawan_downlink_alone_opens_its_window_with_an_uplink():
+def test_lorawan_reply_alone_sends_uplink():
     sf7 = get_link_profile("lorawan-sf7")
     cost = link_cost(sf7, 0, 10)
     assert cost.n_frames == 2

@@ -52,10 +52,14 @@ def test_whole_float_reads_as_integer(tmp_path):
     path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-codec, qualities: [30.0, 75]}]\n"
                   "measurement: {repeats: 2.0}\nalignment: {upsample: 0.0}\ndataset: {max_pairs: 20.0}\n")
     scenario = load_scenario(path)
-    assert scenario.measurement.repeats == 2 and type(scenario.measurement.repeats) is int
-    assert scenario.alignment.upsample == 0 and type(scenario.alignment.upsample) is int
-    assert scenario.dataset.max_pairs == 20 and type(scenario.dataset.max_pairs) is int
-    assert scenario.pipelines[0].qualities == [30, 75] and type(scenario.pipelines[0].qualities[0]) is int
+    assert scenario.measurement.repeats == 2
+    assert type(scenario.measurement.repeats) is int
+    assert scenario.alignment.upsample == 0
+    assert type(scenario.alignment.upsample) is int
+    assert scenario.dataset.max_pairs == 20
+    assert type(scenario.dataset.max_pairs) is int
+    assert scenario.pipelines[0].qualities == [30, 75]
+    assert type(scenario.pipelines[0].qualities[0]) is int
 
 
 @pytest.mark.parametrize("path", sorted(REPO_DIR.glob("scenarios/*.yaml")), ids=lambda path: path.name)
@@ -73,7 +77,7 @@ def test_plain_scalars_read_as_yaml_1_2(text, value):
     assert yaml.load(f"key: {text}", Loader=UniqueKeyLoader) == {"key": value}
 
 
-def test_yaml_1_1_forms_rejected_or_read_as_yaml_1_2(tmp_path):
+def test_yaml_1_1_forms_in_scenario(tmp_path):
     path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-raw}]\nmeasurement: {repeats: 1e1, warmup: 010}\n")
     scenario = load_scenario(path)
     assert scenario.measurement.repeats == 10

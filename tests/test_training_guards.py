@@ -127,7 +127,8 @@ def test_config_reads_whole_float_as_integer(tmp_path: Path) -> None:
     config = load_train_config(write_config(tmp_path, raw))
     assert config.stages.checkpoint_every_steps == 2
     assert type(config.stages.checkpoint_every_steps) is int
-    assert config.vq.widths[0] == 8 and type(config.vq.widths[0]) is int
+    assert config.vq.widths[0] == 8
+    assert type(config.vq.widths[0]) is int
 
 
 def test_config_accepts_largest_seed_and_threads(tmp_path: Path) -> None:

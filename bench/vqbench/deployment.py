@@ -89,8 +89,8 @@ class _Network:
     # the lowest and highest published factor.
     transit_j: float | None = None
     transit_range_j: tuple[float, float] | None = None
-    # Per timed sample, the part of transfer_ms spent waiting for a receive window, during
-    # which the cloud half runs (LoRaWAN class A with a reply); empty when there is none.
+    # Per timed sample, the part of transfer_ms spent waiting for a receive window (LoRaWAN
+    # class A with a reply). The cloud half runs meanwhile. Empty when there is no such wait.
     reply_wait_ms: list[float] = field(default_factory=list)
 
 
@@ -277,7 +277,7 @@ def _row(
     # that cannot carry the payload has no transfer time, so it has no end-to-end time either.
     # Neither has a row whose samples do not pair up (see _samples_paired).
     # NOTE: a LoRaWAN reply ready after its window opened would wait for the second window or
-    # the next uplink; only the cloud time beyond the first window's delay is added.
+    # the next uplink. Only the cloud time beyond the first window's delay is added here.
     transfer = network.transfer_ms
     wait = network.reply_wait_ms or [0.0] * len(transfer)
     end_to_end = [] if network.feasible is False or not paired else [
