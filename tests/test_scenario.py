@@ -34,7 +34,7 @@ def test_unknown_key_is_named(tmp_path):
 
 def test_bad_quality_is_named(tmp_path):
     path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-codec, qualities: [0, 50]}]\n")
-    with pytest.raises(ScenarioError, match=r"pipelines\.0\.cloud-codec\.qualities"):
+    with pytest.raises(ScenarioError, match=r"'pipelines\.0\.qualities'"):
         load_scenario(path)
 
 

@@ -612,7 +612,12 @@ def _describe_problem(problem: dict) -> str:
 
     The value is left out when a validator of this module already put it in the message.
     """
-    location = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+    parts = list(problem["loc"])
+    # pydantic puts a pipeline's kind, the tag of its union, into the path, though the file has
+    # no such key: pipelines.0.cloud-codec.qualities is written pipelines.0.qualities.
+    if len(parts) > 2 and parts[0] == "pipelines" and isinstance(parts[1], int) and parts[2] in _PIPELINE_KINDS:
+        del parts[2]
+    location = ".".join(str(part) for part in parts) or "(top level)"
     message = problem["msg"]
     text = f"'{location}': {message}"
     if problem["type"] != "missing" and "input" in problem and not isinstance(problem["input"], dict):
@@ -625,6 +630,12 @@ def _describe_problem(problem: dict) -> str:
         text += f"; {fix}"
     return text
 
+
+#: The ``kind`` of each pipeline model, which pydantic adds to the path of a problem inside it.
+_PIPELINE_KINDS = {
+    model.model_fields["kind"].default
+    for model in (CloudRawPipeline, CloudCodecPipeline, EdgeVQReconPipeline, EdgeVQStudentPipeline, EdgeEmbedPipeline)
+}
 
 SCHEMA_TITLE = "vqbench scenario"
 
