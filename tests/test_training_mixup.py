@@ -8,12 +8,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from test_training_smoke import SAMPLE_ROOT, _trainer
+from test_training_hint import prepared  # noqa: F401 - the eight prepared sample images, a fixture
+from test_training_smoke import _trainer
 from test_training_smoke import tiny_config as smoke_config
 from vqbench.models.student import TeacherTail, teacher_trunk
 from vqbench.models.teacher_torch import load_torch_teacher
 from vqbench.training.config import TrainConfig, portable_settings
-from vqbench.training.data import PreparedSet, prepare_training_set, select_training_people, training_image_paths
+from vqbench.training.data import PreparedSet
 
 
 def tiny_config(tmp_path: Path, mixup_fraction: float = 0.5) -> dict:
@@ -23,12 +24,6 @@ def tiny_config(tmp_path: Path, mixup_fraction: float = 0.5) -> dict:
     config["augment"] = {"mixup_fraction": mixup_fraction}
     config["stages"]["identity_epochs"] = 0.0
     return config
-
-
-@pytest.fixture
-def prepared(tmp_path: Path) -> PreparedSet:
-    people = select_training_people(SAMPLE_ROOT, [9])
-    return prepare_training_set(training_image_paths(SAMPLE_ROOT, people.people)[:8], tmp_path / "cache")
 
 
 def test_mixup_off_keeps_old_fingerprints(tmp_path: Path) -> None:
