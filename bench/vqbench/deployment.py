@@ -250,6 +250,19 @@ def _network(
     return _Network(latency, energy_j, method, True, None, transit_j, (min(means), max(means)), wait)
 
 
+def _end_to_end_ms(
+    edge_ms: Sequence[float], cloud_ms: Sequence[float], transfer_ms: Sequence[float], reply_wait_ms: Sequence[float]
+) -> list[float]:
+    """Return edge + transfer + cloud time per sample, less the cloud time spent within a reply wait."""
+    if not transfer_ms:
+        return [edge + cloud for edge, cloud in zip(edge_ms, cloud_ms)]
+    waits = reply_wait_ms or [0.0] * len(transfer_ms)
+    return [
+        edge + transfer + max(0.0, cloud - wait)
+        for edge, cloud, transfer, wait in zip(edge_ms, cloud_ms, transfer_ms, waits)
+    ]
+
+
 def _transfer_basis(link: str | None, transfer_ms: list[float]) -> str | None:
     """Name where the transfer latency of a row comes from: the link's model or the HTTP requests timed."""
     if not transfer_ms:
@@ -279,11 +292,9 @@ def _row(
     # NOTE: a LoRaWAN reply ready after its window opened would wait for the second window or
     # the next uplink. Only the cloud time beyond the first window's delay is added here.
     transfer = network.transfer_ms
-    wait = network.reply_wait_ms or [0.0] * len(transfer)
-    end_to_end = [] if network.feasible is False or not paired else [
-        e + (transfer[i] + max(0.0, c - wait[i]) if transfer else c)
-        for i, (e, c) in enumerate(zip(edge.latency_ms, measured.cloud_ms))
-    ]
+    end_to_end = []
+    if network.feasible is not False and paired:
+        end_to_end = _end_to_end_ms(edge.latency_ms, measured.cloud_ms, transfer, network.reply_wait_ms)
     edge_lat, cloud_lat = latency_summary(edge.latency_ms), latency_summary(measured.cloud_ms)
     transfer_lat, total_lat = latency_summary(transfer), latency_summary(end_to_end)
 

@@ -410,9 +410,9 @@ class Trainer:
 
     def _train_step(self, stage: str, rows: np.ndarray) -> tuple[dict[str, float], torch.Tensor]:
         inputs, originals, target_embeddings, target_features, target_hints = self._batch_tensors(rows)
-        if stage == "joint" and self.label_tail is not None:
-            inputs, target_embeddings, target_features = self._mix_views(inputs, target_embeddings, target_features)
         if stage == "joint":
+            if self.label_tail is not None:
+                inputs, target_embeddings, target_features = self._mix_views(inputs, target_embeddings, target_features)
             losses, indices = self._joint_losses(inputs, target_embeddings, target_features, target_hints)
         else:
             losses, indices = self._identity_losses(originals, target_embeddings)
