@@ -68,6 +68,64 @@ def test_committed_scenario_fits_json_schema(path):
     jsonschema.Draft202012Validator(schema).validate(yaml.load(path.read_text(), Loader=UniqueKeyLoader))
 
 
+def _schema_validator():
+    schema = json.loads((REPO_DIR / "scenarios" / "scenario.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+# Each section breaks a rule that load_scenario enforces across fields or inside a string.
+LOADER_RULES = {
+    "url without host": "transport: {mode: http, url: 'http://'}",
+    "url of another scheme": "transport: {mode: http, url: 'ftp://127.0.0.1:8000'}",
+    "round trips over LoRa only": "deployment: {links: [lorawan-sf7], setup_round_trips: 1}",
+    "round trips without links": "deployment: {setup_round_trips: 2}",
+    "host with speed ratio": "deployment: {edge_devices: [{name: host, speed_ratio: 2.0}]}",
+    "options for unlisted meter": "meters: {host: [rapl], options: {external: {trace_path: p.csv}}}",
+    "options for meter outside default": "meters: {options: {replay: {path: p.csv}}}",
+}
+
+
+@pytest.mark.parametrize("section", LOADER_RULES.values(), ids=LOADER_RULES.keys())
+def test_json_schema_enforces_loader_rule(tmp_path, section):
+    text = f"name: x\npipelines: [{{kind: cloud-raw}}]\n{section}\n"
+    with pytest.raises(ScenarioError):
+        load_scenario(_write(tmp_path, text))
+    assert not _schema_validator().is_valid(yaml.load(text, Loader=UniqueKeyLoader))
+
+
+# Sections that load_scenario accepts and the schema must accept too.
+ALLOWED_SECTIONS = {
+    "round trips with an IP link": "deployment: {links: [lorawan-sf7, wifi], setup_round_trips: 1}",
+    "device with speed ratio": "deployment: {edge_devices: [host, {name: raspberry-pi-4, speed_ratio: 6.5}]}",
+    "options for a default meter": "meters: {options: {rapl: {root: /sys/class/powercap}}}",
+    "options for a listed meter": "meters: {host: [external], options: {external: {trace_path: p.csv}}}",
+    "url with port": "transport: {mode: http, url: 'http://127.0.0.1:8000'}",
+}
+
+
+@pytest.mark.parametrize("section", ALLOWED_SECTIONS.values(), ids=ALLOWED_SECTIONS.keys())
+def test_json_schema_accepts_what_loader_accepts(tmp_path, section):
+    text = f"name: x\npipelines: [{{kind: cloud-raw}}]\n{section}\n"
+    load_scenario(_write(tmp_path, text))
+    _schema_validator().validate(yaml.load(text, Loader=UniqueKeyLoader))
+
+
+def test_json_schema_lists_bundled_names():
+    from vqbench.devices import load_device_profiles
+    from vqbench.meters.registry import METERS
+    from vqbench.network.links import load_link_profiles
+
+    validator = _schema_validator()
+    for link in load_link_profiles():
+        assert validator.is_valid({"name": "x", "pipelines": [{"kind": "cloud-raw"}], "deployment": {"links": [link]}})
+    for device in load_device_profiles():
+        assert validator.is_valid({"name": "x", "pipelines": [{"kind": "cloud-raw"}], "deployment": {"edge_devices": [device]}})
+    for meter in METERS:
+        assert validator.is_valid({"name": "x", "pipelines": [{"kind": "cloud-raw"}], "meters": {"host": [meter]}})
+    for section in ({"deployment": {"links": ["wlan"]}}, {"deployment": {"edge_devices": ["pi4"]}}, {"meters": {"host": ["rapel"]}}):
+        assert not validator.is_valid({"name": "x", "pipelines": [{"kind": "cloud-raw"}], **section})
+
+
 @pytest.mark.parametrize(
     ("text", "value"),
     [("010", 10), ("0o17", 15), ("0x10", 16), ("1e3", 1000.0), ("1.5e-3", 0.0015), ("-.inf", float("-inf")),
@@ -230,6 +288,14 @@ def test_validator_value_shown_once(tmp_path):
     with pytest.raises(ScenarioError) as raised:
         load_scenario(path)
     assert str(raised.value).count("got [0]") == 1
+
+
+def test_converted_value_shown_once(tmp_path):
+    path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-codec, qualities: [-0.0]}]\n")
+    with pytest.raises(ScenarioError) as raised:
+        load_scenario(path)
+    assert "got [0]" in str(raised.value)
+    assert "-0.0" not in str(raised.value)
 
 
 def test_builtin_check_still_shows_value(tmp_path):

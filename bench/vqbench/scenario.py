@@ -205,7 +205,11 @@ class TransportConfig(_Strict):
     """Transport of payloads to the cloud half: in process, or posted to `vqbench serve` over HTTP."""
 
     mode: Literal["local", "http"] = "local"
-    url: Optional[str] = Field(None, description="Base URL of a running `vqbench serve`, for mode http.")
+    url: Optional[str] = Field(
+        None,
+        description="Base URL of a running `vqbench serve`, for mode http.",
+        json_schema_extra={"pattern": r"^https?://[^/?#\s]+"},
+    )
     token_file: Optional[str] = Field(None, description="File holding the service's bearer token.")
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout, in seconds.")
 
@@ -248,8 +252,23 @@ class MeasurementConfig(_Strict):
     memory: bool = Field(True, description="Measure each half's peak RSS in a child process.")
 
 
+def _device_names() -> list[str]:
+    from vqbench.devices import load_device_profiles
+
+    return ["host", *load_device_profiles()]
+
+
+def _add_device_rules(schema: dict[str, Any]) -> None:
+    """Add the device names and the host's lack of a speed ratio to the JSON schema of a device entry."""
+    schema["properties"]["name"]["enum"] = _device_names()
+    schema["if"] = {"properties": {"name": {"const": "host"}}}
+    schema["then"] = {"not": {"required": ["speed_ratio"]}}
+
+
 class EdgeDeviceChoice(_Strict):
     """An edge device the edge half is modeled on, with how its time is derived."""
+
+    model_config = ConfigDict(json_schema_extra=_add_device_rules)
 
     name: str = Field(..., description="'host' (measured) or a device profile, e.g. raspberry-pi-4.")
     speed_ratio: Optional[float] = Field(
@@ -280,8 +299,23 @@ DeviceEntry = Annotated[
 ]
 
 
+def _add_deployment_rules(schema: dict[str, Any]) -> None:
+    """Add the link and device names, and the IP link that setup_round_trips needs, to the deployment's JSON schema."""
+    from vqbench.network.links import load_link_profiles
+
+    profiles = load_link_profiles()
+    schema["properties"]["links"]["items"]["enum"] = list(profiles)
+    bare_name, _ = schema["properties"]["edge_devices"]["items"]["anyOf"]
+    bare_name["enum"] = _device_names()
+    ip_links = [name for name, profile in profiles.items() if profile.lora is None]
+    schema["if"] = {"properties": {"setup_round_trips": {"minimum": 1}}, "required": ["setup_round_trips"]}
+    schema["then"] = {"properties": {"links": {"contains": {"enum": ip_links}}}, "required": ["links"]}
+
+
 class DeploymentConfig(_Strict):
     """Links and edge devices to model; each (variant, link, device) combination is a results row."""
+
+    model_config = ConfigDict(json_schema_extra=_add_deployment_rules)
 
     links: list[str] = Field(
         default_factory=list, description="Link profiles, e.g. wifi, lte, lorawan-sf7.", json_schema_extra={"uniqueItems": True}
@@ -342,10 +376,35 @@ class DeploymentConfig(_Strict):
         return devices
 
 
+#: Meters tried when a scenario lists none.
+DEFAULT_HOST_METERS = ("rapl", "codecarbon")
+
+
+def _add_meter_rules(schema: dict[str, Any]) -> None:
+    """Add the meter names, and options only for listed meters, to the JSON schema of the meters section."""
+    from vqbench.meters.registry import METERS
+
+    names = sorted(METERS)
+    schema["properties"]["host"]["items"]["enum"] = names
+    schema["properties"]["options"]["propertyNames"] = {"enum": names}
+    rules = []
+    for name in names:
+        listed = {"properties": {"host": {"contains": {"const": name}}}, "required": ["host"]}
+        # A section without host uses the default list, which already lists its meters.
+        if name in DEFAULT_HOST_METERS:
+            listed = {"anyOf": [listed, {"not": {"required": ["host"]}}]}
+        rules.append(
+            {"if": {"properties": {"options": {"required": [name]}}, "required": ["options"]}, "then": listed}
+        )
+    schema["allOf"] = rules
+
+
 class MetersConfig(_Strict):
     """Energy meters, tried in order; the first available one measures the host."""
 
-    host: list[str] = Field(default_factory=lambda: ["rapl", "codecarbon"])
+    model_config = ConfigDict(json_schema_extra=_add_meter_rules)
+
+    host: list[str] = Field(default_factory=lambda: list(DEFAULT_HOST_METERS))
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Constructor options per meter, e.g. {external: {trace_path: power.csv, clock_offset_s: 0.0}}. "
@@ -610,7 +669,8 @@ _TYPE_FIXES = {
 def _describe_problem(problem: dict) -> str:
     """Render one pydantic problem as "'key.path': message (got value)", with the fix for a type error.
 
-    The value is left out when a validator of this module already put it in the message.
+    The value is left out when a validator of this module already put it in the message,
+    which it may show converted (the YAML ``-0.0`` is shown as the integer 0).
     """
     parts = list(problem["loc"])
     # pydantic puts a pipeline's kind, the tag of its union, into the path, though the file has
@@ -622,7 +682,9 @@ def _describe_problem(problem: dict) -> str:
     text = f"'{location}': {message}"
     if problem["type"] != "missing" and "input" in problem and not isinstance(problem["input"], dict):
         value = problem["input"]
-        in_message = problem["type"] == "value_error" and (repr(value) in message or str(value) in message)
+        in_message = problem["type"] == "value_error" and (
+            ", got " in message or repr(value) in message or str(value) in message
+        )
         if not in_message:
             text += f" (got {value!r})"
     fix = _TYPE_FIXES.get(problem["type"])
