@@ -77,7 +77,8 @@ def test_http_transport_counts_wire_bytes(sample_lfw, tmp_path):
     scenario = _scenario(sample_lfw, meters={"host": []})
     served = build_pipelines(scenario.pipelines, Components(scenario.alignment, scenario.teacher))
     with running_server(create_app(served, token=None)) as (url, _server):
-        transport = {"mode": "http", "url": url}
+        # A generous timeout: the service shares this process, which a busy host can starve of CPU.
+        transport = {"mode": "http", "url": url, "timeout_s": 300}
         scenario = _scenario(sample_lfw, meters={"host": []}, transport=transport, deployment={"links": ["wifi"]})
         outcome = run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
 
