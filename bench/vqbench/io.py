@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +18,17 @@ from typing import IO, Any
 def write_atomic(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
     """Call ``writer`` on a temporary binary file beside ``path``, then rename it to ``path``.
 
-    An OSError about the temporary file (the folder is not writable, ``path`` is a folder) is
-    raised naming ``path`` instead, so that a message shows the path the caller gave.
+    A symbolic link is followed, so the file it points to is replaced and the link stays. A
+    path that is not a regular file, such as ``/dev/stdout`` or a FIFO, is written to directly,
+    since a rename would replace the device or pipe itself. An OSError about the temporary file
+    (the folder is not writable, ``path`` is a folder) is raised naming ``path`` instead, so that
+    a message shows the path the caller gave.
     """
-    path = Path(path)
+    path = _follow_links(Path(path))
+    if _is_special_file(path):
+        with path.open("wb") as stream:
+            writer(stream)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = _make_temporary(path)
     try:
@@ -45,7 +53,7 @@ def write_path_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     For writers that take a file name rather than a stream (matplotlib's PdfPages, say). Errors
     about the temporary file name ``path``, as in ``write_atomic``.
     """
-    path = Path(path)
+    path = _follow_links(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary_name = _make_temporary(path)
     os.close(descriptor)
@@ -60,6 +68,23 @@ def write_path_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def _follow_links(path: Path) -> Path:
+    """Return the path that a symbolic link at ``path`` leads to, or ``path`` when it is no link."""
+    if not path.is_symlink():
+        return path
+    # realpath also resolves a dangling link, to the file that writing would create.
+    return Path(os.path.realpath(path))
+
+
+def _is_special_file(path: Path) -> bool:
+    """Return whether ``path`` exists and is neither a regular file nor a folder (a device, FIFO or socket)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def _make_temporary(path: Path) -> tuple[int, str]:

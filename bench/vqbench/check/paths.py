@@ -22,7 +22,9 @@ _EXAMPLE_OUTPUT_NAMES = {
 
 def check_output_path(results_dir: Path, path: Path, option: str,
                       inputs: Mapping[str, Path | None] | None = None) -> None:
-    """Raise DataError when ``path`` is a folder, a file that a run writes into ``results_dir``, or an input file.
+    """Raise DataError when ``path`` is a folder, a file that a run writes, or an input file.
+
+    A run file is refused in ``results_dir`` and in any folder that holds a ``results.json``.
 
     ``inputs`` maps an option name (``--baseline``) to the file it reads.
     """
@@ -31,12 +33,21 @@ def check_output_path(results_dir: Path, path: Path, option: str,
 
     path = Path(path)
     if path.is_dir():
-        example = path / _EXAMPLE_OUTPUT_NAMES.get(option, "output.txt")
+        example_name = _EXAMPLE_OUTPUT_NAMES.get(option, "output.txt")
+        # A run folder is no place for check outputs, so suggest a file beside it.
+        is_run = (path / "results.json").is_file()
+        example = path.parent / f"{path.name}-{example_name}" if is_run else path / example_name
         raise DataError(f"{option} {path} is a folder; give a file path, such as {example}")
     target, run_dir = path.resolve(), Path(results_dir).resolve()
-    if (target.parent == run_dir and target.name in RUN_FILES) or target.is_relative_to(run_dir / SAMPLES_DIR):
+    if target.is_relative_to(run_dir / SAMPLES_DIR):
         raise DataError(
             f"{option} {path} would replace {target.name} of the run folder {results_dir}; "
+            "write it outside the run folder or under another name"
+        )
+    if target.name in RUN_FILES and (target.parent == run_dir or (target.parent / "results.json").is_file()):
+        folder = results_dir if target.parent == run_dir else target.parent
+        raise DataError(
+            f"{option} {path} would replace {target.name} of the run folder {folder}; "
             "write it outside the run folder or under another name"
         )
     for input_option, input_path in (inputs or {}).items():
