@@ -348,14 +348,32 @@ def _find(entries: dict, key: tuple, reference: ReferenceSpec):
     return next((value for k, value in entries.items() if k[:2] == (pipeline, variant)), None)
 
 
-def _method_note(entry: BaselineEntry, row: ResultRow, metric: str) -> str:
+def _method_change(entry: BaselineEntry, row: ResultRow, metric: str) -> tuple[str, str] | None:
+    """Return (baseline method, run method) when an energy figure was obtained by another method, else None."""
     field = _ENERGY_METHOD_FIELDS.get(metric)
     if field is None:
-        return ""
+        return None
     before, after = entry.methods.get(metric), getattr(row, field)
-    if before and after and before != after:
-        return f"; method changed from {before} to {after}, so the ratios compare different methods"
-    return ""
+    return (before, after) if before and after and before != after else None
+
+
+def _method_note(entry: BaselineEntry, row: ResultRow, metric: str) -> str:
+    change = _method_change(entry, row, metric)
+    if change is None:
+        return ""
+    return f"; method changed from {change[0]} to {change[1]}, so the ratios compare different methods"
+
+
+def _method_changes(baseline_entries: dict, current_rows: dict, gated_keys: set[tuple],
+                    policy: CheckPolicy) -> list[tuple[str, str]]:
+    """Return (baseline method, run method) for each noisy energy gate whose method differs."""
+    changes = []
+    for key in sorted(gated_keys & current_rows.keys(), key=str):
+        for gate in policy.noisy:
+            change = _method_change(baseline_entries[key], current_rows[key], gate.metric)
+            if change is not None:
+                changes.append(change)
+    return changes
 
 
 def primary_keys(keys: list[tuple[str, str, str | None, str | None]]) -> set[tuple]:
@@ -512,6 +530,13 @@ def run_check(results_dir: Path, baseline_file: Path, policy_file: Path | None =
         summary_notes.append(f"{plural(drifted, 'ratio verdict')} inconclusive because the reference {reference} "
                              "moved past the limit while the gated figure did not; rerun to tell a noisy reference "
                              "from a change (policy on_reference_drift: gate judges them anyway)")
+    method_changes = _method_changes(baseline_entries, current_rows, context["primary_keys"], policy)
+    if method_changes:
+        # A summary note, because a gate that passes across methods says little about the energy.
+        described = "; ".join(f"{before} to {after}" for before, after in sorted(set(method_changes)))
+        summary_notes.append(f"{plural(len(method_changes), 'energy gate')} compare figures obtained by another "
+                             f"method than the baseline's ({described}); record a baseline on this kind of machine "
+                             "to gate like with like")
     zero_reference = sum(result.message.endswith(_ZERO_REFERENCE_SKIP) for result in verdicts)
     if zero_reference:
         # A summary note, because these gates are off although the baseline records a figure.
