@@ -290,6 +290,19 @@ def test_validator_value_shown_once(tmp_path):
     assert str(raised.value).count("got [0]") == 1
 
 
+@pytest.mark.parametrize(
+    ("pipeline", "message"),
+    [("{kind: cloud-codec, qualities: [50, 30, 50]}", "qualities lists 50 more than once, got [50, 30, 50]"),
+     ("{kind: cloud-codec, sizes_px: [64, 64]}", "sizes_px lists 64 more than once"),
+     ("{kind: edge-embed, model: edge-embed-s, dtypes: [int8, int8]}", "dtypes lists int8 more than once")],
+)
+def test_repeated_list_value_rejected(tmp_path, pipeline, message):
+    text = f"name: x\npipelines: [{pipeline}]\n"
+    with pytest.raises(ScenarioError, match=re.escape(message)):
+        load_scenario(_write(tmp_path, text))
+    assert not _schema_validator().is_valid(yaml.load(text, Loader=UniqueKeyLoader))
+
+
 def test_converted_value_shown_once(tmp_path):
     path = _write(tmp_path, "name: x\npipelines: [{kind: cloud-codec, qualities: [-0.0]}]\n")
     with pytest.raises(ScenarioError) as raised:

@@ -128,6 +128,15 @@ class CloudRawPipeline(_Strict):
     kind: Literal["cloud-raw"] = "cloud-raw"
 
 
+def _reject_repeats(name: str, values: list) -> list:
+    """Return ``values``, raising ValueError when one is listed twice: each value gives its own variant."""
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    if repeated:
+        raise ValueError(f"{name} lists {', '.join(map(str, repeated))} more than once, got {values}; "
+                         "each value gives its own variant, so list it once")
+    return values
+
+
 class CloudCodecPipeline(_Strict):
     """Align on the edge, compress the chip with an image codec, embed in the cloud."""
 
@@ -137,12 +146,12 @@ class CloudCodecPipeline(_Strict):
     # them to editors that check the JSON schema.
     qualities: list[WholeNumber] = Field(
         default_factory=lambda: [75],
-        json_schema_extra={"minItems": 1, "items": {"type": "integer", "minimum": 1, "maximum": 100}},
+        json_schema_extra={"minItems": 1, "uniqueItems": True, "items": {"type": "integer", "minimum": 1, "maximum": 100}},
     )
     sizes_px: list[WholeNumber] = Field(
         default_factory=lambda: [150],
         description="Side of the square chip sent, in pixels; the cloud upscales it back to 150.",
-        json_schema_extra={"minItems": 1, "items": {"type": "integer", "minimum": 16, "maximum": 150}},
+        json_schema_extra={"minItems": 1, "uniqueItems": True, "items": {"type": "integer", "minimum": 16, "maximum": 150}},
     )
 
     @field_validator("qualities")
@@ -151,7 +160,7 @@ class CloudCodecPipeline(_Strict):
         bad = [q for q in qualities if not 1 <= q <= 100]
         if bad or not qualities:
             raise ValueError(f"qualities must be a non-empty list of integers in 1..100, got {qualities}")
-        return qualities
+        return _reject_repeats("qualities", qualities)
 
     @field_validator("sizes_px")
     @classmethod
@@ -159,7 +168,7 @@ class CloudCodecPipeline(_Strict):
         bad = [s for s in sizes if not 16 <= s <= 150]
         if bad or not sizes:
             raise ValueError(f"sizes_px must be a non-empty list of integers in 16..150, got {sizes}")
-        return sizes
+        return _reject_repeats("sizes_px", sizes)
 
 
 class _TrainedModelPipeline(_Strict):
@@ -192,7 +201,14 @@ class EdgeEmbedPipeline(_TrainedModelPipeline):
     """Run a small embedder on the edge and send the embedding (fp16 or int8)."""
 
     kind: Literal["edge-embed"] = "edge-embed"
-    dtypes: list[Literal["fp16", "int8"]] = Field(default_factory=lambda: ["fp16"], min_length=1)
+    dtypes: list[Literal["fp16", "int8"]] = Field(
+        default_factory=lambda: ["fp16"], min_length=1, json_schema_extra={"uniqueItems": True}
+    )
+
+    @field_validator("dtypes")
+    @classmethod
+    def _distinct_dtypes(cls, dtypes: list[str]) -> list[str]:
+        return _reject_repeats("dtypes", dtypes)
 
 
 PipelineConfig = Annotated[
