@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -187,6 +187,22 @@ def test_leakage_refused_with_allowed_folds():
     evaluation = _Evaluation([_pair(1, "Alice", "Alice"), _pair(2, "Bob", "Carol")])
     with pytest.raises(ScenarioError, match=r"folds \[1\].*allowed: \[2\]"):
         check_identity_leakage([_TrainedPipeline()], evaluation)  # type: ignore[list-item]
+
+
+@dataclass
+class _Card:
+    train_folds: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+
+@dataclass
+class _CardedPipeline(_TrainedPipeline):
+    card: _Card = field(default_factory=_Card)
+
+
+def test_leakage_names_card_folds_when_none_selected_allowed():
+    evaluation = _Evaluation([_pair(1, "Alice", "Alice")])
+    with pytest.raises(ScenarioError, match=r"none of those selected is allowed; its card allows folds \[6, 7, 8, 9, 10\]"):
+        check_identity_leakage([_CardedPipeline()], evaluation)  # type: ignore[list-item]
 
 
 def test_no_leakage_passes():

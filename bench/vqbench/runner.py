@@ -446,10 +446,18 @@ def check_identity_leakage(pipelines: list[Pipeline], evaluation: EvaluationSet)
         if folds_seen:
             allowed = [fold for fold in evaluation.folds if fold not in folds_seen]
             example = sorted(next(iter(folds_seen.values())))[0]
+            if allowed:
+                choice = f"of those selected, allowed: {allowed}"
+            else:
+                # View 2 folds share no people, so every fold the card does not list as trained on is allowed.
+                train_folds = getattr(getattr(pipeline, "card", None), "train_folds", None)
+                unseen = [fold for fold in range(1, 11) if train_folds is not None and fold not in train_folds]
+                choice = f"none of those selected is allowed; its card allows folds {unseen}" if unseen else (
+                    "none of those selected is allowed")
             raise ScenarioError(
                 f"{pipeline.kind}/{pipeline.variant} was trained on people in folds {sorted(folds_seen)} "
                 f"(for example {example}); scoring it there would leak identities. "
-                f"Set dataset.folds to folds it did not see (of those selected, allowed: {allowed or 'none'})"
+                f"Set dataset.folds to folds it did not see ({choice})"
             )
 
 
