@@ -58,6 +58,14 @@ def test_missing_data_exits_2_with_fetch_hint(tmp_path, monkeypatch):
     assert "VQBENCH_DATA_DIR" in output
 
 
+def test_run_check_error_is_first_line(tmp_path):
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("name: s\npipelines: [{kind: cloud-raw}]\ncarbon: {edge_location: atlantis}\n")
+    result = runner.invoke(app, ["run", str(scenario), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: unknown grid location 'atlantis'")
+
+
 def test_unknown_dataset_to_fetch_exits_2():
     result = runner.invoke(app, ["data", "fetch", "imagenet"])
     assert result.exit_code == 2

@@ -41,13 +41,17 @@ class RichProgress:
         self._totals: dict[Any, int | None] = {}
 
     def __enter__(self) -> "RichProgress":
-        self._progress.start()
+        # The display starts with the first phase: a live display stopped before any phase,
+        # as when a scenario check fails, would leave an empty line above the error.
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._progress.stop()
+        if self._progress.live.is_started:
+            self._progress.stop()
 
     def phase(self, description: str, total: int | None) -> Any:
+        if not self._progress.live.is_started:
+            self._progress.start()
         task = self._progress.add_task(description, total=total)
         self._totals[task] = total
         return task
