@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -85,28 +84,3 @@ def test_run_folder_as_output_suggests_sibling(tmp_path):
     assert result.exit_code == 2
     assert f"such as {tmp_path / 'run-baseline.json'}" in " ".join(result.output.split())
 
-
-def _baseline_with_methods(tmp_path: Path, old: str, new: str) -> Path:
-    run_dir = synthetic_run(0, with_samples=False).write(tmp_path / "baseline-run")
-    baseline_file = write_baseline(run_dir, tmp_path / "baseline.json")
-    document = json.loads(baseline_file.read_text(encoding="utf-8"))
-    for entry in document["entries"]:
-        entry["methods"] = {metric: new if method == old else method for metric, method in entry["methods"].items()}
-    baseline_file.write_text(json.dumps(document), encoding="utf-8")
-    return baseline_file
-
-
-def test_check_summary_names_method_change(tmp_path):
-    baseline_file = _baseline_with_methods(tmp_path, "measured-rapl", "estimated-codecarbon")
-    run_dir = synthetic_run(1, with_samples=False).write(tmp_path / "run")
-    report = run_check(run_dir, baseline_file)
-    [note] = [note for note in report.summary_notes if "another method" in note]
-    assert "(estimated-codecarbon to measured-rapl)" in note
-    assert "record a baseline on this kind of machine" in note
-
-
-def test_check_summary_quiet_on_same_method(tmp_path):
-    baseline_file = _baseline_with_methods(tmp_path, "measured-rapl", "measured-rapl")
-    run_dir = synthetic_run(1, with_samples=False).write(tmp_path / "run")
-    report = run_check(run_dir, baseline_file)
-    assert not [note for note in report.summary_notes if "another method" in note]

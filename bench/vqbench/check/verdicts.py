@@ -274,7 +274,8 @@ def _check_noisy(inputs: _NoisyInputs, policy: CheckPolicy) -> CheckResult:
         p_value = up.p_value if growth >= 1 else down.p_value
         test_note = f" (U test, {up.method}, p = {p_value:.3g})"
 
-    summary = f"ratio grew {growth:.3g}x ({base_median:.4g} -> {current_median:.4g})"
+    change = "grew" if growth >= 1 else "shrank"
+    summary = f"ratio {change} {growth:.3g}x ({base_median:.4g} -> {current_median:.4g})"
     floor_note = _under_floor_note(inputs, growth)
     if floor_note and (growth > gate.max_ratio_growth or growth < 1 / gate.max_ratio_growth):
         status: Status = "pass"
