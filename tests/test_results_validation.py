@@ -89,6 +89,34 @@ def test_report_and_compare_reject_impossible_value(tmp_path, field, value, expe
     assert expected in str(from_compare.value)
 
 
+def test_byte_order_mark_named(tmp_path):
+    run_dir = _write_run(tmp_path)
+    results_file = run_dir / "results.json"
+    results_file.write_bytes(b"\xef\xbb\xbf" + results_file.read_bytes())
+    with pytest.raises(DataError, match="starts with a UTF-8 byte order mark"):
+        load_results(run_dir)
+
+
+def test_results_folder_named(tmp_path):
+    (tmp_path / "results.json").mkdir()
+    with pytest.raises(DataError, match="results.json is a folder, not a results file"):
+        load_results(tmp_path)
+
+
+def test_unknown_energy_method_rejected(tmp_path):
+    run_dir = _edit_student_row(_write_run(tmp_path), "cloud_energy_method", "measured-magic")
+    with pytest.raises(DataError, match="cloud_energy_method = 'measured-magic', but that is no method vqbench writes"):
+        load_results(run_dir)
+
+
+def test_every_meter_method_known():
+    from vqbench.meters.registry import METERS
+    from vqbench.results import known_energy_methods
+
+    assert {meter_class.method for meter_class in METERS.values()} <= known_energy_methods()
+    assert {"modeled-link", "modeled-device-profile", "measured-nvml-power-sampling"} <= known_energy_methods()
+
+
 def test_negative_dynamic_energy_loads(tmp_path):
     # Dynamic energy is measured minus idle energy, so noise can make it negative.
     run_dir = _edit_student_row(_write_run(tmp_path), "cloud_dynamic_energy_j_per_inference", -0.01)

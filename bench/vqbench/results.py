@@ -10,6 +10,7 @@ figure, and one row per (pipeline, variant, link, edge device).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -197,6 +198,37 @@ def row_problem(row: ResultRow) -> str | None:
         problem = _list_problem(name, value) if isinstance(value, list) else _scalar_problem(name, value)
         if problem is not None:
             return problem
+    return _energy_method_problem(row)
+
+
+#: The fields of a row that name how its energy figures were obtained.
+_ENERGY_METHOD_FIELDS = ("edge_energy_method", "cloud_energy_method", "network_energy_method")
+
+
+@functools.cache
+def known_energy_methods() -> frozenset[str]:
+    """Return every method label that a meter, a device profile or a link model gives its figures."""
+    from vqbench.devices import METHOD as DEVICE_METHOD
+    from vqbench.meters.registry import METERS
+    from vqbench.network.links import METHOD as LINK_METHOD
+
+    labels = {DEVICE_METHOD, LINK_METHOD}
+    for meter_class in METERS.values():
+        labels.add(meter_class.method)
+        labels.update(label for label in [getattr(meter_class, "sampling_method", None)] if label)
+    return frozenset(labels)
+
+
+def _energy_method_problem(row: ResultRow) -> str | None:
+    """Return why an energy figure's method is unknown, or None.
+
+    A null method is allowed: readers show it as not recorded rather than guess one.
+    """
+    for method_field in _ENERGY_METHOD_FIELDS:
+        method = getattr(row, method_field)
+        if method is not None and method not in known_energy_methods():
+            return (f"{method_field} = {method!r}, but that is no method vqbench writes "
+                    f"(known: {', '.join(sorted(known_energy_methods()))})")
     return None
 
 

@@ -7,6 +7,7 @@ schema version is rejected, because its fields may mean something else.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import re
@@ -72,12 +73,18 @@ def load_results(run_dir: Path) -> RunResults:
     infinite, out of range) or two rows with the same key make the file invalid.
     """
     path = Path(run_dir) / RESULTS_FILE
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a results file; pass a run folder written by `vqbench run`")
     if not path.is_file():
         raise DataError(f"{path} not found; pass a run folder written by `vqbench run`")
     try:
         content = path.read_bytes()
     except OSError as error:
         raise DataError(f"{path} could not be read ({error}); check its permissions") from error
+    if content.startswith(codecs.BOM_UTF8):
+        # JSON text has no byte order mark (RFC 8259, section 8.1); some Windows editors add one.
+        raise DataError(f"{path} starts with a UTF-8 byte order mark, which JSON does not allow; save the file "
+                        "as UTF-8 without BOM, or rerun `vqbench run` to rewrite it")
     _check_schema_version(path, content)
     try:
         # Strict: a figure written as text ("0.9") or a flag written as a number is an edited
