@@ -414,7 +414,7 @@ def test_invalid_figure_is_usage_error(baseline_file, tmp_path, metric, value, e
 def test_negative_energy_sample_is_usage_error(baseline_file, tmp_path):
     run = synthetic_run(1, with_samples=False)
     run.row(*STUDENT).cloud_energy_j_per_inference_repeats[0] = -0.5
-    with pytest.raises(DataError, match="cloud_energy_j_per_inference sample of -0.5"):
+    with pytest.raises(DataError, match="cloud_energy_j_per_inference sample -0.5"):
         run_check(run.write(tmp_path / "run"), baseline_file)
 
 
@@ -422,7 +422,7 @@ def test_nan_latency_sample_is_usage_error(baseline_file, tmp_path):
     run = synthetic_run(1, with_samples=False)
     edge = (run.latency["pipeline"] == STUDENT[0]) & (run.latency["stage"] == "edge")
     run.latency.loc[edge, "latency_ms"] = math.nan
-    with pytest.raises(DataError, match="edge_latency_ms sample of nan"):
+    with pytest.raises(DataError, match="edge_latency_ms sample nan"):
         run_check(run.write(tmp_path / "run"), baseline_file)
 
 

@@ -59,7 +59,7 @@ IMPOSSIBLE_VALUES = [
     ("edge_macs", 10**30, "edge_macs = 1.000e+30, but edge_macs is too large for a 64-bit integer"),
     ("folds", [0, 1], "folds[0] = 0, but folds are numbered from 1"),
     ("cloud_energy_j_per_inference_repeats", [0.05, math.inf],
-     "a cloud_energy_j_per_inference sample of inf (cloud_energy_j_per_inference_repeats[1])"),
+     "the cloud_energy_j_per_inference sample inf (cloud_energy_j_per_inference_repeats[1])"),
 ]
 
 

@@ -187,7 +187,7 @@ def _list_problem(name: str, values: list[object]) -> str | None:
         if name.endswith("_repeats") and isinstance(value, float) and (not math.isfinite(value) or value < 0):
             # The repeats are samples of the figure named without the suffix, as `vqbench check` names them.
             metric = name.removesuffix("_repeats")
-            return (f"a {metric} sample of {value:g} ({name}[{index}]), but an energy per inference cannot be "
+            return (f"the {metric} sample {value:g} ({name}[{index}]), but an energy per inference cannot be "
                     "NaN, infinite or negative")
     return None
 

@@ -1,7 +1,9 @@
 """The baseline file: its schema, ``write_baseline`` and ``load_baseline``.
 
-``load_baseline`` checks the schema version before it validates the content. The evaluation
-set, host load and figure checks of a loaded baseline are here too.
+``load_baseline`` checks the schema version before it validates the content, and validates as
+strictly as the results loader: strict types, every figure a possible measurement, no key or
+row given twice. The evaluation set, host load and gated figure checks of a loaded baseline are
+here too.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import datetime as dt
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -22,6 +24,7 @@ from vqbench.check.rows import _key_description, _numeric_figures, _read_latency
 from vqbench.check.validation import (
     EvaluationSetKey,
     _common_value,
+    _entry_problem,
     _validate_entry,
     _validate_entry_samples,
     _validate_run,
@@ -71,15 +74,16 @@ class Baseline(BaseModel):
     scenario_name: str
     source_run: str
     run_created_utc: str
-    #: Pairs and folds that every row of the source run was scored on.
-    n_pairs: int | None = None
-    folds: list[int] | None = None
+    #: Pairs and folds that every row of the source run was scored on. Folds are numbered from 1.
+    n_pairs: int | None = Field(default=None, ge=0)
+    folds: list[Annotated[int, Field(ge=1)]] | None = None
     #: The source run's ``CHECKED_SETTINGS`` entries of results.json ``assumptions``: data set,
     #: alignment and measurement settings.
     settings: dict[str, Any] | None = None
-    #: The source run's highest 1-minute load average while timing and its logical CPU count.
-    max_load_average_1min_while_timing: float | None = None
-    cpu_logical_cores: int | None = None
+    #: The source run's highest 1-minute load average while timing and its logical CPU count,
+    #: both recorded or both None.
+    max_load_average_1min_while_timing: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cpu_logical_cores: int | None = Field(default=None, ge=1)
     entries: list[BaselineEntry]
 
 
@@ -88,7 +92,8 @@ def write_baseline(results_dir: Path, baseline_file: Path, max_samples: int = 25
 
     Raises DataError (exit code 2) when ``baseline_file`` is a folder or a file of the run
     folder, or when it cannot be written. It is also raised for an incomplete run, a run without
-    rows, and a figure of the default policy's gates that ``figure_problem`` rejects.
+    rows, a figure of the default policy's gates that ``figure_problem`` rejects, and any figure
+    or sample that ``load_baseline`` would reject.
     """
     results_dir, baseline_file = Path(results_dir), Path(baseline_file)
     check_output_path(results_dir, baseline_file, "--write-baseline")
@@ -130,6 +135,12 @@ def write_baseline(results_dir: Path, baseline_file: Path, max_samples: int = 25
         cpu_logical_cores=None if load is None else load.cpus,
         entries=entries,
     )
+    problem = _baseline_problem(baseline)
+    if problem is not None:
+        # _validate_run reads only the gated figures and samples, so this catches the others, such as a NaN
+        # latency sample of a stage that no default gate reads.
+        raise DataError(f"run {results_dir} would give a baseline that cannot be loaded: {problem}; fix the "
+                        "measurement and rerun `vqbench run` before recording this run")
     write_output_text(baseline_file, baseline.model_dump_json(indent=1), "--write-baseline")
     if load is not None and load.busy:
         logger.warning(
@@ -144,13 +155,55 @@ def _rerecord_hint(path: Path) -> str:
     return f"re-record it from a complete run with `vqbench check RUN_DIR --write-baseline {path}`"
 
 
-def _check_baseline_version(path: Path, content: bytes) -> None:
-    """Raise DataError unless the file declares ``baseline_schema_version`` 1, the version this module reads."""
+class _JsonObject(dict):
+    """A JSON object as ``json.loads`` builds it, with the first key that the text gives twice."""
+
+    repeated_key: str | None = None
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
+    """Build a JSON object and note its first repeated key, whose earlier value a plain dict drops silently."""
+    content = _JsonObject(pairs)
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            content.repeated_key = key
+            break
+        seen.add(key)
+    return content
+
+
+def _child_location(location: str, key: object) -> str:
+    return f"{location}.{key}" if location else str(key)
+
+
+def _repeated_key_location(value: object, location: str = "") -> str | None:
+    """Return the key path of the first key given twice in a JSON object inside ``value``, or None."""
+    children: list[tuple[str, object]] = []
+    if isinstance(value, _JsonObject):
+        if value.repeated_key is not None:
+            return _child_location(location, value.repeated_key)
+        children = [(_child_location(location, key), item) for key, item in value.items()]
+    elif isinstance(value, list):
+        children = [(_child_location(location, index), item) for index, item in enumerate(value)]
+    for child_location, item in children:
+        found = _repeated_key_location(item, child_location)
+        if found is not None:
+            return found
+    return None
+
+
+def _parse_json(content: bytes) -> object | None:
+    """Parse a baseline file's JSON and note repeated keys. Return None when the content is not JSON."""
     try:
-        data = json.loads(content)
+        return json.loads(content, object_pairs_hook=_json_object)
     except ValueError:
         # Invalid JSON is left to the schema validation, which reports where it breaks.
-        return
+        return None
+
+
+def _check_baseline_version(path: Path, data: object) -> None:
+    """Raise DataError unless the file declares ``baseline_schema_version`` 1, the version this module reads."""
     if not isinstance(data, dict):
         return
     if "baseline_schema_version" not in data:
@@ -166,9 +219,39 @@ def _check_baseline_version(path: Path, content: bytes) -> None:
         )
 
 
+def _baseline_problem(baseline: Baseline) -> str | None:
+    """Return why ``baseline`` cannot be the output of ``write_baseline``, or None when it can.
+
+    Applies ``_entry_problem`` to each entry, and checks that no two entries share a row key and
+    that the host load is recorded in full or not at all.
+    """
+    first_index: dict[tuple[str, str, str | None, str | None], int] = {}
+    for index, entry in enumerate(baseline.entries):
+        label = _key_description(entry.key)
+        problem = _entry_problem(f"entries.{index}", entry.figures, entry.samples, entry.methods)
+        if problem is not None:
+            return f"row {label} {problem}"
+        if entry.key in first_index:
+            return (f"entries.{first_index[entry.key]} and entries.{index} both have the key {label}, but a baseline "
+                    "stores one entry per pipeline, variant, link and edge device")
+        first_index[entry.key] = index
+
+    load, cpus = baseline.max_load_average_1min_while_timing, baseline.cpu_logical_cores
+    if (load is None) != (cpus is None):
+        recorded, absent = (("cpu_logical_cores", "max_load_average_1min_while_timing") if load is None
+                            else ("max_load_average_1min_while_timing", "cpu_logical_cores"))
+        value = cpus if load is None else load
+        return (f"{recorded} = {value:g} is recorded without {absent}, but a baseline records the host load with both "
+                "fields or with neither")
+    return None
+
+
 def load_baseline(baseline_file: Path) -> Baseline:
     """Read a baseline file, raising DataError that names the file when it is missing, unreadable,
     malformed, of another schema version, or empty.
+
+    A value of the wrong JSON type (``true`` or ``"0.99"`` for a figure), a key given twice and
+    a value that ``_baseline_problem`` rejects raise DataError too.
     """
     path = Path(baseline_file)
     if not path.is_file():
@@ -177,13 +260,21 @@ def load_baseline(baseline_file: Path) -> Baseline:
         content = path.read_bytes()
     except OSError as error:
         raise DataError(f"baseline file {path} could not be read ({error}); check its permissions") from error
-    _check_baseline_version(path, content)
+    data = _parse_json(content)
+    _check_baseline_version(path, data)
+    repeated = _repeated_key_location(data)
+    if repeated is not None:
+        raise DataError(f"baseline file {path} gives the key '{repeated}' twice, so one of its values would be "
+                        f"ignored; {_rerecord_hint(path)}")
+
     try:
-        baseline = Baseline.model_validate_json(content)
+        # Strict, as the results loader is, because a figure written as true or "0.99" is an edited file.
+        baseline = Baseline.model_validate_json(content, strict=True)
     except ValidationError as error:
-        raise DataError(
-            f"baseline file {path} is malformed: {_first_error(error)}; rewrite it from a good run"
-        ) from error
+        raise DataError(f"baseline file {path} is malformed: {_first_error(error)}; {_rerecord_hint(path)}") from error
+    problem = _baseline_problem(baseline)
+    if problem is not None:
+        raise DataError(f"baseline file {path} is invalid: {problem}; {_rerecord_hint(path)}")
     if not baseline.entries:
         raise DataError(f"baseline file {path} has no entries, so it gates nothing; {_rerecord_hint(path)}")
     return baseline
@@ -211,7 +302,8 @@ def baseline_evaluation_set(baseline: Baseline) -> EvaluationSetKey:
 
 
 def baseline_host_load(baseline: Baseline) -> HostLoad | None:
+    """Return the baseline run's host load, or None for baselines written before it was recorded."""
     load, cpus = baseline.max_load_average_1min_while_timing, baseline.cpu_logical_cores
-    if load is None or cpus is None or cpus < 1:
+    if load is None or cpus is None:
         return None
     return HostLoad(load, cpus)

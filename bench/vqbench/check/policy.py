@@ -1,8 +1,8 @@
 """Gate policy: the reference variant, the gated figures with their limits, and the defaults.
 
 ``NOISY_METRICS`` lists the metrics that a noisy gate may name and where the samples of each
-come from. ``load_policy`` reads a YAML policy file, and a field that the file leaves out keeps
-its default.
+come from. ``load_policy`` reads a YAML policy file with the scenario files' loader and number
+rules, and a field that the file leaves out keeps its default.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from vqbench.errors import DataError
-from vqbench.scenario import describe_yaml_error
 from vqbench.results import ResultRow
+from vqbench.scenario import _TYPE_FIXES, UniqueKeyLoader, WholeNumber, _Strict, describe_yaml_error
 
 
 #: Noisy metric -> (where its samples come from, the sample source, the row's scalar fallback).
@@ -58,23 +58,19 @@ NUMERIC_COLUMNS: tuple[str, ...] = tuple(
 FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
-class ReferenceSpec(BaseModel):
+class ReferenceSpec(_Strict):
     """The pipeline variant that noisy figures are divided by."""
-
-    model_config = ConfigDict(extra="forbid")
 
     pipeline: str = "cloud-raw"
     variant: str = "original"
 
 
-class DeterministicGate(BaseModel):
+class DeterministicGate(_Strict):
     """A machine-independent figure compared directly with the baseline.
 
     The allowed change in the worse direction is the larger of ``relative_tolerance`` times the
     baseline value and ``absolute_tolerance``.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     metric: str
     direction: Literal["smaller_is_better", "larger_is_better"] = "smaller_is_better"
@@ -105,7 +101,7 @@ def metric_unit(metric: str) -> Literal["J", "ms"]:
     return "ms" if metric.endswith("_ms") else "J"
 
 
-class NoisyGate(BaseModel):
+class NoisyGate(_Strict):
     """A machine-dependent figure gated as a ratio to the reference's ``reference_metric``.
 
     A ratio change past ``max_ratio_growth`` still passes when, applied to the baseline's own
@@ -113,8 +109,6 @@ class NoisyGate(BaseModel):
     ``min_change_j`` for energy metrics, ``min_change_ms`` for latency metrics. Left out, the
     floor is ``DEFAULT_MIN_CHANGE_J`` or ``DEFAULT_MIN_CHANGE_MS``; 0 turns it off.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     metric: str
     reference_metric: str
@@ -179,15 +173,13 @@ def _default_noisy() -> list[NoisyGate]:
     ]
 
 
-class CheckPolicy(BaseModel):
+class CheckPolicy(_Strict):
     """Gate policy: the reference, the test level and the gated figures. Every field has a default."""
-
-    model_config = ConfigDict(extra="forbid")
 
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
     p_value_threshold: FiniteNumber = Field(default=0.05, gt=0.0, lt=1.0)
     #: Per-sample latencies are thinned to this many evenly spaced quantiles before the test.
-    max_samples: int = Field(default=256, ge=2, strict=True)
+    max_samples: WholeNumber = Field(default=256, ge=2)
     deterministic: list[DeterministicGate] = Field(default_factory=_default_deterministic)
     noisy: list[NoisyGate] = Field(default_factory=_default_noisy)
     #: What noisy gates do when either run was timed with a load average above its CPU count:
@@ -223,12 +215,17 @@ def _repeated(names: list[str]) -> list[str]:
 
 
 def load_policy(policy_file: Path | None) -> CheckPolicy:
-    """Read a YAML policy, or return the built-in default when ``policy_file`` is None."""
+    """Read a YAML policy, or return the built-in default when ``policy_file`` is None.
+
+    The file is read as scenario files are: YAML 1.2 plain scalars (``1e-2`` is a number, ``off``
+    is text), a key given twice is an error, and numbers are strict (``true`` and ``"2"`` are
+    rejected, ``2.0`` is a whole number). An empty file gives the defaults.
+    """
     if policy_file is None:
         return CheckPolicy()
     path = Path(policy_file)
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        content = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except OSError as error:
         raise DataError(f"policy file {path} could not be read ({error}); check the path") from error
     except UnicodeDecodeError as error:
@@ -237,14 +234,55 @@ def load_policy(policy_file: Path | None) -> CheckPolicy:
             "cannot be decoded; save the file as UTF-8"
         ) from error
     except yaml.YAMLError as error:
-        raise DataError(f"policy file {path} is not valid YAML ({describe_yaml_error(error)}); fix its syntax") from error
+        raise DataError(f"policy file {path} is not valid YAML: {describe_yaml_error(error)}; fix its syntax") from error
+
+    if content is None:
+        return CheckPolicy()
+    if not isinstance(content, dict):
+        raise DataError(
+            f"policy file {path} contains a YAML {_yaml_kind(content)}, but a policy is a mapping of policy keys to "
+            f"values ({', '.join(CheckPolicy.model_fields)}); write one 'key: value' line per setting"
+        )
     try:
         return CheckPolicy.model_validate(content)
     except ValidationError as error:
-        raise DataError(f"policy file {path} is invalid: {_first_error(error)}; fix that key") from error
+        raise DataError(f"policy file {path} is invalid: {_first_error(error)}{_policy_fix(error)}") from error
+
+
+#: Fixes of the policy problems that the scenario module's type fixes do not cover.
+_POLICY_FIXES = {
+    "extra_forbidden": "remove that key or correct its spelling",
+    "missing": "add that key",
+}
+
+
+def _policy_fix(error: ValidationError) -> str:
+    """Return "; " and the fix of the first problem, or "" when the validators of this module put it in the message."""
+    problem_type = error.errors()[0]["type"]
+    if problem_type == "value_error":
+        return ""
+    return "; " + _TYPE_FIXES.get(problem_type, _POLICY_FIXES.get(problem_type, "correct that value"))
+
+
+def _yaml_kind(value: object) -> str:
+    """Name the YAML node kind of a value that is not a mapping: list, or scalar with the value."""
+    if isinstance(value, list):
+        return "list"
+    return f"scalar ({value!r})"
 
 
 def _first_error(error: ValidationError) -> str:
+    """Describe the first problem of ``error`` as ``message at 'key.path' (got value)``.
+
+    The value is left out for a missing key, for a mapping or list (too long for one line), and
+    where a validator of this package already put it in the message.
+    """
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    return f"{first['msg']} at '{location}'"
+    text = f"{first['msg']} at '{location}'"
+    value = first.get("input")
+    in_message = first["type"] == "value_error" and repr(value) in first["msg"]
+    omit_value = first["type"] == "missing" or isinstance(value, (dict, list)) or in_message
+    if not omit_value:
+        text += f" (got {value!r})"
+    return text

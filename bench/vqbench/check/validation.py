@@ -1,22 +1,37 @@
 """Input checks that raise DataError.
 
 A gated figure or sample must be a possible measurement (``figure_problem``), and a baseline
-entry must keep the samples behind each noisy figure it records. A run and a baseline must have
-scored the same face pairs (``EvaluationSetKey``) with the same settings (``CHECKED_SETTINGS``).
+entry must keep the samples behind each noisy figure it records. Every figure, sample and
+method name of a baseline entry must be one that ``write_baseline`` writes (``_entry_problem``).
+A run and a baseline must have scored the same face pairs (``EvaluationSetKey``) with the same
+settings (``CHECKED_SETTINGS``).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vqbench.check.policy import MODELED_EDGE_ENERGY_METRIC, NOISY_METRICS, CheckPolicy
+from vqbench.check.policy import (
+    _ENERGY_METHOD_FIELDS,
+    MODELED_EDGE_ENERGY_METRIC,
+    NOISY_METRICS,
+    NUMERIC_COLUMNS,
+    CheckPolicy,
+)
 from vqbench.check.rows import _key_description, _numeric_figures, _row_key
 from vqbench.errors import DataError
-from vqbench.results import FRACTION_METRICS, MAY_BE_NEGATIVE, RunResults, figure_problem  # noqa: F401  (re-exported)
+from vqbench.results import (  # noqa: F401  (FRACTION_METRICS and MAY_BE_NEGATIVE are re-exported)
+    FRACTION_METRICS,
+    MAY_BE_NEGATIVE,
+    RESULT_COLUMNS,
+    RunResults,
+    figure_problem,
+)
 
 
 def _sample_problem(values: list[float]) -> float | None:
@@ -43,7 +58,7 @@ def _validate_entry(source: str, label: str, figures: Mapping[str, float | None]
     for metric in sorted(noisy):
         bad = _sample_problem(samples.get(metric, []))
         if bad is not None:
-            raise DataError(f"{source}: row {label} has a {metric} sample of {bad:g}, but a time or energy per "
+            raise DataError(f"{source}: row {label} has the {metric} sample {bad:g}, but a time or energy per "
                             f"inference cannot be NaN, infinite or negative; {fix}")
 
 
@@ -70,6 +85,48 @@ def _validate_entry_samples(source: str, label: str, figures: Mapping[str, float
     if empty:
         raise DataError(f"{source}: row {label} records figures but no samples for {', '.join(empty)}, and the "
                         f"noisy gates need those samples; {fix}")
+
+
+def _entry_problem(location: str, figures: Mapping[str, float | None], samples: Mapping[str, list[float]],
+                   methods: Mapping[str, str | None]) -> str | None:
+    """Return the first figure, sample or method of a baseline entry that a run cannot have written, or None.
+
+    ``location`` is the entry's key path, such as ``entries.3``. The returned text follows
+    "row X " in the caller's message and names the key path and the value. Figures follow the rules of results files
+    (``figure_problem``) whether or not a gate reads them. A results column that is not numeric
+    appears only as null, because ``write_baseline`` records such a column only when the row
+    lacks it.
+    """
+    for name, value in figures.items():
+        path = f"{location}.figures.{name}"
+        if name not in RESULT_COLUMNS:
+            close = difflib.get_close_matches(name, NUMERIC_COLUMNS, n=1)
+            closest = f" (the closest is {close[0]!r})" if close else ""
+            return (f"has the figure {name!r} at '{path}', but results.csv has no column of that name{closest}, "
+                    "and a baseline records only results columns")
+        if value is None:
+            continue
+        if name not in NUMERIC_COLUMNS:
+            return (f"has {name} = {value:g} at '{path}', but {name} is not a numeric column of results.csv, so a "
+                    "baseline records it only as null")
+        problem = figure_problem(name, value)
+        if problem is not None:
+            return f"has {name} = {value:g} at '{path}', but {problem}"
+
+    for metric, values in samples.items():
+        if metric not in NOISY_METRICS:
+            return (f"has samples of {metric!r} at '{location}.samples.{metric}', but samples are recorded only for "
+                    f"the noisy metrics {', '.join(NOISY_METRICS)}")
+        for index, value in enumerate(values):
+            if not math.isfinite(value) or value < 0:
+                return (f"has the {metric} sample {value:g} at '{location}.samples.{metric}.{index}', but a time "
+                        "or energy per inference cannot be NaN, infinite or negative")
+
+    for metric in methods:
+        if metric not in _ENERGY_METHOD_FIELDS:
+            return (f"has an energy method for {metric!r} at '{location}.methods.{metric}', but methods are "
+                    f"recorded only for {', '.join(_ENERGY_METHOD_FIELDS)}")
+    return None
 
 
 def _validate_run(results_dir: Path, results: RunResults, samples: Mapping[tuple, dict[str, list[float]]],
