@@ -5,8 +5,9 @@ with the other side empty, so nothing disappears from the comparison silently.
 Each energy figure carries the method that produced it on each side (``method_a``,
 ``method_b``), and a figure whose method changed is printed even when its value did not.
 ``comparison_notes`` heads the output: it warns when the two runs scored different face pairs
-(their accuracy figures then measure different things), when a run is incomplete, and when
-energy methods changed between the runs.
+(their accuracy figures then measure different things), when a run is incomplete or its
+results.json contradicts itself, when a run has no rows, when rows exist in one run only, and
+when energy methods changed between the runs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vqbench.check.validation import run_evaluation_set
 from vqbench.report.findings import is_unmeasured
 from vqbench.report.loader import incomplete_cause, load_results, run_completeness
 from vqbench.results import RESULT_COLUMNS, ResultRow, RunResults
+from vqbench.text import plural
 
 KEY_COLUMNS = ("pipeline", "variant", "link", "edge_device")
 COMPARISON_COLUMNS = (
@@ -207,6 +209,8 @@ def incomplete_run_notes(run_a: Path, run_b: Path) -> list[str]:
         results = load_results(run_dir)
         complete, missing = run_completeness(results)
         if complete:
+            if missing:
+                notes.append(_contradicting_completeness_note(side, run_dir, missing))
             continue
         label = f"{side} ({run_dir.name}) is an incomplete run ({incomplete_cause(results)})"
         if missing:
@@ -216,6 +220,98 @@ def incomplete_run_notes(run_a: Path, run_b: Path) -> list[str]:
         else:
             notes.append(f"{label} and does not list the variants it lacks.")
     return notes
+
+
+def _contradicting_completeness_note(side: str, run_dir: Path, missing: Sequence[str]) -> str:
+    """Describe a results.json marked complete that still lists variants in ``variants_missing``."""
+    noun = "the variant" if len(missing) == 1 else "the variants"
+    listed = ", ".join(missing)
+    return (f"{side} ({run_dir.name}) is marked complete, but its results.json also lists {noun} {listed} in "
+            f"variants_missing. The file contradicts itself, so check whether that run finished before comparing "
+            f"its figures for {listed}.")
+
+
+def empty_run_notes(run_a: Path, run_b: Path) -> list[str]:
+    """Return one note per run that has no rows although its results.json marks it complete.
+
+    An incomplete run without rows is left to ``incomplete_run_notes``.
+    """
+    notes = []
+    for side, run_dir in (("A", Path(run_a)), ("B", Path(run_b))):
+        results = load_results(run_dir)
+        complete, _ = run_completeness(results)
+        if complete and not results.rows:
+            notes.append(f"{side} ({run_dir.name}) has no rows although its results.json marks it complete, "
+                         "so every figure shows as – on its side.")
+    return notes
+
+
+#: Maximum number of rows or variants that the note on one-sided rows names. The rest are only counted.
+MAX_NAMED_ROWS = 10
+
+RowKey = tuple[str, str, str, str]
+
+
+def _row_keys(results: RunResults) -> list[RowKey]:
+    """Return the (pipeline, variant, link, edge_device) of each row, with "" for a missing link or device."""
+    return [(row.pipeline, row.variant, row.link or "", row.edge_device or "") for row in results.rows]
+
+
+def _key_name(key: RowKey) -> str:
+    """Name a row as the table does: ``pipeline/variant [link, device]``."""
+    pipeline, variant, link, device = key
+    extras = [part for part in (link, device) if part]
+    return f"{pipeline}/{variant}" + (f" [{', '.join(extras)}]" if extras else "")
+
+
+def _one_sided_names(only_here: list[RowKey], all_here: list[RowKey]) -> list[str]:
+    """Name the rows of ``only_here``: a variant whose rows are all in ``only_here`` once, with its row count."""
+    names = []
+    by_variant: dict[str, list[RowKey]] = {}
+    for key in only_here:
+        by_variant.setdefault(f"{key[0]}/{key[1]}", []).append(key)
+    for variant, keys in by_variant.items():
+        rows_of_variant = sum(1 for key in all_here if f"{key[0]}/{key[1]}" == variant)
+        if len(keys) == rows_of_variant:
+            names.append(f"{variant} ({plural(len(keys), 'row')})")
+        else:
+            names.extend(_key_name(key) for key in keys)
+    if len(names) > MAX_NAMED_ROWS:
+        names = [*names[:MAX_NAMED_ROWS], f"and {len(names) - MAX_NAMED_ROWS} more"]
+    return names
+
+
+def one_sided_rows_note(run_a: Path, run_b: Path) -> str | None:
+    """Return a note that counts and names the rows found in one run only, else None.
+
+    Rows are matched on (pipeline, variant, link, edge_device), as in ``compare_runs``. Rows that
+    another note already explains are left out: all rows when the other run has none, and the
+    rows of variants that the other run lists in ``variants_missing``.
+    """
+    run_a, run_b = Path(run_a), Path(run_b)
+    results_a, results_b = load_results(run_a), load_results(run_b)
+    keys_a, keys_b = _row_keys(results_a), _row_keys(results_b)
+
+    def unexplained(keys: list[RowKey], other_keys: list[RowKey], other: RunResults) -> list[RowKey]:
+        if not other_keys:
+            return []
+        other_set = set(other_keys)
+        _, other_missing = run_completeness(other)
+        return [key for key in keys if key not in other_set and f"{key[0]}/{key[1]}" not in other_missing]
+
+    only_a, only_b = unexplained(keys_a, keys_b, results_b), unexplained(keys_b, keys_a, results_a)
+    if not only_a and not only_b:
+        return None
+    counts = []
+    lists = []
+    if only_a:
+        counts.append(f"{plural(len(only_a), 'row')} {'is' if len(only_a) == 1 else 'are'} only in A ({run_a.name})")
+        lists.append(f"Only in A: {', '.join(_one_sided_names(only_a, keys_a))}.")
+    if only_b:
+        counts.append(f"{plural(len(only_b), 'row')} {'is' if len(only_b) == 1 else 'are'} only in B ({run_b.name})")
+        lists.append(f"Only in B: {', '.join(_one_sided_names(only_b, keys_b))}.")
+    return (f"{' and '.join(counts)}, so their figures show as – on the other side. A renamed variant, link "
+            f"or device shows up this way. {' '.join(lists)}")
 
 
 #: Entries of results.json ``assumptions`` that describe the evaluation set beyond its pairs and
@@ -292,9 +388,13 @@ def deployment_note(run_a: Path, run_b: Path) -> str | None:
 
 
 def comparison_notes(run_a: Path, run_b: Path, comparison: pd.DataFrame) -> list[str]:
-    """Collect the notes that head a comparison: evaluation sets, deployment settings, incomplete runs, changed energy methods."""
+    """Collect the notes that head a comparison.
+
+    They cover, in this order: evaluation sets, deployment settings, incomplete or
+    self-contradicting runs, runs without rows, rows in one run only and changed energy methods.
+    """
     notes = [evaluation_set_note(run_a, run_b), deployment_note(run_a, run_b), *incomplete_run_notes(run_a, run_b),
-             method_change_note(comparison)]
+             *empty_run_notes(run_a, run_b), one_sided_rows_note(run_a, run_b), method_change_note(comparison)]
     return [note for note in notes if note is not None]
 
 
