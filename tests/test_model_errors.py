@@ -42,7 +42,7 @@ def test_card_without_files_rejected(model_copy: Path) -> None:
     card = json.loads((model_copy / "card.json").read_text())
     del card["files"]
     write_card(model_copy, card)
-    with pytest.raises(ModelError, match="missing or invalid field"):
+    with pytest.raises(ModelError, match="is missing the field 'files'"):
         load_vq_card(model_copy)
 
 

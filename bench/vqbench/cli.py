@@ -379,7 +379,7 @@ def models_verify(
 ) -> None:
     """Check model folders against their cards as a run does, then the teacher port against dlib."""
     from vqbench.models.verify import compare_port_with_dlib
-    from vqbench.models.vq_card import check_index_graphs, default_models_dir, load_vq_card, model_folders
+    from vqbench.models.vq_card import default_models_dir, model_folders, verify_model_folder
     from vqbench.scenario import default_data_dir
 
     if model_dirs:
@@ -387,13 +387,29 @@ def models_verify(
     else:
         models_dir = default_models_dir()
         folders, where = model_folders(models_dir), f"under {models_dir}"
-    # The checks the runner applies: SHA-256 of each file, people list, payload block and the
-    # graphs that read the payload.
+    # The checks the runner applies (SHA-256 of each file, model id, people list, payload block and
+    # the graphs that read the payload), plus each file's size. Every folder is checked and every
+    # problem printed before the exit.
     checked = 0
+    failed = 0
     for folder in folders:
-        card = load_vq_card(folder)
-        check_index_graphs(card)
-        checked += len(card.data["files"])
+        files, problems = verify_model_folder(folder)
+        checked += files
+        if not problems:
+            continue
+        failed += 1
+        console.print(f"[bold red]{escape(str(folder))}[/] does not match its card:", highlight=False, soft_wrap=True)
+        for problem in problems:
+            console.print(f"  {escape(problem)}", highlight=False, soft_wrap=True)
+    if failed:
+        verb = "does" if failed == 1 else "do"
+        console.print(
+            f"[bold red]error:[/] {failed} of {plural(len(folders), 'model folder')} {escape(where)} {verb} not match "
+            "their cards (problems listed above), so the teacher port was not checked; restore those folders from "
+            "the repository or retrain them",
+            highlight=False, soft_wrap=True,
+        )
+        raise typer.Exit(code=2)
     output.print(
         f"{plural(checked, 'file')} of {plural(len(folders), 'model folder')} {where} match their cards", highlight=False
     )

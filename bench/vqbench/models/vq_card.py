@@ -6,6 +6,9 @@ and the people trained on, listed one name per line in ``training_people.txt``, 
 is also in the card. ``load_vq_card`` verifies all of it, and checks the card's ``payload``
 block against its ``architecture`` block and the people file against ``training``, so a model
 folder whose files or card were changed or swapped is rejected instead of silently measured.
+A folder directly in a models folder must be named after its card's ``model_id``.
+``verify_model_folder`` runs the same checks, plus each file's byte count and the graphs that
+read the payload, and lists every problem instead of raising at the first.
 ``check_index_graphs`` checks the graphs that read the payload against the payload block.
 ``allowed_folds`` names the folds a model may be scored on.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from vqbench.data.pairs import Pair, people_in_folds
 from vqbench.errors import ModelError
+from vqbench.models.card_fields import file_field, json_type_name, require_field
 from vqbench.models.cards import CARD_FILE, MODELS_DIR
 from vqbench.pipelines.payload import bits_for
 
@@ -107,8 +111,60 @@ class VQModelCard:
 
 
 def load_vq_card(folder: Path) -> VQModelCard:
-    """Read ``card.json`` in ``folder`` and verify every file's SHA-256 and the people list."""
+    """Read ``card.json`` in ``folder`` and verify every file's SHA-256, the model id and the people list.
+
+    The files' byte counts are not compared here, because a matching SHA-256 already proves the
+    file. ``verify_model_folder`` compares them too, to catch a card whose ``bytes`` is wrong.
+    """
     card_path = folder / CARD_FILE
+    data = _read_card_data(card_path)
+    problems = _file_problems(folder, card_path, require_field(data, card_path, "files", kind=dict), check_sizes=False)
+    if problems:
+        more = f" (and {len(problems) - 1} more; `vqbench models verify {folder}` lists them all)" if len(problems) > 1 else ""
+        raise ModelError(problems[0] + more)
+    card = _card_from_data(folder, card_path, data)
+    name_problem = _folder_name_problem(folder, card_path, card.model_id)
+    if name_problem is not None:
+        raise ModelError(name_problem)
+    return card
+
+
+def verify_model_folder(folder: Path) -> tuple[int, list[str]]:
+    """Check a model folder as ``vqbench models verify`` does, and return the number of files checked and every problem.
+
+    Unlike ``load_vq_card``, which raises at the first problem, this collects one message per
+    problem: per file a missing file, a wrong size or a wrong SHA-256, then the folder name, the
+    rest of the card and each graph that reads the payload. An empty list means the folder matches
+    its card.
+    """
+    card_path = folder / CARD_FILE
+    try:
+        data = _read_card_data(card_path)
+        files = require_field(data, card_path, "files", kind=dict)
+    except ModelError as error:
+        return 0, [str(error)]
+    problems = _file_problems(folder, card_path, files, check_sizes=True)
+    try:
+        card = _card_from_data(folder, card_path, data)
+    except ModelError as error:
+        return len(files), [*problems, str(error)]
+    name_problem = _folder_name_problem(folder, card_path, card.model_id)
+    if name_problem is not None:
+        problems.append(name_problem)
+    for role in INDEX_GRAPH_ROLES:
+        name = card.data["onnx"].get(role)
+        # A missing graph is already reported by the file checks.
+        if name is None or not (folder / name).is_file():
+            continue
+        try:
+            check_index_graphs(card, (role,))
+        except ModelError as error:
+            problems.append(str(error))
+    return len(files), problems
+
+
+def _read_card_data(card_path: Path) -> dict:
+    """Read a card's JSON object and check its ``card_format``."""
     if not card_path.is_file():
         raise ModelError(
             f"model card not found: {card_path}; pass a model folder such as models/vq-g14-k256-aug, "
@@ -122,46 +178,106 @@ def load_vq_card(folder: Path) -> VQModelCard:
         raise ModelError(f"model card {card_path} must contain a JSON object, found {type(data).__name__}; restore it from the repository")
     if data.get("card_format") != CARD_FORMAT:
         raise ModelError(f"model card {card_path} has card_format {data.get('card_format')!r}, expected {CARD_FORMAT}; retrain or update vqbench")
-    try:
-        return _card_from_data(folder, card_path, data)
-    except (KeyError, TypeError, AttributeError, ValueError) as error:
-        raise ModelError(f"model card {card_path} has a missing or invalid field ({error!r}); restore it from the repository or retrain") from error
+    return data
+
+
+def _file_problems(folder: Path, card_path: Path, files: dict, check_sizes: bool) -> list[str]:
+    """Check every file the card lists, returning one message per problem (none when all match).
+
+    Each file must be a plain name in ``folder``, exist and have the card's SHA-256, and with
+    ``check_sizes`` also the card's ``bytes``.
+    """
+    problems = []
+    for name, entry in files.items():
+        if Path(name).name != name or name in ("", ".", ".."):
+            problems.append(f"model card {card_path} lists the file {name!r}, which is not a plain file name of the model folder; restore the card")
+            continue
+        path = folder / name
+        try:
+            if not isinstance(entry, dict):
+                raise ModelError(
+                    f"model card {card_path} has files[{name!r}] as {json_type_name(entry)}, expected an object with "
+                    "'sha256' and 'bytes'; restore the card from the repository or retrain"
+                )
+            expected_sha256 = file_field(entry, card_path, name, "sha256", str)
+            expected_bytes = file_field(entry, card_path, name, "bytes", int) if check_sizes else None
+        except ModelError as error:
+            problems.append(str(error))
+            continue
+        if not path.is_file():
+            problems.append(f"model file {path} listed in {card_path} is missing; restore the model folder")
+            continue
+        size = path.stat().st_size
+        if expected_bytes is not None and size != expected_bytes:
+            problems.append(
+                f"model file {path} is {size} bytes, but {card_path} lists {expected_bytes} bytes; restore the file "
+                "or the card from the repository, or retrain"
+            )
+        found = sha256_of(path)
+        if found != expected_sha256:
+            problems.append(f"model file {path} has SHA-256 {found[:12]}..., expected {expected_sha256[:12]}... from the card; restore it or retrain")
+    return problems
+
+
+def _folder_name_problem(folder: Path, card_path: Path, model_id: str) -> str | None:
+    """Describe a folder in a models folder whose name is not its card's ``model_id``, else return None.
+
+    A scenario names a model by id and the model is looked up as ``<models folder>/<id>``, while
+    result rows are labelled with the card's ``model_id``. In a models folder the two must agree,
+    or rows would carry another model's id. A folder elsewhere, such as a training
+    ``output_dir`` or a renamed copy, may have any name.
+    """
+    if folder.name == model_id:
+        return None
+    models_dirs = {MODELS_DIR.resolve(), default_models_dir().resolve()}
+    if folder.resolve().parent not in models_dirs:
+        return None
+    return (
+        f"model folder {folder} is named {folder.name!r}, but its card {card_path} has model_id {model_id!r}; "
+        f"a model in the models folder is looked up by its folder name, so rename the folder to {model_id!r} "
+        "or restore the card from the repository"
+    )
 
 
 def _card_from_data(folder: Path, card_path: Path, data: dict) -> VQModelCard:
-    """Check the model id, the file names and every listed file's SHA-256, then build the card."""
-    model_id = data["model_id"]
+    """Check the model id, kind, training people and payload block, then build the card.
+
+    The listed files are checked by ``_file_problems`` beforehand. A field of the wrong type that
+    the named checks miss raises ModelError here too, instead of a traceback.
+    """
+    try:
+        return _build_card(folder, card_path, data)
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ModelError(
+            f"model card {card_path} has a field of the wrong type or value ({error}); restore the card from the "
+            "repository or retrain"
+        ) from error
+
+
+def _build_card(folder: Path, card_path: Path, data: dict) -> VQModelCard:
+    model_id = require_field(data, card_path, "model_id")
     if not isinstance(model_id, str) or not re.fullmatch(MODEL_ID_PATTERN, model_id):
         raise ModelError(
             f"model card {card_path} has model_id {model_id!r}, which is not a plain name of lower-case letters, "
             "digits, '.', '_' and '-'; restore the card from the repository"
         )
-    for name, entry in data["files"].items():
-        if Path(name).name != name or name in ("", ".", ".."):
-            raise ModelError(f"model card {card_path} lists the file {name!r}, which is not a plain file name of the model folder; restore the card")
-        expected = entry["sha256"]
-        path = folder / name
-        if not path.is_file():
-            raise ModelError(f"model file {path} listed in {card_path} is missing; restore the model folder")
-        found = sha256_of(path)
-        if found != expected:
-            raise ModelError(f"model file {path} has SHA-256 {found[:12]}..., expected {expected[:12]}... from the card; restore it or retrain")
-
-    kind = data["kind"]
+    kind = require_field(data, card_path, "kind")
     if kind not in MODEL_KINDS:
         raise ModelError(f"model card {card_path} has kind {kind!r}, expected one of {list(MODEL_KINDS)}; restore the card from the repository or retrain")
-    training = data["training"]
+    training = require_field(data, card_path, "training", kind=dict)
+    train_folds = require_field(data, card_path, "training.train_folds", kind=list)
     people = _read_training_people(folder, card_path, training)
-    payload = data["payload"]
+    payload = require_field(data, card_path, "payload", kind=dict)
+    require_field(data, card_path, "onnx", kind=dict)
     if kind == "vq":
-        _check_payload_matches_architecture(card_path, payload, data["architecture"]["vq"])
+        _check_payload_matches_architecture(card_path, data)
     return VQModelCard(
         model_id=model_id,
         kind=kind,
         folder=folder,
         grid=tuple(int(side) for side in payload.get("grid", (0, 0))),  # type: ignore[arg-type]
         codebook_size=int(payload.get("codebook_size", 0)),
-        train_folds=tuple(training["train_folds"]),
+        train_folds=tuple(int(fold) for fold in train_folds),
         training_people=people,
         data=data,
     )
@@ -205,17 +321,19 @@ def _people_sha256(people: Iterable[str]) -> str:
     return hashlib.sha256("".join(f"{name}\n" for name in sorted(people)).encode()).hexdigest()
 
 
-def _check_payload_matches_architecture(card_path: Path, payload: dict, vq: dict) -> None:
+def _check_payload_matches_architecture(card_path: Path, data: dict) -> None:
     """Reject a card whose ``payload`` block disagrees with the ``architecture.vq`` the graphs were built from.
 
     The payload format, and so the bytes a run reports, follows ``payload``, while the ONNX graphs
     follow the architecture.
     """
-    codebook_size = int(vq["codebook_size"])
+    payload = require_field(data, card_path, "payload", kind=dict)
+    codebook_size = int(require_field(data, card_path, "architecture.vq.codebook_size"))
+    grid = int(require_field(data, card_path, "architecture.vq.grid"))
     expected = {
         "codebook_size": codebook_size,
         "bits_per_index": bits_for(codebook_size),
-        "grid": [int(vq["grid"]), int(vq["grid"])],
+        "grid": [grid, grid],
     }
     for key, value in expected.items():
         found = payload.get(key)
