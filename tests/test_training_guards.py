@@ -198,6 +198,17 @@ def test_output_dir_file_fails_early(tmp_path: Path) -> None:
     assert not (tmp_path / "cache" / "training").exists()
 
 
+def test_output_dir_named_other_model_fails_early(tmp_path: Path, monkeypatch) -> None:
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    monkeypatch.setenv("VQBENCH_MODELS_DIR", str(models_dir))
+    raw = tiny_config(tmp_path)
+    raw["output_dir"] = str(models_dir / "other-name")
+    with pytest.raises(ScenarioError, match=r"under the name 'other-name', but the model_id is 'guard'"):
+        train_command(write_config(tmp_path, raw))
+    assert not (tmp_path / "cache" / "training").exists()
+
+
 def test_output_dir_below_file_fails_early(tmp_path: Path) -> None:
     raw = tiny_config(tmp_path)
     (tmp_path / "afile").write_text("not a folder")

@@ -170,11 +170,21 @@ def _exclusive(lock_path: Path, busy: str, alternative: str) -> Iterator[None]:
 
 def _output_dir(config: "TrainConfig", base: Path) -> Path:
     """Return the model folder to write (see ``train_command``)."""
+    from vqbench.errors import ScenarioError
+    from vqbench.models.cards import MODELS_DIR
     from vqbench.models.vq_card import default_models_dir
     from vqbench.scenario import expand_path
 
     if config.output_dir:
-        return expand_path(config.output_dir, base)
+        output_dir = expand_path(config.output_dir, base)
+        models_dirs = {MODELS_DIR.resolve(), default_models_dir().resolve()}
+        if output_dir.resolve().parent in models_dirs and output_dir.name != config.model_id:
+            # Runs look a model up by its folder name, so the card would be rejected when loaded.
+            raise ScenarioError(
+                f"output_dir {output_dir} is in the models folder under the name {output_dir.name!r}, but the model_id "
+                f"is {config.model_id!r}; set output_dir to {output_dir.parent / config.model_id}, or leave it out"
+            )
+        return output_dir
     if base.name == config.model_id:
         return base
     return default_models_dir() / config.model_id
