@@ -97,6 +97,16 @@ def test_byte_order_mark_named(tmp_path):
         load_results(run_dir)
 
 
+def test_repeated_key_named(tmp_path):
+    run_dir = _write_run(tmp_path)
+    results_file = run_dir / "results.json"
+    text = results_file.read_text(encoding="utf-8")
+    results_file.write_text(text.replace('"lfw_accuracy_mean": ', '"lfw_accuracy_mean": 0.5, "lfw_accuracy_mean": ', 1),
+                            encoding="utf-8")
+    with pytest.raises(DataError, match=r"gives the key 'rows\.0\.lfw_accuracy_mean' twice"):
+        load_results(run_dir)
+
+
 def test_results_folder_named(tmp_path):
     (tmp_path / "results.json").mkdir()
     with pytest.raises(DataError, match="results.json is a folder, not a results file"):

@@ -9,7 +9,6 @@ here too.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +31,7 @@ from vqbench.check.validation import (
     run_settings,
 )
 from vqbench.errors import DataError
+from vqbench.json_input import parse_json_noting_repeats, repeated_key_location
 from vqbench.report.loader import incomplete_cause, load_results, run_completeness
 
 logger = logging.getLogger(__name__)
@@ -155,53 +155,6 @@ def _rerecord_hint(path: Path) -> str:
     return f"re-record it from a complete run with `vqbench check RUN_DIR --write-baseline {path}`"
 
 
-class _JsonObject(dict):
-    """A JSON object as ``json.loads`` builds it, with the first key that the text gives twice."""
-
-    repeated_key: str | None = None
-
-
-def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
-    """Build a JSON object and note its first repeated key, whose earlier value a plain dict drops silently."""
-    content = _JsonObject(pairs)
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            content.repeated_key = key
-            break
-        seen.add(key)
-    return content
-
-
-def _child_location(location: str, key: object) -> str:
-    return f"{location}.{key}" if location else str(key)
-
-
-def _repeated_key_location(value: object, location: str = "") -> str | None:
-    """Return the key path of the first key given twice in a JSON object inside ``value``, or None."""
-    children: list[tuple[str, object]] = []
-    if isinstance(value, _JsonObject):
-        if value.repeated_key is not None:
-            return _child_location(location, value.repeated_key)
-        children = [(_child_location(location, key), item) for key, item in value.items()]
-    elif isinstance(value, list):
-        children = [(_child_location(location, index), item) for index, item in enumerate(value)]
-    for child_location, item in children:
-        found = _repeated_key_location(item, child_location)
-        if found is not None:
-            return found
-    return None
-
-
-def _parse_json(content: bytes) -> object | None:
-    """Parse a baseline file's JSON and note repeated keys. Return None when the content is not JSON."""
-    try:
-        return json.loads(content, object_pairs_hook=_json_object)
-    except ValueError:
-        # Invalid JSON is left to the schema validation, which reports where it breaks.
-        return None
-
-
 def _check_baseline_version(path: Path, data: object) -> None:
     """Raise DataError unless the file declares ``baseline_schema_version`` 1, the version this module reads."""
     if not isinstance(data, dict):
@@ -260,9 +213,9 @@ def load_baseline(baseline_file: Path) -> Baseline:
         content = path.read_bytes()
     except OSError as error:
         raise DataError(f"baseline file {path} could not be read ({error}); check its permissions") from error
-    data = _parse_json(content)
+    data = parse_json_noting_repeats(content)
     _check_baseline_version(path, data)
-    repeated = _repeated_key_location(data)
+    repeated = repeated_key_location(data)
     if repeated is not None:
         raise DataError(f"baseline file {path} gives the key '{repeated}' twice, so one of its values would be "
                         f"ignored; {_rerecord_hint(path)}")

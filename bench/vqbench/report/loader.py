@@ -19,6 +19,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from vqbench.errors import DataError
+from vqbench.json_input import parse_json_noting_repeats, repeated_key_location
 from vqbench.results import RESULTS_SCHEMA_VERSION, ResultRow, RunResults, results_problem
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,10 @@ def load_results(run_dir: Path) -> RunResults:
         raise DataError(f"{path} starts with a UTF-8 byte order mark, which JSON does not allow; save the file "
                         "as UTF-8 without BOM, or rerun `vqbench run` to rewrite it")
     _check_schema_version(path, content)
+    repeated = repeated_key_location(parse_json_noting_repeats(content))
+    if repeated is not None:
+        raise DataError(f"{path} gives the key '{repeated}' twice, so one of its values would be ignored; "
+                        "rerun `vqbench run` to rewrite it")
     try:
         # Strict: a figure written as text ("0.9") or a flag written as a number is an edited
         # file, not something `vqbench run` writes, so it is refused rather than converted.
