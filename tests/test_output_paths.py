@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -44,6 +46,22 @@ def test_atomic_write_into_fifo_keeps_fifo(tmp_path):
     reader.join(timeout=10)
     assert received == [b"through the pipe"]
     assert fifo.is_fifo()
+
+
+_WRITE_TO_STDOUT = "from pathlib import Path; from vqbench.io import write_text_atomic; write_text_atomic(Path('/dev/stdout'), 'gate table')"
+
+
+def test_dev_stdout_into_pipe_written():
+    completed = subprocess.run([sys.executable, "-c", _WRITE_TO_STDOUT], stdout=subprocess.PIPE, check=True)
+    assert completed.stdout == b"gate table"
+
+
+def test_dev_stdout_appended_to_redirected_file(tmp_path):
+    summary = tmp_path / "summary.md"
+    summary.write_text("previous step\n", encoding="utf-8")
+    with summary.open("ab") as stream:
+        subprocess.run([sys.executable, "-c", _WRITE_TO_STDOUT], stdout=stream, check=True)
+    assert summary.read_text(encoding="utf-8") == "previous step\ngate table"
 
 
 def test_atomic_write_to_dev_null_keeps_device():

@@ -19,16 +19,18 @@ def write_atomic(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
     """Call ``writer`` on a temporary binary file beside ``path``, then rename it to ``path``.
 
     A symbolic link is followed, so the file it points to is replaced and the link stays. A
-    path that is not a regular file, such as ``/dev/stdout`` or a FIFO, is written to directly,
-    since a rename would replace the device or pipe itself. An OSError about the temporary file
-    (the folder is not writable, ``path`` is a folder) is raised naming ``path`` instead, so that
-    a message shows the path the caller gave.
+    stream path is appended to instead: a device, FIFO or socket, and any path under ``/dev`` or
+    ``/proc``, such as ``/dev/stdout``. A rename would replace the device or pipe itself, or an
+    output file the shell opened for the process, and appending keeps what the shell wrote
+    there before. An OSError about the temporary file (the folder is not writable, ``path`` is a
+    folder) is raised naming ``path`` instead, so that a message shows the path the caller gave.
     """
-    path = _follow_links(Path(path))
-    if _is_special_file(path):
-        with path.open("wb") as stream:
+    path = Path(path)
+    if _is_stream(path):
+        with path.open("ab") as stream:
             writer(stream)
         return path
+    path = _follow_links(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = _make_temporary(path)
     try:
@@ -78,8 +80,19 @@ def _follow_links(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def _is_special_file(path: Path) -> bool:
-    """Return whether ``path`` exists and is neither a regular file nor a folder (a device, FIFO or socket)."""
+#: Folders whose entries are the kernel's views of open files and devices, not files to replace.
+_STREAM_FOLDERS = (Path("/dev"), Path("/proc"))
+
+
+def _is_stream(path: Path) -> bool:
+    """Return whether ``path`` is a stream to append to: a device, FIFO or socket, or a path under /dev or /proc.
+
+    ``/dev/stdout`` links to ``/proc/self/fd/1``, whose target is a pipe or the file the shell
+    redirected to, so the path itself, not its resolved target, decides.
+    """
+    absolute = Path(os.path.abspath(path))
+    if any(absolute.is_relative_to(folder) for folder in _STREAM_FOLDERS):
+        return True
     try:
         mode = path.stat().st_mode
     except OSError:
