@@ -4,6 +4,7 @@ is listed, file sizes and folder names are checked, and missing card fields are 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -250,3 +251,47 @@ def test_cli_verify_names_missing_field(tmp_path: Path) -> None:
     result = cli.invoke(app, ["models", "verify", str(folder), "--images", "1"])
     assert result.exit_code == 2, result.output
     assert f"model card {folder / 'card.json'} is missing the field 'payload'" in one_line(result.output)
+
+
+# ----- graphs the card names ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda card, folder: card["onnx"].update(decoder=str(folder.parent / "elsewhere.onnx")),
+         "names the decoder graph '/.*elsewhere.onnx', which is not a plain file name"),
+        (lambda card, folder: card["onnx"].update(decoder="../other/decoder.onnx"),
+         "names the decoder graph '../other/decoder.onnx', which is not a plain file name"),
+        (lambda card, folder: card["files"].pop("student.onnx"),
+         "names the student graph 'student.onnx', but its files list does not"),
+        (lambda card, folder: card.update(files={}),
+         "names the edge_encoder graph 'edge_encoder.onnx', but its files list does not"),
+    ],
+    ids=["absolute path", "parent folder", "graph not listed", "no files"],
+)
+def test_card_graph_outside_files_rejected(tmp_path, edit, message):
+    folder = copy_model(VQ_MODEL, tmp_path / VQ_MODEL)
+    card = read_card(folder)
+    edit(card, folder)
+    write_card(folder, card)
+    with pytest.raises(ModelError, match=message):
+        load_vq_card(folder)
+    _, problems = verify_model_folder(folder)
+    assert any(re.search(message, problem) for problem in problems)
+
+
+def test_verify_missing_folder_named(tmp_path):
+    result = cli.invoke(app, ["models", "verify", str(tmp_path / "absent")])
+    assert result.exit_code == 2
+    assert "not found" in one_line(result.output)
+    assert "does not match" not in result.output
+
+
+def test_invalid_card_sha256_named(tmp_path):
+    folder = copy_model(VQ_MODEL, tmp_path / VQ_MODEL)
+    card = read_card(folder)
+    card["files"]["decoder.onnx"]["sha256"] = "zz"
+    write_card(folder, card)
+    _, problems = verify_model_folder(folder)
+    assert any("'zz', which is not a SHA-256" in problem for problem in problems)

@@ -24,7 +24,7 @@ from rich.markup import escape
 
 from vqbench import __version__
 from vqbench.console import console, output
-from vqbench.errors import VqbenchError
+from vqbench.errors import DataError, VqbenchError
 from vqbench.text import plural
 
 app = typer.Typer(
@@ -272,7 +272,6 @@ def compare(
     """Show how the figures of two runs differ, variant by variant, with how each energy figure was obtained."""
     from vqbench.check import check_output_path, write_output_text
     from vqbench.compare import compare_runs, comparison_notes, render_comparison_markdown, render_comparison_table
-    from vqbench.errors import DataError
 
     # The output path is checked before the comparison, so a folder or a run file of either run
     # (such as results.json) is rejected before any output and is never overwritten.
@@ -383,6 +382,10 @@ def models_verify(
     from vqbench.scenario import default_data_dir
 
     if model_dirs:
+        missing = [folder for folder in model_dirs if not folder.is_dir()]
+        if missing:
+            raise DataError(f"model folder {missing[0]} not found; pass folders that contain a card.json, such as "
+                            "models/vq-g14-k256-aug")
         folders, where = model_dirs, ", ".join(str(folder) for folder in model_dirs)
     else:
         models_dir = default_models_dir()

@@ -204,6 +204,10 @@ def _file_problems(folder: Path, card_path: Path, files: dict, check_sizes: bool
         except ModelError as error:
             problems.append(str(error))
             continue
+        if not re.fullmatch(r"[0-9a-f]{64}", expected_sha256):
+            problems.append(f"model card {card_path} lists {name!r} with SHA-256 {expected_sha256!r}, which is not a "
+                            "SHA-256 (64 lower-case hex digits); restore the card from the repository or retrain")
+            continue
         if not path.is_file():
             problems.append(f"model file {path} listed in {card_path} is missing; restore the model folder")
             continue
@@ -217,6 +221,25 @@ def _file_problems(folder: Path, card_path: Path, files: dict, check_sizes: bool
         if found != expected_sha256:
             problems.append(f"model file {path} has SHA-256 {found[:12]}..., expected {expected_sha256[:12]}... from the card; restore it or retrain")
     return problems
+
+
+def _check_graph_entries(card_path: Path, graphs: dict, files: dict) -> None:
+    """Reject an ``onnx`` entry that is not a plain file name listed, with its SHA-256, under ``files``.
+
+    Runs load the graphs that ``onnx`` names, so a graph outside the folder or left out of
+    ``files`` would run unverified.
+    """
+    for role, name in graphs.items():
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ModelError(
+                f"model card {card_path} names the {role} graph {name!r}, which is not a plain file name of the model "
+                "folder; restore the card from the repository or retrain"
+            )
+        if name not in files:
+            raise ModelError(
+                f"model card {card_path} names the {role} graph {name!r}, but its files list does not, so the graph's "
+                "SHA-256 cannot be checked; restore the card from the repository or retrain"
+            )
 
 
 def _folder_name_problem(folder: Path, card_path: Path, model_id: str) -> str | None:
@@ -268,7 +291,7 @@ def _build_card(folder: Path, card_path: Path, data: dict) -> VQModelCard:
     train_folds = require_field(data, card_path, "training.train_folds", kind=list)
     people = _read_training_people(folder, card_path, training)
     payload = require_field(data, card_path, "payload", kind=dict)
-    require_field(data, card_path, "onnx", kind=dict)
+    _check_graph_entries(card_path, require_field(data, card_path, "onnx", kind=dict), data["files"])
     if kind == "vq":
         _check_payload_matches_architecture(card_path, data)
     return VQModelCard(
