@@ -710,6 +710,15 @@ def test_token_file_rejects_unsendable_characters(tmp_path: Path, content: str, 
     assert shown in str(caught.value)
 
 
+def test_token_file_rejects_overlong_token(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("a" * 1025 + "\n")
+    with pytest.raises(ScenarioError, match="has 1025 characters, more than the 1024 that fit in a request header"):
+        read_token_file(path)
+    path.write_text("a" * 1024 + "\n")
+    assert read_token_file(path) == "a" * 1024
+
+
 def test_token_file_ignores_byte_order_mark(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_bytes(b"\xef\xbb\xbfsecret\r\n")

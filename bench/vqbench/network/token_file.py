@@ -20,13 +20,17 @@ logger = logging.getLogger(__name__)
 #: send in an ``Authorization: Bearer`` header unchanged.
 _TOKEN_PATTERN = re.compile(r"^[!-~]+$")
 
+#: Longest token accepted. The HTTP server reads a request's headers in a 16 KiB buffer (h11's
+#: default), so a much longer token would make every request fail; 1024 leaves room to spare.
+MAX_TOKEN_CHARACTERS = 1024
+
 
 def read_token_file(path: Path) -> str:
     """Read a bearer token from the first line of ``path``.
 
     A UTF-8 byte order mark, as some editors write, is ignored. Raises ScenarioError when the
-    file is missing, a folder, empty or contains characters other than printable ASCII; warns when
-    other users can read it.
+    file is missing, a folder or empty, or when the token is longer than MAX_TOKEN_CHARACTERS or
+    contains characters other than printable ASCII. Warns when other users can read the file.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -42,6 +46,11 @@ def read_token_file(path: Path) -> str:
     token = text.strip().splitlines()[0].strip() if text.strip() else ""
     if not token:
         raise ScenarioError(f"token file {path} is empty; write the token on its first line")
+    if len(token) > MAX_TOKEN_CHARACTERS:
+        raise ScenarioError(
+            f"the token in {path} has {len(token)} characters, more than the {MAX_TOKEN_CHARACTERS} that fit in a "
+            "request header; write a shorter token, such as the output of `openssl rand -hex 32`"
+        )
     if not _TOKEN_PATTERN.match(token):
         position = next(index for index, char in enumerate(token) if not "!" <= char <= "~")
         raise ScenarioError(
