@@ -3,6 +3,7 @@ archive of real LFW images, and fetch_lfw must install, resume, verify and rejec
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -56,7 +57,13 @@ class FakeSite:
     supports_ranges: bool = True
     status_overrides: dict[str, int] = field(default_factory=dict)
     content_types: dict[str, str] = field(default_factory=dict)
+    #: Files whose body stops after half its bytes until ``release`` is set.
+    stalled: set[str] = field(default_factory=set)
+    release: threading.Event = field(default_factory=threading.Event)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def requested_names(self) -> list[str]:
+        return [name for name, _ in self.requests]
 
     def archive_bytes(self) -> bytes:
         return (self.root / ARCHIVE_NAME).read_bytes()
@@ -78,9 +85,19 @@ def _handler_for(site: FakeSite) -> type[BaseHTTPRequestHandler]:
             body = path.read_bytes()
             if site.supports_ranges and range_header:
                 self._send_range(body, range_header)
+            elif name in site.stalled:
+                self._send_stalled(body)
             else:
                 content_type = site.content_types.get(name)
                 self._send(200, body, {"Content-Type": content_type} if content_type else {})
+
+        def _send_stalled(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            site.release.wait(timeout=30)
 
         def _send_range(self, body: bytes, range_header: str) -> None:
             start = int(range_header.removeprefix("bytes=").rstrip("-"))
@@ -119,6 +136,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSite]:
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield site
+    site.release.set()
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
@@ -584,3 +602,255 @@ def test_fetch_rejects_archive_lacking_files(served, lfw_files, tmp_path):
 
     assert not (dest / ".lfw-download" / ARCHIVE_NAME).exists()
     assert not (dest / "lfw").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Leftovers, locking and early checks
+
+
+def _symlinked_folder_members() -> list[tarfile.TarInfo]:
+    folder = tarfile.TarInfo("lfw-deepfunneled/zz")
+    folder.type = tarfile.SYMTYPE
+    folder.linkname = "/tmp"
+    inside = tarfile.TarInfo("lfw-deepfunneled/zz/x.jpg")
+    inside.size = 1
+    return [folder, inside]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [_unsafe_member("../../evil.txt")],
+        [_unsafe_member("lfw-deepfunneled/zz/link.jpg", tarfile.SYMTYPE)],
+        _symlinked_folder_members(),
+    ],
+    ids=["parent-path", "symlink-member", "symlinked-folder"],
+)
+def test_fetch_deletes_rejected_archive(served, lfw_files, tmp_path, extra):
+    site, manifest = served
+    images = {name: data for name, data in lfw_files.items() if name.startswith("lfw-")}
+    _write_archive(site.root / ARCHIVE_NAME, images, extra=extra)
+    dest = tmp_path / "data"
+    with pytest.raises(DataError, match="rejected and deleted"):
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert not (dest / ".lfw-download" / ARCHIVE_NAME).exists()
+
+    # A rerun against a good server downloads the archive again and installs.
+    _write_archive(site.root / ARCHIVE_NAME, images)
+    fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert site.requested_names().count(ARCHIVE_NAME) == 2
+    _assert_installed(dest, lfw_files)
+
+
+@pytest.mark.parametrize("name", [ARCHIVE_NAME, "pairs.txt", "README.txt"])
+def test_fetch_rejects_empty_body(served, tmp_path, name):
+    site, manifest = served
+    (site.root / name).write_bytes(b"")
+    dest = tmp_path / "data"
+
+    with pytest.raises(DataError, match=f"{name} returned an empty file") as caught:
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert "--url" in str(caught.value)
+    assert not (dest / ".lfw-download" / name).exists()
+    assert not (dest / ".lfw-download" / f"{name}.part").exists()
+
+
+def test_fetch_checks_protocol_files_first(served, tmp_path):
+    site, manifest = served
+    (site.root / "people.txt").write_text("1\nSomeone\t1\n")
+    dest = tmp_path / "data"
+
+    with pytest.raises(DataError, match="'people.txt'") as caught:
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert "it was deleted" in str(caught.value)
+    assert ARCHIVE_NAME not in site.requested_names()
+    assert not (dest / ".lfw-download" / "people.txt").exists()
+
+
+def test_fetch_replaces_stale_protocol_file(served, lfw_files, tmp_path, caplog):
+    site, manifest = served
+    dest = tmp_path / "data"
+    stale = dest / ".lfw-download" / "pairs.txt"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")
+    caplog.set_level(logging.WARNING, logger="vqbench.data.fetch")
+
+    fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert "from an earlier run does not match the manifest" in caplog.text
+    assert site.requested_names().count("pairs.txt") == 1
+    _assert_installed(dest, lfw_files)
+
+
+def test_fetch_stops_while_locked(served, tmp_path):
+    from filelock import FileLock
+
+    site, manifest = served
+    dest = tmp_path / "data"
+    dest.mkdir()
+    lock_path = dest / ".lfw-fetch.lock"
+
+    with FileLock(lock_path):
+        with pytest.raises(DataError, match="another fetch of LFW into .* is already running") as caught:
+            fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert str(lock_path) in str(caught.value)
+    assert site.requests == []
+    assert not (dest / "lfw").exists()
+
+
+def test_fetch_command_stops_while_locked(served, tmp_path):
+    from filelock import FileLock
+    from typer.testing import CliRunner
+
+    from vqbench.cli import app
+
+    site, _ = served
+    dest = tmp_path / "data"
+    dest.mkdir()
+    lock_path = dest / ".lfw-fetch.lock"
+
+    with FileLock(lock_path):
+        result = CliRunner().invoke(app, ["data", "fetch", "lfw", "--dest", str(dest), "--url", site.base_url])
+
+    assert result.exit_code == 2
+    assert "is already running" in result.stderr
+    assert str(lock_path) in result.stderr.replace("\n", "")
+    assert site.requests == []
+
+
+def test_fetch_rejects_unusable_lock_file(served, tmp_path):
+    site, manifest = served
+    dest = tmp_path / "data"
+    (dest / ".lfw-fetch.lock").mkdir(parents=True)
+
+    with pytest.raises(DataError, match="cannot create the lock file .*pass a writable --dest"):
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert site.requests == []
+
+
+def test_fetch_reports_unwritable_staging(served, tmp_path, monkeypatch):
+    site, manifest = served
+    dest = tmp_path / "data"
+    real_mkdir = Path.mkdir
+
+    # Permission bits do not stop root, so a read-only file system is faked at mkdir.
+    def mkdir_read_only(self: Path, *args: object, **kwargs: object) -> None:
+        if self.name.startswith(".lfw-unpack-"):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_read_only)
+
+    with pytest.raises(DataError, match="cannot create the temporary folder") as caught:
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    message = str(caught.value)
+    assert str(dest / ".lfw-unpack-") in message
+    assert "pass a writable --dest" in message
+    assert (dest / ".lfw-download" / ARCHIVE_NAME).is_file()
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://", "http:///lfw/", "ftp://mirror.invalid/lfw/"])
+def test_fetch_rejects_malformed_url(tmp_path, monkeypatch, url):
+    def no_client(*args: object, **kwargs: object) -> None:
+        pytest.fail(f"fetch_lfw opened an HTTP client for the invalid URL {url!r}")
+
+    monkeypatch.setattr(fetch.httpx, "Client", no_client)
+
+    with pytest.raises(DataError, match="invalid --url") as caught:
+        fetch_lfw(tmp_path / "data", url=url, progress=False)
+
+    message = str(caught.value)
+    assert repr(url) in message
+    assert "Pass the URL of a folder that contains" in message
+
+
+def test_fetch_command_rejects_malformed_url(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vqbench.cli import app
+
+    def no_client(*args: object, **kwargs: object) -> None:
+        pytest.fail("the command opened an HTTP client for an invalid URL")
+
+    monkeypatch.setattr(fetch.httpx, "Client", no_client)
+
+    result = CliRunner().invoke(app, ["data", "fetch", "lfw", "--dest", str(tmp_path), "--url", "http://[::1"])
+
+    assert result.exit_code == 2
+    assert "invalid --url 'http://[::1'" in result.stderr
+
+
+def test_resolve_urls_archive_name_in_host():
+    # A host name that ends like an archive is a base URL, not an archive URL.
+    assert fetch._resolve_urls("http://mirror.tgz") == (
+        "http://mirror.tgz/lfw-deepfunneled.tgz",
+        "http://mirror.tgz/",
+    )
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling-symlink"])
+def test_fetch_rejects_lfw_non_folder(served, tmp_path, kind):
+    site, manifest = served
+    dest = tmp_path / "data"
+    dest.mkdir()
+    if kind == "file":
+        (dest / "lfw").write_text("not a folder\n")
+    else:
+        (dest / "lfw").symlink_to(tmp_path / "missing")
+
+    with pytest.raises(DataError, match="lfw exists and is not a folder") as caught:
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest)
+
+    assert "pass another --dest" in str(caught.value)
+    assert site.requests == []
+
+
+def test_fetch_timeout_names_limit(served, tmp_path):
+    site, manifest = served
+    site.stalled.add(ARCHIVE_NAME)
+    dest = tmp_path / "data"
+
+    with pytest.raises(DataError, match="timed out: the server sent no data for 0.5 s") as caught:
+        fetch_lfw(dest, url=site.base_url, progress=False, manifest=manifest, timeout_s=0.5)
+
+    assert "check the network" in str(caught.value)
+
+
+def _closed_port_url() -> str:
+    # A port that was just free and is now closed, so the connection is refused.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def test_fetch_error_without_blank_line(lfw_files, tmp_path, monkeypatch, capsys):
+    for variable in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    manifest = _write_manifest(tmp_path / "manifest.sha256", lfw_files)
+
+    with pytest.raises(DataError, match="check the network"):
+        fetch_lfw(tmp_path / "data", url=_closed_port_url(), progress=True, manifest=manifest, timeout_s=5)
+
+    assert capsys.readouterr().err == ""
+
+
+def test_fetch_command_error_first_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vqbench.cli import app
+
+    for variable in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+
+    result = CliRunner().invoke(app, ["data", "fetch", "lfw", "--dest", str(tmp_path), "--url", _closed_port_url()])
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: download of ")

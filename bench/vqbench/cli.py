@@ -221,7 +221,13 @@ def data_fetch(
     dest: Annotated[
         Optional[Path], typer.Option("--dest", help="Folder that receives lfw/; default ${VQBENCH_DATA_DIR}.")
     ] = None,
-    url: Annotated[Optional[str], typer.Option("--url", help="Base URL of a mirror of the LFW files.")] = None,
+    url: Annotated[
+        Optional[str],
+        typer.Option(
+            "--url",
+            help="http:// or https:// URL of a mirror folder with the LFW files, or of lfw-deepfunneled.tgz itself.",
+        ),
+    ] = None,
 ) -> None:
     """Download a data set, verify every file's SHA-256 and unpack it atomically."""
     from vqbench.errors import ScenarioError

@@ -8,13 +8,15 @@
 It works in five steps:
 
 1. If ``dest/lfw`` exists and is not empty, verify it and return it, or raise when it does not
-   verify. A fetch never overwrites files it cannot vouch for.
-2. Download the archive and the protocol files into ``dest/.lfw-download/``. Each file grows
-   as ``NAME.part`` and is renamed to ``NAME`` when complete, so an interrupted download
-   resumes with an HTTP Range request on the next run.
-3. Unpack the archive into a temporary folder ``dest/.lfw-unpack-*``, rejecting the whole
-   archive if any member is absolute, climbs out with ``..``, or is a link or special file.
-   Members that the manifest does not list are skipped.
+   verify or is not a folder. A fetch never overwrites files it cannot vouch for.
+2. Lock ``dest/.lfw-fetch.lock``, so a second fetch into ``dest`` stops at once, and download
+   the protocol files and then the archive into ``dest/.lfw-download/``. Each file grows as
+   ``NAME.part`` and is renamed to ``NAME`` when complete, so an interrupted download resumes
+   with an HTTP Range request on the next run. An empty download, or a protocol file that does
+   not match the manifest, is deleted at once.
+3. Unpack the archive into a temporary folder ``dest/.lfw-unpack-*``, rejecting and deleting
+   the whole archive if any member is absolute, climbs out with ``..``, or is a link or special
+   file. Members that the manifest does not list are skipped.
 4. Check the SHA-256 of every file against ``lfw-manifest.sha256``, which ships in this
    package and lists paths relative to the LFW root in ``sha256sum`` format. The manifest
    also lists ``lfw_counts.json`` and ``LFW_SITE_DISCLAIMER_AND_CITATION.txt``, which are not
@@ -43,19 +45,22 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 import httpx
+from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 
-from vqbench.scenario import DATA_DIR_ENV, default_data_dir  # noqa: F401  (re-exported)
+from vqbench.scenario import DATA_DIR_ENV, default_data_dir, url_problem  # noqa: F401  (re-exported)
 from vqbench.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -65,6 +70,9 @@ OFFICIAL_BASE_URL = "http://vis-www.cs.umass.edu/lfw/"
 ARCHIVE_NAME = "lfw-deepfunneled.tgz"
 IMAGE_DIR = "lfw-deepfunneled"
 LFW_DIR = "lfw"
+DOWNLOAD_DIR = ".lfw-download"
+#: Lock file in ``dest`` that a fetch holds while it downloads and installs.
+LOCK_NAME = ".lfw-fetch.lock"
 
 # The fetch fails without these files. It downloads the optional ones too, but a mirror that
 # lacks them (HTTP 404) only produces a warning.
@@ -172,35 +180,36 @@ def fetch_lfw(
     protocol files are fetched from the archive's folder. ``manifest`` replaces the shipped
     manifest (for tests and mirrors of other LFW variants).
 
-    Raises DataError when a download fails, the archive contains an unsafe member, a file does
-    not match the manifest, or ``dest/lfw`` already contains files that do not verify.
+    Raises DataError when ``url`` is invalid, another fetch into ``dest`` is running, a download
+    fails, the archive contains an unsafe member, a file does not match the manifest, or
+    ``dest/lfw`` is not a folder or already contains files that do not verify.
     """
     dest = Path(dest).expanduser()
     target = dest / LFW_DIR
     expected = load_manifest(manifest)
     archive_url, base_url = _resolve_urls(url)
 
+    _reject_non_folder(target)
     if _is_non_empty_dir(target):
         return _reuse_existing(target, manifest)
 
-    download_dir = dest / ".lfw-download"
+    download_dir = dest / DOWNLOAD_DIR
     try:
         download_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DataError(f"cannot create {download_dir}: {error}; pass a writable --dest") from error
 
-    with _progress_bar(progress) as bar:
-        with httpx.Client(timeout=timeout_s, follow_redirects=True) as client:
-            archive = download_file(client, archive_url, download_dir / ARCHIVE_NAME, bar)
-            protocol_files = _download_protocol_files(client, base_url, download_dir, bar)
-        staging = _make_staging_dir(dest)
-        try:
-            _build_install(archive, protocol_files, staging, expected, bar)
-            _move_into_place(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    with _fetch_lock(dest):
+        # Another fetch may have installed LFW between the check above and the lock.
+        if _is_non_empty_dir(target):
+            return _reuse_existing(target, manifest)
+        with _progress_bar(progress) as bar:
+            with httpx.Client(timeout=timeout_s, follow_redirects=True) as client:
+                protocol_files = _download_protocol_files(client, base_url, download_dir, expected, bar)
+                archive = download_file(client, archive_url, download_dir / ARCHIVE_NAME, bar)
+            _install(archive, protocol_files, dest, expected, bar)
+        shutil.rmtree(download_dir, ignore_errors=True)
 
-    shutil.rmtree(download_dir, ignore_errors=True)
     logger.info("LFW installed in %s. Please cite: %s", target, LFW_CITATION)
     return target
 
@@ -213,8 +222,9 @@ def download_file(
     A complete ``target`` from an earlier run is reused. A ``.part`` file is resumed with an
     HTTP Range request. If the server ignores the range, the download restarts from byte 0, and
     a ``.part`` larger than the server's size is discarded with a warning.
-    Raises DataError on an HTTP error status or a network failure. The ``.part`` file is kept,
-    so the next run resumes it.
+    Raises DataError on an HTTP error status, a network failure or a timeout, and keeps the
+    ``.part`` file so the next run resumes it. Raises DataError and deletes the file when the
+    server returns an empty body or an HTML page.
     """
     if target.is_file():
         logger.info("reusing downloaded %s", target)
@@ -233,7 +243,8 @@ def download_file(
                 else ""
             )
             raise DataError(
-                f"download of {url} failed: {error}; check the network or pass --url with a mirror.{kept}"
+                f"download of {url} failed: {_describe_http_error(client, error)}; check the "
+                f"network or pass --url with a mirror.{kept}"
             ) from error
         except OSError as error:
             raise DataError(
@@ -351,33 +362,94 @@ def _reuse_existing(target: Path, manifest: Path | None) -> Path:
 
 
 def _resolve_urls(url: str | None) -> tuple[str, str]:
-    """Return (archive URL, base URL of the protocol files) for a base or archive URL."""
+    """Return (archive URL, base URL of the protocol files) for a base or archive URL.
+
+    Raises DataError, before any request, when ``url`` is not an http:// or https:// URL
+    with a host.
+    """
     if url is None:
         return OFFICIAL_BASE_URL + ARCHIVE_NAME, OFFICIAL_BASE_URL
-    scheme = httpx.URL(url).scheme
-    if scheme not in ("http", "https"):
+    problem = url_problem(url)
+    if problem:
         raise DataError(
-            f"invalid --url {url!r}: only http:// and https:// are supported; for a local "
-            f"copy, unpack it yourself and point the scenario at it"
+            f"invalid --url {url!r}: {problem}. Pass the URL of a folder that contains "
+            f"{ARCHIVE_NAME}, or of the archive itself. The fetch supports only http:// and "
+            f"https:// URLs; for a local copy, unpack it yourself and point the scenario at it"
         )
-    if url.endswith(_ARCHIVE_SUFFIXES):
+    if urlsplit(url).path.endswith(_ARCHIVE_SUFFIXES):
         return url, url.rsplit("/", 1)[0] + "/"
     base_url = url if url.endswith("/") else url + "/"
     return base_url + ARCHIVE_NAME, base_url
 
 
 def _download_protocol_files(
-    client: httpx.Client, base_url: str, download_dir: Path, bar: Progress | None
+    client: httpx.Client,
+    base_url: str,
+    download_dir: Path,
+    expected: Manifest,
+    bar: Progress | None,
 ) -> dict[str, Path]:
+    """Download the protocol files and check each against the manifest before the archive.
+
+    The files are small, so a wrong mirror is found before the archive's download.
+    """
     files: dict[str, Path] = {}
     for name in REQUIRED_PROTOCOL_FILES:
-        files[name] = download_file(client, base_url + name, download_dir / name, bar)
+        files[name] = _download_protocol_file(client, base_url + name, download_dir / name, expected, bar)
     for name in OPTIONAL_PROTOCOL_FILES:
         try:
-            files[name] = download_file(client, base_url + name, download_dir / name, bar)
+            files[name] = _download_protocol_file(client, base_url + name, download_dir / name, expected, bar)
         except _NotFound:
             logger.warning("optional LFW file %s is not on the server (HTTP 404)", base_url + name)
     return files
+
+
+def _download_protocol_file(
+    client: httpx.Client, url: str, target: Path, expected: Manifest, bar: Progress | None
+) -> Path:
+    """Download ``url`` to ``target`` and raise DataError unless it matches the manifest.
+
+    A complete file from an earlier run that does not match is downloaded once more.
+    """
+    reused = target.is_file()
+    path = download_file(client, url, target, bar)
+    if reused and not _matches_manifest(path, expected):
+        logger.warning("%s from an earlier run does not match the manifest; downloading it again", path)
+        path.unlink()
+        path = download_file(client, url, target, bar)
+    _check_protocol_file(url, path, expected)
+    return path
+
+
+def _matches_manifest(path: Path, expected: Manifest) -> bool:
+    """Return whether ``path`` matches the manifest entry of its name, or has no entry."""
+    digest = expected.digests.get(path.name)
+    return digest is None or _sha256_of_file(path) == digest
+
+
+def _check_protocol_file(url: str, path: Path, expected: Manifest) -> None:
+    """Delete ``path`` and raise DataError when the manifest lists it with another SHA-256."""
+    if _matches_manifest(path, expected):
+        return
+    name = path.name
+    actual = _sha256_of_file(path)
+    path.unlink(missing_ok=True)
+    raise DataError(
+        f"the download of {url} does not match the manifest {expected.source} for {name!r} "
+        f"(SHA-256 {actual}, expected {expected.digests[name]}), so it was deleted; run the "
+        f"fetch again. If the mismatch repeats, the server's copy differs from the one the "
+        f"manifest was made from, so pass --url with another mirror"
+    )
+
+
+def _describe_http_error(client: httpx.Client, error: httpx.HTTPError) -> str:
+    """Describe ``error`` in one phrase that names the limit of a read or connect timeout."""
+    # httpx raises these only for a limit that is set, so the limit is a number here.
+    if isinstance(error, httpx.ReadTimeout):
+        return f"timed out: the server sent no data for {client.timeout.read:g} s"
+    if isinstance(error, httpx.ConnectTimeout):
+        return f"timed out: no connection within {client.timeout.connect:g} s"
+    return str(error)
 
 
 class _NotFound(DataError):
@@ -424,6 +496,12 @@ def _download_round(
         raise DataError(
             f"download of {url} stopped at {size_bytes} of {total_bytes} bytes; run the fetch "
             f"again to resume from {part}"
+        )
+    if size_bytes == 0:
+        part.unlink(missing_ok=True)
+        raise DataError(
+            f"download of {url} returned an empty file (HTTP {response.status_code} with no "
+            f"body), and nothing was kept. Check the URL (--url) or the mirror, or try again later"
         )
     return True
 
@@ -521,10 +599,7 @@ def _write_body(
     bar: Progress | None,
     url: str,
 ) -> None:
-    task = None
-    if bar is not None:
-        name = url.rsplit("/", 1)[-1]
-        task = bar.add_task(name, total=total_bytes, completed=offset_bytes)
+    task = _add_task(bar, url.rsplit("/", 1)[-1], total_bytes, offset_bytes)
     with part.open(mode) as handle:
         # iter_raw keeps the bytes as served, so offsets stay valid for Range requests.
         for chunk in response.iter_raw(_CHUNK_BYTES):
@@ -535,6 +610,18 @@ def _write_body(
 
 # ---------------------------------------------------------------------------------------------
 # Unpacking and installing
+
+
+def _install(
+    archive: Path, protocol_files: Mapping[str, Path], dest: Path, expected: Manifest, bar: Progress | None
+) -> None:
+    """Build the install in a temporary folder in ``dest`` and rename it to ``dest/lfw``."""
+    staging = _make_staging_dir(dest)
+    try:
+        _build_install(archive, protocol_files, staging, expected, bar)
+        _move_into_place(staging, dest / LFW_DIR)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _build_install(
@@ -562,15 +649,23 @@ def _build_install(
 def _unpack_archive(
     archive: Path, staging: Path, expected: Manifest, bar: Progress | None
 ) -> dict[str, str]:
-    """Extract the manifest's members of ``archive`` into ``staging``; return their SHA-256."""
+    """Extract the manifest's members of ``archive`` into ``staging``; return their SHA-256.
+
+    Deletes ``archive`` when it is unreadable or contains an unsafe member, so the next run
+    downloads it again instead of reusing it.
+    """
     digests: dict[str, str] = {}
     skipped = 0
-    task = bar.add_task("unpack", total=archive.stat().st_size) if bar is not None else None
+    task = _add_task(bar, "unpack", archive.stat().st_size)
     try:
         # Streaming mode reads the archive once. Each member is checked before it is written.
         with archive.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
             for member in tar:
-                name = _safe_member_name(archive, member)
+                try:
+                    name = _safe_member_name(archive, member)
+                except DataError:
+                    archive.unlink(missing_ok=True)
+                    raise
                 if member.isdir():
                     continue
                 if name not in expected.digests:
@@ -600,13 +695,14 @@ def _safe_member_name(archive: Path, member: tarfile.TarInfo) -> str:
     if _unsafe_relative_path(name):
         raise DataError(
             f"{archive} contains the unsafe member path {member.name!r} (absolute or with "
-            f"'..'); the archive was rejected. Download it from the official site or a "
-            f"trusted mirror"
+            f"'..'); the archive was rejected and deleted. Download it from the official site "
+            f"or a trusted mirror"
         )
     if not (member.isfile() or member.isdir()):
         raise DataError(
             f"{archive} contains {member.name!r}, which is a link or special file; the "
-            f"archive was rejected. Download it from the official site or a trusted mirror"
+            f"archive was rejected and deleted. Download it from the official site or a "
+            f"trusted mirror"
         )
     return name
 
@@ -637,7 +733,13 @@ def _make_staging_dir(dest: Path) -> Path:
     # NOTE: a fetch killed during unpacking leaves this folder behind. A later fetch keeps it,
     # because it may belong to a fetch that is still running.
     staging = dest / f".lfw-unpack-{os.getpid()}-{secrets.token_hex(4)}"
-    staging.mkdir()
+    try:
+        staging.mkdir()
+    except OSError as error:
+        raise DataError(
+            f"cannot create the temporary folder {staging} for unpacking: {error}; pass a "
+            f"writable --dest. The downloads in {dest / DOWNLOAD_DIR} are kept for the next run"
+        ) from error
     return staging
 
 
@@ -657,8 +759,44 @@ def _is_non_empty_dir(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
+def _reject_non_folder(target: Path) -> None:
+    """Raise DataError, before any download, when ``target`` exists and is not a folder."""
+    if os.path.lexists(target) and not target.is_dir():
+        raise DataError(
+            f"{target} exists and is not a folder, so LFW cannot be installed there; move or "
+            f"delete it, or pass another --dest"
+        )
+
+
+@contextlib.contextmanager
+def _fetch_lock(dest: Path) -> Iterator[None]:
+    """Hold the lock file ``dest/.lfw-fetch.lock`` for the block.
+
+    Raises DataError at once when another process holds it, because two fetches into one
+    folder would write the same ``.part`` files. The operating system releases the lock when
+    its process ends, even when it is killed. The file stays, because deleting a lock file
+    would let two processes lock different files of one name.
+    """
+    lock_path = dest / LOCK_NAME
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise DataError(
+            f"another fetch of LFW into {dest} is already running (lock file {lock_path}); "
+            f"wait for it to finish, or pass another --dest"
+        ) from None
+    except OSError as error:
+        raise DataError(f"cannot create the lock file {lock_path}: {error}; pass a writable --dest") from error
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 @contextlib.contextmanager
 def _progress_bar(enabled: bool) -> Iterator[Progress | None]:
+    """Yield a progress display that starts with its first task (see ``_add_task``)."""
     if not enabled:
         yield None
         return
@@ -669,5 +807,22 @@ def _progress_bar(enabled: bool) -> Iterator[Progress | None]:
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+    bar = Progress(*columns, console=Console(stderr=True), transient=False)
+    try:
         yield bar
+    finally:
+        # Progress.stop would print an empty line on a console that is not a terminal, even
+        # when the display never started, so only the live display is stopped.
+        bar.live.stop()
+
+
+def _add_task(bar: Progress | None, description: str, total: int | None, completed: int = 0) -> TaskID | None:
+    """Add a task to ``bar``, starting the display first if needed.
+
+    A display that started before its first task, as when the first request fails, would
+    leave an empty line above the error message.
+    """
+    if bar is None:
+        return None
+    bar.start()
+    return bar.add_task(description, total=total, completed=completed)
