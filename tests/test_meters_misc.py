@@ -51,10 +51,10 @@ def test_external_window_outside_trace(tmp_path):
 def test_external_malformed_trace(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("time,watts\n0,1\n1,1\n")
-    availability = ExternalTraceMeter(path).probe()
-    assert not availability.available
-    assert "timestamp_s,power_w" in availability.reason
-    assert not ExternalTraceMeter(tmp_path / "missing.csv").probe().available
+    with pytest.raises(MeterError, match="timestamp_s,power_w"):
+        ExternalTraceMeter(path)
+    with pytest.raises(MeterError, match="cannot read power trace"):
+        ExternalTraceMeter(tmp_path / "missing.csv")
 
 
 def test_codecarbon_probe_explains_estimate():

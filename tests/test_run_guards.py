@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,9 @@ from typer.testing import CliRunner
 
 from vqbench import runner
 from vqbench.cli import app
-from vqbench.errors import ScenarioError, VqbenchError
+from vqbench.errors import MeterError, ScenarioError, VqbenchError
+from vqbench.meters.external import ExternalTraceMeter
+from vqbench.meters.replay import ReplayMeter
 from vqbench.runner import run_scenario
 from vqbench.scenario import Scenario
 
@@ -185,7 +188,8 @@ def test_repeated_variant_names_both_entries(sample_lfw, tmp_path):
 def test_meter_paths_resolve_against_scenario(sample_lfw, tmp_path, monkeypatch):
     traces = tmp_path / "traces"
     traces.mkdir()
-    (traces / "power.csv").write_text("timestamp_s,power_w\n0,10\n1,10\n")
+    now_s = time.time()
+    (traces / "power.csv").write_text(f"timestamp_s,power_w\n{now_s - 1},10\n{now_s + 60},10\n")
     monkeypatch.setenv("VQ_TEST_TRACES", str(traces))
     scenario_dir = tmp_path / "scenarios"
 
@@ -203,6 +207,34 @@ def test_missing_meter_path_rejected(sample_lfw, tmp_path, meter, option):
         runner._create_meters(scenario, tmp_path)
     assert f"meters.options.{meter}.{option}" in str(caught.value)
     assert str(tmp_path / "absent" / "power") in str(caught.value)
+
+
+def test_broken_trace_exits_2_before_data(sample_lfw, tmp_path, no_data_loading):
+    trace = tmp_path / "power.csv"
+    trace.write_text("timestamp_s,power_w\n1796000000,10\n1796000001,nan\n")
+    scenario = _scenario(sample_lfw, meters={"host": ["external"], "options": {"external": {"trace_path": str(trace)}}})
+    with pytest.raises(MeterError, match="line 3: power_w is 'nan'") as caught:
+        run_scenario(scenario, tmp_path / "s.yaml", tmp_path / "out")
+    assert caught.value.exit_code == 2
+
+
+def test_empty_trace_path_rejected(sample_lfw, tmp_path):
+    scenario = _scenario(sample_lfw, meters={"host": ["external"], "options": {"external": {"trace_path": ""}}})
+    with pytest.raises(MeterError) as caught:
+        runner._create_meters(scenario, tmp_path)
+    assert f"power trace path {tmp_path} is a folder" in str(caught.value)
+    assert "an empty trace_path in a scenario resolves to the scenario file's folder" in str(caught.value)
+
+
+def test_ended_trace_falls_back_to_next_meter(tmp_path):
+    now_s = time.time()
+    trace = tmp_path / "power.csv"
+    trace.write_text(f"timestamp_s,power_w\n{now_s - 600},10\n{now_s - 300},10\n")
+    fallback = ReplayMeter.constant_power(5.0)
+    meter, status, _warnings = runner._select_meter([ExternalTraceMeter(trace), fallback])
+    assert meter is fallback
+    assert status["external"]["available"] is False
+    assert "cannot cover a window from now on" in str(status["external"]["reason"])
 
 
 def test_interrupted_run_scores_hold_finished_variants(sample_lfw, tmp_path, monkeypatch):

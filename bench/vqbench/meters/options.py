@@ -70,6 +70,11 @@ class OptionSpec:
             valid = ", ".join(_KIND_CHECKS)
             raise ValueError(f"unknown option kind {self.kind!r}; valid kinds: {valid}")
 
+    @property
+    def settable_in_scenario(self) -> bool:
+        """Whether a scenario file can give a value of this kind (YAML has no functions)."""
+        return self.kind != CALLABLE
+
     def accepts(self, value: Any) -> bool:
         """Return whether ``value`` is of this option's kind."""
         if value is None:

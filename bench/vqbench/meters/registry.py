@@ -18,7 +18,7 @@ from vqbench.meters.codecarbon_meter import CodecarbonMeter
 from vqbench.meters.external import ExternalTraceMeter
 from vqbench.meters.model import DeviceModelMeter
 from vqbench.meters.nvml import NvmlMeter
-from vqbench.meters.options import describe_value
+from vqbench.meters.options import OptionSpec, describe_value
 from vqbench.meters.pyjoules_meter import PyJoulesMeter
 from vqbench.meters.rapl import RaplMeter
 from vqbench.meters.replay import ReplayMeter
@@ -78,18 +78,39 @@ def check_meter_options(name: str, options: Mapping[str, Any]) -> None:
             raise ScenarioError(
                 f"meter {name!r} option {option}: expected a {spec.kind} "
                 f"({spec.description}), got {describe_value(value)}"
+                + ("" if spec.settable_in_scenario else _NOT_FROM_SCENARIO.format(name=name))
             )
     for option, spec in specs.items():
         if spec.required and option not in options:
-            raise ScenarioError(
-                f"meter {name!r} needs option {option!r} ({spec.kind}: {spec.description}); "
-                f"set it under meters.options.{name}"
-            )
+            raise ScenarioError(_missing_option_message(name, option, spec))
     meter_class.check_options(options)
 
 
+# Appended to an error about an option that only Python code can set.
+_NOT_FROM_SCENARIO = (
+    "; a scenario file cannot give a {name!r} meter a Python function, so remove {name!r} "
+    "from meters.host"
+)
+
+
+def _missing_option_message(name: str, option: str, spec: OptionSpec) -> str:
+    if not spec.settable_in_scenario:
+        return (
+            f"meter {name!r} cannot run from a scenario file: its option {option!r} must be a "
+            f"Python {spec.kind} ({spec.description}); remove {name!r} from meters.host"
+        )
+    return (
+        f"meter {name!r} needs option {option!r} ({spec.kind}: {spec.description}); "
+        f"set it under meters.options.{name}"
+    )
+
+
 def create_meter(name: str, **options: Any) -> EnergyMeter:
-    """Build the meter registered as ``name`` from options checked by ``check_meter_options``."""
+    """Build the meter registered as ``name`` from options checked by ``check_meter_options``.
+
+    A constructor may check its input too: the external meter reads its whole trace and raises
+    MeterError for a malformed one, so that mistake also stops a run before it measures.
+    """
     check_meter_options(name, options)
     return METERS[name](**options)
 

@@ -62,8 +62,7 @@ class ReplayMeter(EnergyMeter):
     option_specs = {
         "counter_j": OptionSpec(
             CALLABLE,
-            "a function that returns cumulative joules; the replay meter is for tests and a "
-            "scenario file cannot configure it",
+            "cumulative energy counter in joules, which a test passes",
             required=True,
         ),
         "clock": OptionSpec(CALLABLE, "the clock that times the windows, in seconds"),
