@@ -503,8 +503,9 @@ class _RunContext:
 def _create_meters(scenario: Scenario, scenario_dir: Path) -> list[Any]:
     """Build every host meter the scenario lists, with its options.
 
-    Raises ScenarioError on an unknown name or option, and on a path option that is not found.
-    Path options resolve against the scenario's folder, like the scenario's other paths. A meter
+    Raises ScenarioError on an unknown name or option, and on a path option that is empty or not
+    found. A meter that checks its input when built, such as the external meter's trace, raises
+    MeterError (exit code 2) for a mistake in it. Path options resolve against the scenario's folder, like the scenario's other paths. A meter
     that is simply absent here (no RAPL on a VM) falls back to the next one, but a path that the
     user set and mistyped is an input error.
     """

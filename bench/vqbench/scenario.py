@@ -505,8 +505,13 @@ def is_meter_path_option(option: str) -> bool:
 def resolve_meter_options(options: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     """Return a meter's options with each path option expanded and resolved against ``base_dir``.
 
-    A path option that is not a string is passed on unchanged, for the meter's option checks to reject.
+    A path option that is not a string is passed on unchanged, for the meter's option checks to
+    reject. An empty path raises ScenarioError, because it would resolve to ``base_dir`` itself.
     """
+    for option, value in options.items():
+        if is_meter_path_option(option) and isinstance(value, str) and not value.strip():
+            raise ScenarioError(f"meter option {option} is empty; give the path of a file, relative to the scenario's folder "
+                                "or absolute")
     return {
         option: str(expand_path(value, base_dir)) if is_meter_path_option(option) and isinstance(value, str) else value
         for option, value in options.items()

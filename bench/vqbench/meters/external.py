@@ -123,8 +123,7 @@ def _text_stream(data: bytes) -> io.TextIOWrapper:
 def _read_trace_bytes(path: Path) -> bytes:
     if path.is_dir():
         raise MeterError(
-            f"power trace path {path} is a folder, not a CSV file; set trace_path to the trace "
-            "file (an empty trace_path in a scenario resolves to the scenario file's folder)"
+            f"power trace path {path} is a folder, not a CSV file; set trace_path to the trace file"
         )
     try:
         return path.read_bytes()
