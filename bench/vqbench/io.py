@@ -1,7 +1,8 @@
 """Atomic file writes: a temporary file in the same folder, then a rename.
 
 A reader never sees a half-written results file, and an interrupted run leaves the previous
-version of each file in place.
+version of each file in place. Streams such as ``/dev/stdout`` or a FIFO are appended to
+directly, since a rename would replace them.
 """
 
 from __future__ import annotations

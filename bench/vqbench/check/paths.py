@@ -24,7 +24,7 @@ def check_output_path(results_dir: Path, path: Path, option: str,
                       inputs: Mapping[str, Path | None] | None = None) -> None:
     """Raise DataError when ``path`` is a folder, a file that a run writes, or an input file.
 
-    A run file is refused in ``results_dir`` and in any folder that holds a ``results.json``.
+    A run file is rejected in ``results_dir`` and in any folder that contains a ``results.json``.
 
     ``inputs`` maps an option name (``--baseline``) to the file it reads.
     """

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 #: send in an ``Authorization: Bearer`` header unchanged.
 _TOKEN_PATTERN = re.compile(r"^[!-~]+$")
 
-#: Longest token accepted. The HTTP server reads a request's headers in a 16 KiB buffer (h11's
+#: Maximum token length, in characters. The HTTP server reads a request's headers in a 16 KiB buffer (h11's
 #: default), so a much longer token would make every request fail; 1024 leaves room to spare.
 MAX_TOKEN_CHARACTERS = 1024
 
