@@ -612,6 +612,13 @@ def test_gallery_enrol_identify_bounded(client: TestClient, pipelines: dict[str,
     assert found.json()["label"] == "person-12"
     assert found.json()["cosine_similarity"] > 0.99
 
+    assert found.json()["enrolled_with"] == "cloud-codec/jpeg-q50"
+    # Entries of one gallery come from one variant, so the raw pipeline cannot enrol into it.
+    other = client.post("/v1/gallery/staff/enrol?pipeline=cloud-raw&variant=original&label=person-11",
+                        content=people["person-11"], headers=headers)
+    _assert_problem(other, 409, "gallery_variant_mismatch")
+    assert "enrolled through cloud-codec/jpeg-q50, not cloud-raw/original" in other.text
+
     full = client.post("/v1/gallery/staff/enrol?pipeline=cloud-codec&variant=jpeg-q50&label=extra",
                        content=codec.edge(people["person-11"]).payload, headers=headers)
     _assert_problem(full, 409, "gallery_full")
@@ -629,9 +636,9 @@ def test_gallery_rejects_other_embedding_size(client: TestClient, pipelines: dic
     codes = pipelines["codes"].edge(camera_jpeg).payload
     assert client.post("/v1/gallery/mixed/enrol?pipeline=test-codes&variant=v1&label=a", content=codes, headers=headers).status_code == 200
     store = GalleryStore()
-    store.enrol("g", "a", np.ones(4, dtype=np.float32))
+    store.enrol("g", "a", np.ones(4, dtype=np.float32), "test-codes/v1")
     with pytest.raises(Exception, match="4-d embeddings"):
-        store.enrol("g", "b", np.ones(5, dtype=np.float32))
+        store.enrol("g", "b", np.ones(5, dtype=np.float32), "test-codes/v1")
     client.delete("/v1/gallery/mixed", headers=AUTH)
 
 

@@ -15,6 +15,8 @@ from vqbench.network.service_errors import ServiceProblem
 @dataclass
 class _Gallery:
     embedding_dim: int
+    #: The pipeline variant, as ``kind/variant``, that enrolled every entry.
+    enrolled_with: str
     labels: list[str] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
 
@@ -23,7 +25,10 @@ class GalleryStore:
     """Named in-memory galleries of labelled unit embeddings, bounded in count and size.
 
     Every pipeline served today embeds into the teacher's space, so a gallery enrolled through
-    one pipeline can be searched through another. Only the embedding size is checked.
+    one pipeline can be searched through another, and the answer names the enrolling variant.
+    All entries of a gallery come from one variant, because embeddings of one model lie closer
+    to each other than to another model's: a gallery of mixed models would favour the entries
+    of the querying model over the right person.
     """
 
     def __init__(self, max_galleries: int = 16, max_entries: int = 10_000) -> None:
@@ -32,8 +37,8 @@ class GalleryStore:
         self._galleries: dict[str, _Gallery] = {}
         self._lock = threading.Lock()
 
-    def enrol(self, name: str, label: str, embedding: np.ndarray) -> int:
-        """Add one labelled embedding; return the gallery's new size."""
+    def enrol(self, name: str, label: str, embedding: np.ndarray, variant: str) -> int:
+        """Add one labelled embedding made by ``variant`` (``kind/variant``); return the gallery's new size."""
         with self._lock:
             gallery = self._galleries.get(name)
             if gallery is None:
@@ -42,7 +47,13 @@ class GalleryStore:
                         409, "gallery_limit", f"{len(self._galleries)} galleries exist, the maximum",
                         "delete a gallery with DELETE /v1/gallery/{name} first",
                     )
-                gallery = self._galleries[name] = _Gallery(embedding_dim=len(embedding))
+                gallery = self._galleries[name] = _Gallery(embedding_dim=len(embedding), enrolled_with=variant)
+            if variant != gallery.enrolled_with:
+                raise ServiceProblem(
+                    409, "gallery_variant_mismatch",
+                    f"gallery {name!r} was enrolled through {gallery.enrolled_with}, not {variant}",
+                    f"enrol through {gallery.enrolled_with}, or use another gallery name for {variant}",
+                )
             _check_dim(gallery, name, embedding)
             if len(gallery.labels) >= self.max_entries:
                 raise ServiceProblem(
@@ -63,6 +74,7 @@ class GalleryStore:
             _check_dim(gallery, name, embedding)
             labels = list(gallery.labels)
             matrix = np.stack(gallery.embeddings)
+            enrolled_with = gallery.enrolled_with
         similarities = matrix @ _unit(embedding)
         best_per_label: dict[str, float] = {}
         for label, similarity in zip(labels, similarities.tolist()):
@@ -73,6 +85,7 @@ class GalleryStore:
             "cosine_similarity": ranked[0][1],
             "top": [{"label": label, "cosine_similarity": score} for label, score in ranked],
             "gallery_entries": len(labels),
+            "enrolled_with": enrolled_with,
         }
 
     def describe(self, name: str) -> dict[str, Any]:
@@ -82,7 +95,8 @@ class GalleryStore:
                 raise ServiceProblem(404, "gallery_not_found", f"gallery {name!r} does not exist",
                                      f"enrol identities with POST /v1/gallery/{name}/enrol first")
             return {"name": name, "entries": len(gallery.labels), "labels": len(set(gallery.labels)),
-                    "embedding_dim": gallery.embedding_dim, "max_entries": self.max_entries}
+                    "embedding_dim": gallery.embedding_dim, "enrolled_with": gallery.enrolled_with,
+                    "max_entries": self.max_entries}
 
     def delete(self, name: str) -> bool:
         with self._lock:

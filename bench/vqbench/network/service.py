@@ -11,9 +11,10 @@ Endpoints (JSON responses; every error body is ``{"error", "detail", "fix"}``):
 ``GET /v1/pipelines``                      variants served, content types they accept, alignment settings
 ``POST /v1/embed/{pipeline}/{variant}``    body: one payload -> ``{embedding, face_detected, compute_ms}``
 ``POST /v1/match/{pipeline}/{variant}``    body: a payload pair (framing below) -> cosine
-``POST /v1/gallery/{name}/enrol``          ``?pipeline=&variant=&label=``, body: one payload
+``POST /v1/gallery/{name}/enrol``          ``?pipeline=&variant=&label=``, body: one payload;
+                                           one variant enrols all entries of a gallery
 ``POST /v1/gallery/{name}/identify``       ``?pipeline=&variant=``, body: one payload
-``GET|DELETE /v1/gallery/{name}``          gallery size, or remove the gallery
+``GET|DELETE /v1/gallery/{name}``          gallery size and enrolling variant, or remove it
 ``GET /metrics``                           request counts, statuses, compute time, energy
 =========================================  ==================================================
 
@@ -529,7 +530,7 @@ def _protected_router(state: _ServiceState) -> APIRouter:
             raise ServiceProblem(422, "no_face_detected",
                                  f"no face was detected in the payload, so it was not enrolled in gallery {name!r}",
                                  "send an image in which one frontal face is clearly visible")
-        size = state.galleries.enrol(name, label, result.embeddings[0])
+        size = state.galleries.enrol(name, label, result.embeddings[0], f"{served.kind}/{served.variant}")
         return {"gallery": name, "label": label, "gallery_entries": size,
                 **_detection_fields(served, face_detected), "compute_ms": result.compute_ms}
 
