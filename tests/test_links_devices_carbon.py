@@ -341,6 +341,46 @@ def test_hourly_intensity_off_the_hour(tmp_path):
         read_hourly_intensity(path)
 
 
+def test_hourly_intensity_repeated_hour(tmp_path):
+    path = tmp_path / "hourly.csv"
+    path.write_text("timestamp_utc,gco2e_per_kwh\n2024-05-01T10:00:00Z,900\n2024-05-01T10:00:00Z,200\n")
+    with pytest.raises(DataError, match=r"gives the hour 2024-05-01T10:00:00\+00:00 on lines 2 and 3"):
+        read_hourly_intensity(path)
+
+
+def test_hourly_intensity_names_bad_line(tmp_path):
+    path = tmp_path / "hourly.csv"
+    path.write_text("timestamp_utc,gco2e_per_kwh\n2024-05-01T10:00:00Z,120\n2024-05-01T11:00:00Z,-5\n")
+    with pytest.raises(DataError, match="gco2e_per_kwh -5.0 on line 3"):
+        read_hourly_intensity(path)
+
+
+def test_hourly_intensity_with_byte_order_mark(tmp_path):
+    path = tmp_path / "hourly.csv"
+    path.write_bytes(b"\xef\xbb\xbftimestamp_utc,gco2e_per_kwh\n2024-05-01T10:00:00Z,120\n")
+    hourly = read_hourly_intensity(path)
+    assert hourly.gco2e_per_kwh == (120.0,)
+
+
+def test_hourly_file_keeps_location_check(tmp_path):
+    from vqbench import runner
+    from vqbench.scenario import Scenario
+
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    path = tmp_path / "hourly.csv"
+    path.write_text(f"timestamp_utc,gco2e_per_kwh\n{hour.isoformat()},123\n")
+    pipelines = [{"kind": "cloud-raw"}]
+    bad = Scenario.model_validate({"name": "x", "pipelines": pipelines,
+                                   "carbon": {"edge_location": "XYZ", "edge_hourly_csv": str(path)}})
+    with pytest.raises(ScenarioError, match="'XYZ'"):
+        runner._assumptions(bad, tmp_path)
+    good = Scenario.model_validate({"name": "x", "pipelines": pipelines,
+                                    "carbon": {"edge_location": "FRA", "edge_hourly_csv": str(path)}})
+    recorded = runner._assumptions(good, tmp_path)["grid_intensity_edge"]
+    assert recorded["gco2e_per_kwh"] == 123.0
+    assert recorded["location"].startswith("FRA, hourly ")
+
+
 @dataclasses.dataclass
 class _StubPipeline:
     kind: str

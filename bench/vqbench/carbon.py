@@ -215,7 +215,8 @@ def _parse_utc(text: str) -> datetime:
 def read_hourly_intensity(path: Path) -> HourlyIntensity:
     """Read a CSV with columns ``timestamp_utc`` (ISO 8601) and ``gco2e_per_kwh``."""
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        # utf-8-sig drops the byte order mark that spreadsheet programs write before the header.
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.DictReader(handle, skipinitialspace=True))
         pairs = [(_parse_utc(row["timestamp_utc"]), float(row["gco2e_per_kwh"])) for row in rows]
     except OSError as error:
@@ -228,10 +229,22 @@ def read_hourly_intensity(path: Path) -> HourlyIntensity:
             f"hourly intensity file {path} must have columns timestamp_utc, gco2e_per_kwh with "
             f"ISO 8601 times and numbers: {error}"
         ) from error
-    if not pairs or any(not math.isfinite(value) or value < 0 for _, value in pairs):
-        raise DataError(
-            f"hourly intensity file {path} is empty or contains a negative or non-finite value"
-        )
+    if not pairs:
+        raise DataError(f"hourly intensity file {path} has no rows; add one row per hour under its header")
+    for line, (stamp, value) in enumerate(pairs, start=2):
+        if not math.isfinite(value) or value < 0:
+            raise DataError(
+                f"hourly intensity file {path} has gco2e_per_kwh {value} on line {line}; "
+                "an intensity is a finite number of at least 0"
+            )
+    first_line: dict[datetime, int] = {}
+    for line, (stamp, _) in enumerate(pairs, start=2):
+        if stamp in first_line:
+            raise DataError(
+                f"hourly intensity file {path} gives the hour {stamp.isoformat()} on lines {first_line[stamp]} "
+                f"and {line}; keep one row per hour"
+            )
+        first_line[stamp] = line
     # A run looks up the value of the hour it starts in, so a timestamp between hours would never match.
     off_hour = next((stamp for stamp, _ in pairs if (stamp.minute, stamp.second, stamp.microsecond) != (0, 0, 0)), None)
     if off_hour is not None:

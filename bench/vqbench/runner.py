@@ -22,7 +22,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -614,11 +614,15 @@ def _assumptions(scenario: Scenario, scenario_dir: Path) -> dict:
     for side in ("edge", "cloud"):
         location = getattr(scenario.carbon, f"{side}_location")
         hourly_csv = getattr(scenario.carbon, f"{side}_hourly_csv")
+        # The location is checked even when an hourly file replaces its figure, so a mistyped
+        # location never passes unnoticed; the results name it beside the hour used.
+        located = grid_intensity(location)
         if hourly_csv:
             hourly = read_hourly_intensity(expand_path(hourly_csv, scenario_dir))
-            intensity = hourly.at(datetime.now(timezone.utc))
+            hour = hourly.at(datetime.now(timezone.utc))
+            intensity = replace(hour, location=f"{located.location}, {hour.location}")
         else:
-            intensity = grid_intensity(location)
+            intensity = located
         assumptions[f"grid_intensity_{side}"] = {
             "location": intensity.location,
             "gco2e_per_kwh": intensity.gco2e_per_kwh,
