@@ -176,3 +176,15 @@ def test_stopped_phase_keeps_its_count():
     assert str(_PhaseSpinner().render(first)) == "x"
     assert second.completed == 4
     assert not second.fields.get("stopped")
+
+
+def test_env_json_names_git_revision():
+    import json
+    import shutil
+
+    result = runner.invoke(app, ["env", "--json"])
+    assert result.exit_code == 0, result.output
+    environment = json.loads(result.output)
+    is_checkout = (Path(__file__).resolve().parents[1] / ".git").exists() and shutil.which("git") is not None
+    if is_checkout:
+        assert environment["git_revision"]

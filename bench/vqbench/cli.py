@@ -189,11 +189,11 @@ def env(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show the machine, software versions and which energy meters work here (and why not)."""
-    from vqbench.environment import collect_environment
+    from vqbench.environment import PROJECT_DIR, collect_environment
     from vqbench.meters.registry import probe_all
 
     meters = {name: {"available": a.available, "reason": a.reason} for name, a in probe_all().items()}
-    environment = collect_environment(meters=meters)
+    environment = collect_environment(meters=meters, project_dir=PROJECT_DIR)
     if as_json:
         typer.echo(json.dumps(environment, indent=2))
         return

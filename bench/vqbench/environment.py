@@ -91,6 +91,10 @@ class HostLoadMonitor:
         return load_1min, warning
 
 
+#: The folder above the package's source root: the git checkout when vqbench runs from one.
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+
+
 def collect_environment(meters: dict[str, Any] | None = None, project_dir: Path | None = None) -> dict[str, Any]:
     """Gather CPU, memory, OS, Python, package versions, meter availability and git revision."""
     memory = psutil.virtual_memory()

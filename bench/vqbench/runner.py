@@ -35,7 +35,7 @@ from vqbench.accuracy import align_all, pair_scores, score_variant
 from vqbench.data.cache import ArrayCache, default_cache_dir
 from vqbench.data.dataset import EvaluationSet, load_pairs, missing_data_message, read_images, resolve_dataset_root
 from vqbench.deployment import VariantMeasurement, build_rows, check_deployment
-from vqbench.environment import HostLoadMonitor, collect_environment
+from vqbench.environment import PROJECT_DIR, HostLoadMonitor, collect_environment
 from vqbench.errors import DataError, RunError, ScenarioError, VqbenchError
 from vqbench.io import write_atomic, write_json_atomic, write_text_atomic
 from vqbench.measure import (
@@ -55,7 +55,6 @@ from vqbench.text import plural
 
 logger = logging.getLogger(__name__)
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 #: Chips per variant saved beside their reconstructions for the report.
 RECONSTRUCTION_SAMPLES = 4
 
