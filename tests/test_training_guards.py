@@ -606,3 +606,12 @@ def test_checkpoint_without_stored_settings(tmp_path: Path, prepared: PreparedSe
     assert fresh.progress.epoch == 0
     assert "it does not record its settings, so the keys that differ are unknown" in caplog.text
     assert checkpoint.with_name(f"last.{state['config_sha256'][:12]}.pt").is_file()
+
+
+def test_rerun_warns_it_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw = tiny_config(tmp_path)
+    config = write_config(tmp_path, raw)
+    train_command(config)
+    with caplog.at_level("WARNING", logger="vqbench.training.loop"):
+        train_command(config, overwrite=True)
+    assert any("resuming from checkpoint" in record.getMessage() for record in caplog.records)

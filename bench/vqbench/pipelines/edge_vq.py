@@ -191,6 +191,8 @@ class EdgeVQStudentPipeline(_EdgeVQPipeline):
 # ----- edge-embed ----------------------------------------------------------------------------
 
 #: Payload of edge-embed: byte 0 is the format (1 = fp16, 2 = int8), then the embedding.
+#: NOTE: unlike the VQ payload it carries no model tag, so the service accepts a payload of
+#: another edge-embed model of the same dtype and compares embeddings of two models.
 EMBED_FORMATS = {"fp16": 1, "int8": 2}
 
 

@@ -645,7 +645,10 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.saved_at = self._position()
-        logger.info("resumed from %s at %s", self.checkpoint_path, self.saved_at)
+        # A warning, so that it shows without -v: a rerun, even with --overwrite, continues this
+        # checkpoint, and one that finished only exports its weights again.
+        logger.warning("resuming from checkpoint %s at %s; delete that file to train from new weights",
+                       self.checkpoint_path, self.saved_at)
 
     def _restore_totals(self, saved: dict | None) -> None:
         """Restore the running sums of the epoch the checkpoint stopped in."""
