@@ -3,49 +3,24 @@ is listed, file sizes and folder names are checked, and missing card fields are 
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
+from test_model_cards_guards import EMBED_MODEL, VQ_MODEL, cli, copy_model, one_line, read_card, write_card
 from vqbench.cli import app
 from vqbench.errors import ModelError
 from vqbench.models.cards import verify_model_dir
 from vqbench.models.vq_card import MODELS_DIR_ENV, load_vq_card, resolve_model_folder, verify_model_folder
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
-VQ_MODEL = "vq-g10-k256-aug"
 OTHER_VQ_MODEL = "vq-g14-k256-aug"
-EMBED_MODEL = "edge-embed-s"
-
-cli = CliRunner()
-
-
-def copy_model(name: str, destination: Path) -> Path:
-    shutil.copytree(MODELS / name, destination)
-    return destination
-
-
-def read_card(folder: Path) -> dict:
-    return json.loads((folder / "card.json").read_text(encoding="utf-8"))
-
-
-def write_card(folder: Path, card: dict) -> None:
-    (folder / "card.json").write_text(json.dumps(card), encoding="utf-8")
 
 
 def flip_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-
-
-def one_line(text: str) -> str:
-    """Join the lines that rich wraps at the terminal width."""
-    return " ".join(text.split())
 
 
 # ----- every folder and every file -----------------------------------------------------------
