@@ -614,7 +614,7 @@ def _assumptions(scenario: Scenario, scenario_dir: Path) -> dict:
         location = getattr(scenario.carbon, f"{side}_location")
         hourly_csv = getattr(scenario.carbon, f"{side}_hourly_csv")
         # The location is checked even when an hourly file replaces its figure, so a mistyped
-        # location never passes unnoticed; the results name it beside the hour used.
+        # location is still rejected. The results name it beside the hour used.
         located = grid_intensity(location)
         if hourly_csv:
             hourly = read_hourly_intensity(expand_path(hourly_csv, scenario_dir))

@@ -533,7 +533,7 @@ def run_check(results_dir: Path, baseline_file: Path, policy_file: Path | None =
                              "from a change (policy on_reference_drift: gate judges them anyway)")
     method_changes = _method_changes(baseline_entries, current_rows, context["primary_keys"], policy)
     if method_changes:
-        # A summary note, because a gate that passes across methods tells little about the energy.
+        # A summary note, because a pass across methods does not show that the energy held.
         described = "; ".join(f"{before} to {after}" for before, after in sorted(set(method_changes)))
         summary_notes.append(f"{plural(len(method_changes), 'energy gate')} compare figures obtained by another "
                              f"method than the baseline's ({described}); record a baseline on this kind of machine "

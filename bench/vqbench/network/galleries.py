@@ -25,10 +25,10 @@ class GalleryStore:
     """Named in-memory galleries of labelled unit embeddings, bounded in count and size.
 
     Every pipeline served today embeds into the teacher's space, so a gallery enrolled through
-    one pipeline can be searched through another, and the answer names the enrolling variant.
+    one pipeline can be searched through another, and the response names the enrolling variant.
     All entries of a gallery come from one variant, because embeddings of one model lie closer
-    to each other than to another model's: a gallery of mixed models would favour the entries
-    of the querying model over the right person.
+    to each other than to another model's. So a gallery of mixed models would favour the
+    entries of the querying model over the right person.
     """
 
     def __init__(self, max_galleries: int = 16, max_entries: int = 10_000) -> None:

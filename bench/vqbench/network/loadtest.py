@@ -387,9 +387,9 @@ def loadtest_command(
         if pipeline not in usable:
             logger.warning("%s/%s is not served at %s; left out of the load test", pipeline.kind, pipeline.variant, url)
     if not usable:
-        wanted = ", ".join(f"{pipeline.kind}/{pipeline.variant}" for pipeline in pipelines)
+        requested = ", ".join(f"{pipeline.kind}/{pipeline.variant}" for pipeline in pipelines)
         offered = ", ".join(f"{kind}/{variant}" for kind, variant in sorted(served))
-        raise ScenarioError(f"the service at {url} serves none of the pipelines to test ({wanted}); it serves "
+        raise ScenarioError(f"the service at {url} serves none of the pipelines to test ({requested}); it serves "
                             f"{offered}. Pass the scenario the service was started with")
     check_alignment(usable, entries, url, f"--scenario {scenario}" if scenario is not None else "the default settings")
     image_files = sample_image_files(n_images)
